@@ -1,0 +1,64 @@
+"""Schema of the `data` and `tokenizer` config sections (see `tfllm.config`)."""
+
+from __future__ import annotations
+
+from tfllm.config import ConfigError, SectionSchema
+
+
+def _data_defaults():
+  return dict(
+      # A TFDS name: tfllm's builders (`tfllm_shakespeare`, `tfllm_conll2003`,
+      # `tfllm_movie_sentiment`) or any TFDS dataset already prepared in `data_dir`; or
+      # `text_files` / `tfrecord` with `files`.
+      dataset="tfllm_shakespeare",
+      # Glob for `text_files` / `tfrecord`; a `{split}` in it is replaced by the split name
+      # (`corpus/{split}/*.txt`). Without one, every split reads the same files.
+      files="",
+      data_dir="",               # TFDS data dir; "" = TFDS's default (~/tensorflow_datasets)
+      text_feature="text",       # string feature (or sequence of words for token tasks)
+      label_feature="label",     # class label (sequence classification) or word tags (token)
+      train_split="train",
+      eval_split="validation",
+      test_split="test",
+      sequence_length=128,
+      shuffle_buffer=10000,
+      seed=0,
+      deterministic=False,
+      mlm_probability=0.15,
+      max_predictions=20,
+  )
+
+
+def _tokenizer_defaults():
+  return dict(
+      type="word_piece",         # word_piece | sentence_piece | byte
+      vocabulary="",             # existing vocab.txt / SentencePiece .model; "" = train one
+      vocab_size=8000,
+      lowercase=False,
+      sentence_piece_model="unigram",   # SentencePiece algorithm when training one
+      max_training_lines=200000,        # lines of the train split read to train; 0 = all
+  )
+
+
+def _check_data(section):
+  if section.sequence_length < 2:
+    raise ConfigError(f"config.data.sequence_length={section.sequence_length} is too short; "
+                      "accepted: >= 2")
+  if section.dataset in ("text_files", "tfrecord") and not section.files:
+    raise ConfigError(f"config.data.dataset={section.dataset!r} needs config.data.files "
+                      "(a glob, optionally with {split})")
+
+
+SCHEMAS = {
+    "data": SectionSchema(
+        _data_defaults,
+        choices={},
+        ranges={"sequence_length": (2, None), "shuffle_buffer": (1, None),
+                "mlm_probability": (0.0, 1.0), "max_predictions": (1, None)},
+        check=_check_data),
+    "tokenizer": SectionSchema(
+        _tokenizer_defaults,
+        choices={"type": ("word_piece", "sentence_piece", "byte"),
+                 "sentence_piece_model": ("unigram", "bpe", "word", "char")},
+        ranges={"vocab_size": (1, None), "max_training_lines": (0, None)}),
+}

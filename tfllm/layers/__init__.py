@@ -1,0 +1,13 @@
+"""Keras layers of tfllm's Transformers, one concept a module."""
+
+from tfllm.layers.attention import MultiHeadSelfAttention, compute_attention_mask
+from tfllm.layers.embeddings import PositionEmbedding, SinusoidalPositionEncoding, TokenEmbedding
+from tfllm.layers.feed_forward import FeedForward
+from tfllm.layers.normalization import RMSNorm
+from tfllm.layers.rotary import RotaryEmbedding
+from tfllm.layers.transformer_block import TransformerBlock
+
+__all__ = [
+    "FeedForward", "MultiHeadSelfAttention", "PositionEmbedding", "RMSNorm", "RotaryEmbedding",
+    "SinusoidalPositionEncoding", "TokenEmbedding", "TransformerBlock", "compute_attention_mask",
+]

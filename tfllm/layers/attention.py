@@ -1,0 +1,166 @@
+"""Multi-head self-attention with a fused QKV projection, grouped KV heads and a KV cache."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+from tfllm.layers.rotary import RotaryEmbedding
+
+# Masked scores are set to this before the float32 softmax: large enough that exp() is 0,
+# finite so that a fully masked row (a padded query) gives a uniform row, not NaN.
+_MASKED_SCORE = -1e9
+
+
+def compute_attention_mask(query_length, key_length, query_start=0, padding_mask=None,
+                           attention_mask=None, causal=False):
+  """Merges causal, padding and explicit masks into one boolean mask `[batch|1, q, k]`.
+
+  Args:
+    query_length: number of queries `q` (static or a scalar tensor).
+    key_length: number of keys `k`.
+    query_start: absolute position of the first query (the cache index while decoding); key
+      `j` is at position `j`.
+    padding_mask: `[batch, k]`, true (or 1) at real keys; padded keys are never attended.
+    attention_mask: `[batch, q, k]`, true where query `i` may attend key `j`.
+    causal: if true, query at position `p` attends only keys at positions `<= p`.
+
+  Returns:
+    A boolean tensor broadcastable to `[batch, q, k]`, or None when nothing is masked.
+  """
+  mask = None
+  if causal:
+    query_positions = ops.arange(query_length) + query_start
+    mask = (ops.arange(key_length)[None, :] <= query_positions[:, None])[None, :, :]
+  if padding_mask is not None:
+    key_mask = ops.cast(padding_mask, "bool")[:, None, :]
+    mask = key_mask if mask is None else ops.logical_and(mask, key_mask)
+  if attention_mask is not None:
+    explicit = ops.cast(attention_mask, "bool")
+    mask = explicit if mask is None else ops.logical_and(mask, explicit)
+  return mask
+
+
+@keras.saving.register_keras_serializable(package="tfllm")
+class MultiHeadSelfAttention(keras.layers.Layer):
+  """Scaled dot-product self-attention, `softmax(Q K^T / sqrt(d)) V`, over several heads.
+
+  Queries, keys and values come from one fused projection (one matmul instead of three).
+  With `num_kv_heads < num_heads`, each group of `num_heads // num_kv_heads` query heads
+  shares one key/value head (grouped-query attention; 1 = multi-query). Scores and softmax
+  are computed in float32 under any mixed-precision policy.
+
+  Args:
+    num_heads: number of query heads `H`.
+    head_dim: size `d` of each head.
+    num_kv_heads: number of key/value heads `K` (divides `H`); None means `H`.
+    use_bias: whether the projections have biases.
+    dropout: dropout rate on the attention probabilities.
+    rotary_max_wavelength: if set, queries and keys are rotated by a `RotaryEmbedding`
+      with this base (Llama); else positions must come from the embeddings.
+    kernel_initializer: initializer of the projection kernels.
+
+  Call arguments:
+    inputs: `[batch, seq, hidden]`.
+    padding_mask: `[batch, keys]`, true at real tokens (`keys` = seq, or the cache length
+      when a cache is given).
+    attention_mask: `[batch, seq, keys]` boolean, true where attending is allowed.
+    use_causal_mask: mask keys after each query's position.
+    cache: `[batch, 2, max_length, K, d]` keys and values of earlier positions, or None.
+    cache_update_index: position (scalar int) at which `inputs` are written into the cache.
+    training: enables dropout.
+
+  Returns:
+    `[batch, seq, hidden]`, and with a cache also the updated cache (same shape as `cache`).
+  """
+
+  def __init__(self, num_heads, head_dim, num_kv_heads=None, use_bias=True, dropout=0.0,
+               rotary_max_wavelength=None, kernel_initializer="glorot_uniform", **kwargs):
+    super().__init__(**kwargs)
+    self.num_heads = int(num_heads)
+    self.head_dim = int(head_dim)
+    self.num_kv_heads = int(num_kv_heads or num_heads)
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads}")
+    self.use_bias = bool(use_bias)
+    self.dropout = float(dropout)
+    self.rotary_max_wavelength = rotary_max_wavelength
+    self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+  def build(self, input_shape):
+    hidden = input_shape[-1]
+    qkv_width = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
+    self.qkv = keras.layers.Dense(qkv_width, use_bias=self.use_bias, name="qkv",
+                                  kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy)
+    self.qkv.build(input_shape)
+    self.output_projection = keras.layers.Dense(
+        hidden, use_bias=self.use_bias, name="output",
+        kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy)
+    self.output_projection.build((*input_shape[:-1], self.num_heads * self.head_dim))
+    self.rotary = None
+    if self.rotary_max_wavelength:
+      self.rotary = RotaryEmbedding(self.rotary_max_wavelength, dtype=self.dtype_policy,
+                                    name="rotary")
+    self.probability_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+    self.built = True
+
+  def call(self, inputs, padding_mask=None, attention_mask=None, use_causal_mask=False,
+           cache=None, cache_update_index=None, training=None):
+    batch, seq = ops.shape(inputs)[0], ops.shape(inputs)[1]
+    q_width = self.num_heads * self.head_dim
+    kv_width = self.num_kv_heads * self.head_dim
+    qkv = self.qkv(inputs)
+    query = ops.reshape(qkv[..., :q_width], (batch, seq, self.num_heads, self.head_dim))
+    key = ops.reshape(qkv[..., q_width:q_width + kv_width],
+                      (batch, seq, self.num_kv_heads, self.head_dim))
+    value = ops.reshape(qkv[..., q_width + kv_width:],
+                        (batch, seq, self.num_kv_heads, self.head_dim))
+
+    start = 0 if cache_update_index is None else cache_update_index
+    if self.rotary is not None:
+      query = self.rotary(query, start_index=start)
+      key = self.rotary(key, start_index=start)
+
+    if cache is not None:
+      if cache_update_index is None:
+        raise ValueError("a cache needs cache_update_index, the position of `inputs`")
+      key = ops.slice_update(cache[:, 0], (0, start, 0, 0), ops.cast(key, cache.dtype))
+      value = ops.slice_update(cache[:, 1], (0, start, 0, 0), ops.cast(value, cache.dtype))
+      cache = ops.stack([key, value], axis=1)
+
+    mask = compute_attention_mask(seq, ops.shape(key)[1], query_start=start,
+                                  padding_mask=padding_mask, attention_mask=attention_mask,
+                                  causal=use_causal_mask)
+    output = self._attend(query, key, value, mask, training)
+    output = self.output_projection(ops.reshape(output, (batch, seq, q_width)))
+    return output if cache is None else (output, cache)
+
+  def _attend(self, query, key, value, mask, training):
+    """Attention of `[b, q, H, d]` queries over `[b, k, K, d]` keys/values -> `[b, q, H, d]`."""
+    batch, q_len = ops.shape(query)[0], ops.shape(query)[1]
+    groups = self.num_heads // self.num_kv_heads
+    # Grouping queries as [b, q, K, G, d] lets G query heads share a KV head without
+    # materializing repeated keys and values.
+    query = ops.reshape(query, (batch, q_len, self.num_kv_heads, groups, self.head_dim))
+    query = query * ops.cast(1.0 / math.sqrt(self.head_dim), query.dtype)
+    scores = ops.einsum("bqkgd,bskd->bkgqs", query, ops.cast(key, query.dtype))
+    scores = ops.cast(scores, "float32")
+    if mask is not None:
+      scores = ops.where(mask[:, None, None, :, :], scores, _MASKED_SCORE)
+    probabilities = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
+    probabilities = self.probability_dropout(probabilities, training=training)
+    output = ops.einsum("bkgqs,bskd->bqkgd", probabilities, ops.cast(value, self.compute_dtype))
+    return ops.reshape(output, (batch, q_len, self.num_heads, self.head_dim))
+
+  def compute_output_shape(self, input_shape):
+    return input_shape
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(num_heads=self.num_heads, head_dim=self.head_dim,
+                  num_kv_heads=self.num_kv_heads, use_bias=self.use_bias, dropout=self.dropout,
+                  rotary_max_wavelength=self.rotary_max_wavelength,
+                  kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
+    return config

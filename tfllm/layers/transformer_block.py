@@ -1,0 +1,127 @@
+"""One Transformer layer: residual self-attention and feed-forward, pre- or post-norm."""
+
+from __future__ import annotations
+
+import keras
+
+from tfllm.layers.attention import MultiHeadSelfAttention
+from tfllm.layers.feed_forward import FeedForward
+from tfllm.layers.normalization import make_norm
+
+
+@keras.saving.register_keras_serializable(package="tfllm")
+class TransformerBlock(keras.layers.Layer):
+  """Self-attention and feed-forward sublayers, each inside a residual connection.
+
+  Pre-norm (GPT-2, Llama): `x + attn(norm(x))`, then `x + ffn(norm(x))`.
+  Post-norm (BERT, the original Transformer): `norm(x + attn(x))`, then `norm(x + ffn(x))`.
+  An encoder block attends bidirectionally; a decoder block (`causal=True`) attends only to
+  earlier positions and can decode incrementally with a KV cache.
+
+  Args:
+    num_heads: attention heads.
+    intermediate_dim: feed-forward width.
+    head_dim: size of each head; None means `hidden // num_heads`.
+    num_kv_heads: key/value heads for grouped-query attention; None means `num_heads`.
+    activation: feed-forward activation (`gelu`, `gelu_approximate`, `relu`, `swiglu`).
+    normalization: `layer_norm` or `rms_norm`.
+    norm_epsilon: epsilon of the norms.
+    norm_first: pre-norm if true, post-norm if false.
+    causal: decoder (causal) or encoder (bidirectional) attention.
+    use_bias: biases in the projections.
+    dropout: dropout on each sublayer's output before the residual add.
+    attention_dropout: dropout on the attention probabilities.
+    rotary_max_wavelength: rotary embedding base inside attention, or None.
+    kernel_initializer: initializer of every kernel.
+
+  Call arguments:
+    inputs: `[batch, seq, hidden]`.
+    padding_mask: `[batch, keys]`, true at real tokens.
+    cache: `[batch, 2, max_length, num_kv_heads, head_dim]` or None (decoder only).
+    cache_update_index: position of `inputs` in the cache.
+    training: enables dropout.
+
+  Returns:
+    `[batch, seq, hidden]`, and with a cache also the updated cache.
+  """
+
+  def __init__(self, num_heads, intermediate_dim, head_dim=None, num_kv_heads=None,
+               activation="gelu", normalization="layer_norm", norm_epsilon=1e-5,
+               norm_first=True, causal=False, use_bias=True, dropout=0.0,
+               attention_dropout=0.0, rotary_max_wavelength=None,
+               kernel_initializer="glorot_uniform", **kwargs):
+    super().__init__(**kwargs)
+    self.num_heads = int(num_heads)
+    self.intermediate_dim = int(intermediate_dim)
+    self.head_dim = head_dim
+    self.num_kv_heads = num_kv_heads
+    self.activation = activation
+    self.normalization = normalization
+    self.norm_epsilon = float(norm_epsilon)
+    self.norm_first = bool(norm_first)
+    self.causal = bool(causal)
+    self.use_bias = bool(use_bias)
+    self.dropout = float(dropout)
+    self.attention_dropout = float(attention_dropout)
+    self.rotary_max_wavelength = rotary_max_wavelength
+    self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+  def build(self, input_shape):
+    hidden = input_shape[-1]
+    head_dim = self.head_dim or hidden // self.num_heads
+    self.attention = MultiHeadSelfAttention(
+        self.num_heads, head_dim, num_kv_heads=self.num_kv_heads, use_bias=self.use_bias,
+        dropout=self.attention_dropout, rotary_max_wavelength=self.rotary_max_wavelength,
+        kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy, name="attention")
+    self.attention.build(input_shape)
+    self.attention_norm = make_norm(self.normalization, self.norm_epsilon, "attention_norm")
+    self.attention_norm.build(input_shape)
+    self.feed_forward = FeedForward(
+        self.intermediate_dim, activation=self.activation, use_bias=self.use_bias,
+        kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy,
+        name="feed_forward")
+    self.feed_forward.build(input_shape)
+    self.feed_forward_norm = make_norm(self.normalization, self.norm_epsilon,
+                                       "feed_forward_norm")
+    self.feed_forward_norm.build(input_shape)
+    self.attention_output_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+    self.feed_forward_output_dropout = keras.layers.Dropout(self.dropout,
+                                                            dtype=self.dtype_policy)
+    self.built = True
+
+  def call(self, inputs, padding_mask=None, cache=None, cache_update_index=None,
+           training=None):
+    if cache is not None and not self.causal:
+      raise ValueError("a KV cache is only meaningful for a causal (decoder) block")
+    x = inputs
+    attention_input = self.attention_norm(x) if self.norm_first else x
+    attended = self.attention(attention_input, padding_mask=padding_mask,
+                              use_causal_mask=self.causal, cache=cache,
+                              cache_update_index=cache_update_index, training=training)
+    if cache is not None:
+      attended, cache = attended
+    x = x + self.attention_output_dropout(attended, training=training)
+    if not self.norm_first:
+      x = self.attention_norm(x)
+
+    feed_forward_input = self.feed_forward_norm(x) if self.norm_first else x
+    x = x + self.feed_forward_output_dropout(self.feed_forward(feed_forward_input, training=training),
+                                             training=training)
+    if not self.norm_first:
+      x = self.feed_forward_norm(x)
+    return x if cache is None else (x, cache)
+
+  def compute_output_shape(self, input_shape):
+    return input_shape
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(
+        num_heads=self.num_heads, intermediate_dim=self.intermediate_dim,
+        head_dim=self.head_dim, num_kv_heads=self.num_kv_heads, activation=self.activation,
+        normalization=self.normalization, norm_epsilon=self.norm_epsilon,
+        norm_first=self.norm_first, causal=self.causal, use_bias=self.use_bias,
+        dropout=self.dropout, attention_dropout=self.attention_dropout,
+        rotary_max_wavelength=self.rotary_max_wavelength,
+        kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
+    return config

@@ -1,0 +1,201 @@
+"""`TransformerBackbone`: embeddings, a stack of `TransformerBlock`s and a final norm."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from tfllm.layers import PositionEmbedding, SinusoidalPositionEncoding, TokenEmbedding
+from tfllm.layers import TransformerBlock
+from tfllm.layers.normalization import make_norm
+
+
+@keras.saving.register_keras_serializable(package="tfllm")
+class TransformerBackbone(keras.Model):
+  """A GPT-2, BERT or Llama style Transformer stack, chosen by arguments.
+
+  - GPT-2: learned positions, LayerNorm, tanh-GELU, pre-norm, causal, final norm.
+  - BERT: learned positions + token types, LayerNorm after the embeddings, exact GELU,
+    post-norm, bidirectional.
+  - Llama: rotary positions inside attention, RMSNorm, SwiGLU, pre-norm, causal, no biases,
+    grouped KV heads.
+  Pre-norm stacks end with a norm (their residual stream is never normalized otherwise);
+  post-norm stacks normalize the embeddings instead, as BERT does.
+
+  Args:
+    vocab_size: token vocabulary size.
+    num_layers: number of blocks.
+    hidden_dim: width of the residual stream.
+    num_heads: attention heads.
+    intermediate_dim: feed-forward width.
+    num_kv_heads: key/value heads (grouped-query attention); None or 0 means `num_heads`.
+    head_dim: per-head width; None or 0 means `hidden_dim // num_heads`.
+    max_sequence_length: longest sequence (and KV cache) the model accepts.
+    position_embedding: `learned`, `sinusoidal`, `rotary` or `none`.
+    rope_max_wavelength: base of the rotary frequencies.
+    num_token_types: > 0 adds a token-type (segment) embedding.
+    normalization: `layer_norm` or `rms_norm`.
+    norm_epsilon: epsilon of every norm.
+    norm_first: pre-norm (True) or post-norm (False) blocks.
+    activation: `gelu`, `gelu_approximate`, `relu` or `swiglu`.
+    causal: decoder (True) or encoder (False).
+    use_bias: biases in attention and feed-forward projections.
+    dropout: dropout on embeddings and on each sublayer's output.
+    attention_dropout: dropout on attention probabilities.
+    initializer_range: standard deviation of the truncated-normal kernel initializer.
+
+  Call arguments:
+    inputs: dict with `token_ids` int `[batch, seq]`, optional `padding_mask` `[batch, seq]`
+      (true at real tokens) and `token_type_ids` `[batch, seq]`.
+    training: enables dropout.
+
+  Returns:
+    The final hidden states `[batch, seq, hidden_dim]` in the compute dtype.
+  """
+
+  def __init__(self, vocab_size, num_layers, hidden_dim, num_heads, intermediate_dim,
+               num_kv_heads=None, head_dim=None, max_sequence_length=512,
+               position_embedding="learned", rope_max_wavelength=10000.0, num_token_types=0,
+               normalization="layer_norm", norm_epsilon=1e-5, norm_first=True,
+               activation="gelu_approximate", causal=True, use_bias=True, dropout=0.0,
+               attention_dropout=0.0, initializer_range=0.02, **kwargs):
+    super().__init__(**kwargs)
+    self.vocab_size = int(vocab_size)
+    self.num_layers = int(num_layers)
+    self.hidden_dim = int(hidden_dim)
+    self.num_heads = int(num_heads)
+    self.intermediate_dim = int(intermediate_dim)
+    self.num_kv_heads = int(num_kv_heads or num_heads)
+    self.head_dim = int(head_dim or hidden_dim // num_heads)
+    self.max_sequence_length = int(max_sequence_length)
+    self.position_embedding = position_embedding
+    self.rope_max_wavelength = float(rope_max_wavelength)
+    self.num_token_types = int(num_token_types)
+    self.normalization = normalization
+    self.norm_epsilon = float(norm_epsilon)
+    self.norm_first = bool(norm_first)
+    self.activation = activation
+    self.causal = bool(causal)
+    self.use_bias = bool(use_bias)
+    self.dropout = float(dropout)
+    self.attention_dropout = float(attention_dropout)
+    self.initializer_range = float(initializer_range)
+
+    initializer = keras.initializers.TruncatedNormal(stddev=self.initializer_range)
+    self.token_embedding = TokenEmbedding(vocab_size, hidden_dim,
+                                          embeddings_initializer=initializer,
+                                          name="token_embedding")
+    if position_embedding == "learned":
+      self.position_encoding = PositionEmbedding(max_sequence_length, initializer=initializer,
+                                                 name="position_embedding")
+    elif position_embedding == "sinusoidal":
+      self.position_encoding = SinusoidalPositionEncoding(name="position_encoding")
+    elif position_embedding in ("rotary", "none"):
+      self.position_encoding = None
+    else:
+      raise ValueError(f"position_embedding={position_embedding!r} is not known; use one of: "
+                       "learned, sinusoidal, rotary, none")
+    self.token_type_embedding = None
+    if num_token_types:
+      self.token_type_embedding = keras.layers.Embedding(
+          num_token_types, hidden_dim, embeddings_initializer=initializer,
+          name="token_type_embedding")
+    self.embedding_norm = None if norm_first else make_norm(normalization, norm_epsilon,
+                                                            "embedding_norm")
+    self.embedding_dropout = keras.layers.Dropout(dropout)
+    self.blocks = [
+        TransformerBlock(
+            num_heads, intermediate_dim, head_dim=self.head_dim, num_kv_heads=self.num_kv_heads,
+            activation=activation, normalization=normalization, norm_epsilon=norm_epsilon,
+            norm_first=norm_first, causal=causal, use_bias=use_bias, dropout=dropout,
+            attention_dropout=attention_dropout,
+            rotary_max_wavelength=(rope_max_wavelength if position_embedding == "rotary"
+                                   else None),
+            kernel_initializer=initializer, name=f"block_{i}")
+        for i in range(num_layers)
+    ]
+    self.final_norm = make_norm(normalization, norm_epsilon, "final_norm") if norm_first else None
+
+  def build(self, input_shape=None):
+    shape = (None, None, self.hidden_dim)
+    self.token_embedding.build((None, None))
+    if self.position_encoding is not None:
+      self.position_encoding.build(shape)
+    if self.token_type_embedding is not None:
+      self.token_type_embedding.build((None, None))
+    if self.embedding_norm is not None:
+      self.embedding_norm.build(shape)
+    for block in self.blocks:
+      block.build(shape)
+    if self.final_norm is not None:
+      self.final_norm.build(shape)
+    self.built = True
+
+  def embed(self, token_ids, token_type_ids=None, start_index=0, training=None):
+    """Token (+ position, + token type) embeddings of `token_ids` `[batch, seq]`."""
+    x = self.token_embedding(token_ids)
+    if self.position_encoding is not None:
+      x = x + self.position_encoding(x, start_index=start_index)
+    if self.token_type_embedding is not None:
+      if token_type_ids is None:
+        token_type_ids = ops.zeros_like(token_ids)
+      x = x + self.token_type_embedding(token_type_ids)
+    if self.embedding_norm is not None:
+      x = self.embedding_norm(x)
+    return self.embedding_dropout(x, training=training)
+
+  def call(self, inputs, training=None):
+    inputs = _as_dict(inputs)
+    padding_mask = inputs.get("padding_mask")
+    x = self.embed(inputs["token_ids"], inputs.get("token_type_ids"), training=training)
+    for block in self.blocks:
+      x = block(x, padding_mask=padding_mask, training=training)
+    return self.final_norm(x) if self.final_norm is not None else x
+
+  def init_cache(self, batch_size, max_length=None, dtype=None):
+    """A zero KV cache `[batch, num_layers, 2, max_length, num_kv_heads, head_dim]`."""
+    max_length = max_length or self.max_sequence_length
+    return ops.zeros((batch_size, self.num_layers, 2, max_length, self.num_kv_heads,
+                      self.head_dim), dtype=dtype or self.compute_dtype)
+
+  def call_with_cache(self, token_ids, cache, cache_update_index, padding_mask=None):
+    """Runs `token_ids` `[batch, seq]` at positions `cache_update_index ...` against `cache`.
+
+    Args:
+      token_ids: the new tokens (the prompt on the first call, one token per step after).
+      cache: from `init_cache`, holding keys and values of earlier positions.
+      cache_update_index: scalar position of `token_ids[:, 0]`.
+      padding_mask: `[batch, max_length]` over the whole cache, true at real tokens (for
+        left-padded prompts); None means every position is real.
+
+    Returns:
+      `(hidden [batch, seq, hidden_dim], updated cache)`.
+    """
+    if not self.causal:
+      raise ValueError("call_with_cache needs a causal backbone (causal=True)")
+    x = self.embed(token_ids, start_index=cache_update_index)
+    layer_caches = []
+    for i, block in enumerate(self.blocks):
+      x, layer_cache = block(x, padding_mask=padding_mask, cache=cache[:, i],
+                             cache_update_index=cache_update_index)
+      layer_caches.append(layer_cache)
+    x = self.final_norm(x) if self.final_norm is not None else x
+    return x, ops.stack(layer_caches, axis=1)
+
+  def get_config(self):
+    return dict(
+        name=self.name, vocab_size=self.vocab_size, num_layers=self.num_layers,
+        hidden_dim=self.hidden_dim, num_heads=self.num_heads,
+        intermediate_dim=self.intermediate_dim, num_kv_heads=self.num_kv_heads,
+        head_dim=self.head_dim, max_sequence_length=self.max_sequence_length,
+        position_embedding=self.position_embedding,
+        rope_max_wavelength=self.rope_max_wavelength, num_token_types=self.num_token_types,
+        normalization=self.normalization, norm_epsilon=self.norm_epsilon,
+        norm_first=self.norm_first, activation=self.activation, causal=self.causal,
+        use_bias=self.use_bias, dropout=self.dropout, attention_dropout=self.attention_dropout,
+        initializer_range=self.initializer_range)
+
+
+def _as_dict(inputs):
+  """Accepts a features dict or a bare `token_ids` tensor."""
+  return inputs if isinstance(inputs, dict) else {"token_ids": inputs}

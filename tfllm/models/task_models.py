@@ -1,0 +1,141 @@
+"""Task models: a `TransformerBackbone` plus one head (or several, `MultiTaskModel`).
+
+Every model takes the features dict that `tfllm.data.pipelines` produces (`token_ids`,
+`padding_mask`, and per task `token_type_ids` or `mask_positions`) and returns float32
+logits, under any mixed-precision policy.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from tfllm.models.backbone import TransformerBackbone, _as_dict
+from tfllm.models.heads import make_head
+
+
+class _TaskModel(keras.Model):
+  """Backbone + one head built by `make_head(self.task, ...)`; serializes as both."""
+
+  task = None
+
+  def __init__(self, backbone: TransformerBackbone, **head_args):
+    name = head_args.pop("name", None)
+    super().__init__(name=name)
+    self.backbone = backbone
+    self.head_args = head_args
+    self.head = make_head(self.task, backbone, **head_args)
+
+  def call(self, inputs, training=None):
+    features = _as_dict(inputs)
+    hidden = self.backbone(features, training=training)
+    return self.head(hidden, features, training=training)
+
+  def get_config(self):
+    return dict(name=self.name, backbone=keras.saving.serialize_keras_object(self.backbone),
+                **self.head_args)
+
+  @classmethod
+  def from_config(cls, config):
+    config = dict(config)
+    backbone = keras.saving.deserialize_keras_object(config.pop("backbone"))
+    return cls(backbone, **config)
+
+
+@keras.saving.register_keras_serializable(package="tfllm")
+class CausalLM(_TaskModel):
+  """Next-token prediction on a causal backbone; logits `[batch, seq, vocab]` float32.
+
+  Args:
+    backbone: a causal `TransformerBackbone`.
+    tie_embeddings: project with the token embedding's transpose (GPT-2) or a separate
+      matrix (Llama).
+  """
+
+  task = "causal_lm"
+
+  def __init__(self, backbone, tie_embeddings=True, **kwargs):
+    if not backbone.causal:
+      raise ValueError("CausalLM needs a causal backbone (config.model.causal=True)")
+    super().__init__(backbone, tie_embeddings=tie_embeddings, **kwargs)
+
+  def call_with_cache(self, token_ids, cache, cache_update_index, padding_mask=None):
+    """One incremental decoding step; see `TransformerBackbone.call_with_cache`.
+
+    Returns:
+      `(logits [batch, seq, vocab] float32, hidden [batch, seq, hidden], updated cache)`.
+    """
+    hidden, cache = self.backbone.call_with_cache(token_ids, cache, cache_update_index,
+                                                  padding_mask=padding_mask)
+    return self.head(hidden), hidden, cache
+
+
+@keras.saving.register_keras_serializable(package="tfllm")
+class MaskedLM(_TaskModel):
+  """Masked-token prediction (BERT); logits `[batch, num_predictions, vocab]` float32 at
+  `features["mask_positions"]` only, so the vocabulary projection runs on P, not seq, rows."""
+
+  task = "masked_lm"
+
+
+@keras.saving.register_keras_serializable(package="tfllm")
+class SequenceClassifier(_TaskModel):
+  """One label per sequence; logits `[batch, num_classes]` float32.
+
+  Args:
+    backbone: a `TransformerBackbone`.
+    num_classes: number of labels.
+    pooling: `first` token or `mean` over real tokens.
+    dropout: dropout before the classifier.
+  """
+
+  task = "sequence_classification"
+
+
+@keras.saving.register_keras_serializable(package="tfllm")
+class TokenClassifier(_TaskModel):
+  """One tag per token (NER); logits `[batch, seq, num_classes]` float32.
+
+  Args:
+    backbone: a `TransformerBackbone`.
+    num_classes: number of tags.
+    dropout: dropout before the classifier.
+  """
+
+  task = "token_classification"
+
+
+@keras.saving.register_keras_serializable(package="tfllm")
+class MultiTaskModel(keras.Model):
+  """One backbone, several named heads; returns `{head name: logits}`.
+
+  Args:
+    backbone: a `TransformerBackbone`, run once per batch for all heads.
+    heads: head name -> dict of `make_head` arguments with `task` (`masked_lm`,
+      `sequence_classification`, `token_classification`), `num_classes`, `pooling`, `dropout`.
+  """
+
+  def __init__(self, backbone, heads, name=None):
+    super().__init__(name=name)
+    if not heads:
+      raise ValueError("MultiTaskModel needs at least one head")
+    self.backbone = backbone
+    self.head_specs = {head_name: dict(spec) for head_name, spec in heads.items()}
+    self.heads = {head_name: make_head(spec["task"], backbone, name=head_name,
+                                       **{k: v for k, v in spec.items() if k != "task"})
+                  for head_name, spec in self.head_specs.items()}
+
+  def call(self, inputs, training=None):
+    features = _as_dict(inputs)
+    hidden = self.backbone(features, training=training)
+    return {head_name: head(hidden, features, training=training)
+            for head_name, head in self.heads.items()}
+
+  def get_config(self):
+    return dict(name=self.name, backbone=keras.saving.serialize_keras_object(self.backbone),
+                heads=self.head_specs)
+
+  @classmethod
+  def from_config(cls, config):
+    config = dict(config)
+    backbone = keras.saving.deserialize_keras_object(config.pop("backbone"))
+    return cls(backbone, **config)

@@ -1,0 +1,81 @@
+"""Schema of the `train` config section (see `tfllm.config`)."""
+
+from __future__ import annotations
+
+from tfllm.config import ConfigError, SectionSchema
+
+JIT_COMPILE = ("auto", "on", "off")
+DECAYS = ("cosine", "linear", "constant")
+
+
+def _train_defaults():
+  return dict(
+      global_batch_size=16,      # examples per optimizer step, over all replicas and workers
+      steps=1000,                # optimizer steps in all (a resumed run continues to this)
+      steps_per_loop=50,         # steps run inside one tf.function call (one host round trip)
+      grad_accum_steps=1,        # micro-batches per step: each is global_batch_size examples
+      eval_steps=20,             # eval batches per evaluation; 0 = no evaluation
+      eval_every_steps=0,        # evaluate every N steps (rounded up to a loop); 0 = at the end
+      seed=0,
+      jit_compile="auto",        # auto: XLA on one device per worker, GPU and TPU; off otherwise
+      time_budget_minutes=0.0,   # stop (checkpoint, evaluate) after this much training; 0 = off
+      checkpoint_every_steps=500,  # rounded up to a loop; 0 = only at the end
+      keep_checkpoints=3,
+      log_every_steps=0,         # progress line and TensorBoard scalars; 0 = every loop
+      peak_flops_per_device=0.0,  # for MFU; 0 = look the device up (unknown devices: no MFU)
+      sample_prompt="",          # causal LM: text a sample continuation starts from
+      sample_new_tokens=0,       # causal LM: tokens to sample after training; 0 = no sample
+      sample_temperature=0.8,    # 0 = greedy
+      optimizer=dict(
+          learning_rate=1e-3,
+          weight_decay=0.1,
+          decay_norms_biases=False,   # weight decay on rank-0/1 variables (norms, biases)
+          decay_embeddings=False,     # weight decay on embedding tables
+          beta_1=0.9,
+          beta_2=0.95,
+          epsilon=1e-8,
+          clip_norm=1.0,              # global norm over all gradients; 0 = no clipping
+          warmup_steps=100,
+          decay="cosine",
+          decay_steps=0,              # 0 = train.steps
+          min_learning_rate_ratio=0.1,
+      ),
+      early_stopping=dict(
+          metric="",                 # eval metric name (e.g. "loss"); "" = off
+          mode="min",
+          patience=0,                # evaluations without improvement before stopping
+          min_delta=0.0,
+      ),
+  )
+
+
+def _check_train(section):
+  stop = section.early_stopping
+  if stop.metric and stop.patience < 1:
+    raise ConfigError(f"config.train.early_stopping.patience={stop.patience} must be >= 1 "
+                      f"when config.train.early_stopping.metric={stop.metric!r} is set")
+  if stop.metric and not section.eval_steps:
+    raise ConfigError("config.train.early_stopping.metric is set but config.train.eval_steps=0 "
+                      "runs no evaluation")
+
+
+SCHEMAS = {
+    "train": SectionSchema(
+        _train_defaults,
+        choices={"optimizer.decay": DECAYS, "jit_compile": JIT_COMPILE,
+                 "early_stopping.mode": ("min", "max")},
+        ranges={"global_batch_size": (1, None), "steps": (0, None),
+                "steps_per_loop": (1, None), "grad_accum_steps": (1, None),
+                "eval_steps": (0, None), "eval_every_steps": (0, None),
+                "time_budget_minutes": (0.0, None), "checkpoint_every_steps": (0, None),
+                "keep_checkpoints": (1, None), "log_every_steps": (0, None),
+                "peak_flops_per_device": (0.0, None), "sample_new_tokens": (0, None),
+                "sample_temperature": (0.0, None),
+                "optimizer.learning_rate": (0.0, None), "optimizer.weight_decay": (0.0, None),
+                "optimizer.beta_1": (0.0, 1.0), "optimizer.beta_2": (0.0, 1.0),
+                "optimizer.epsilon": (0.0, None), "optimizer.clip_norm": (0.0, None),
+                "optimizer.warmup_steps": (0, None), "optimizer.decay_steps": (0, None),
+                "optimizer.min_learning_rate_ratio": (0.0, 1.0),
+                "early_stopping.patience": (0, None), "early_stopping.min_delta": (0.0, None)},
+        check=_check_train),
+}

@@ -121,7 +121,11 @@ def _validate_section(prefix: str, section: Mapping, defaults: Mapping, schema: 
       for name, entry in value.items():
         if not _is_mapping(entry):
           raise ConfigError(f"config.{path}.{name} must be a dict, got {entry!r}")
-        _validate_section(f"{path}.{name}.", entry, entry_schema.defaults(), entry_schema)
+        entry_defaults = entry_schema.defaults()
+        for entry_key, entry_default in entry_defaults.items():
+          if entry_key not in entry:  # entries are user-named: fill what they leave out
+            entry[entry_key] = entry_default
+        _validate_section(f"{path}.{name}.", entry, entry_defaults, entry_schema)
         if entry_schema.check:
           entry_schema.check(entry)
     elif _is_mapping(default):
@@ -133,7 +137,10 @@ def _validate_section(prefix: str, section: Mapping, defaults: Mapping, schema: 
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Checks `config` against the schema; returns it unchanged or raises `ConfigError`."""
+  """Checks `config` against the schema and returns it, or raises `ConfigError`.
+
+  Keys left out of user-named entries (multi-task heads) are filled with their defaults.
+  """
   names = [name for name, _, _ in _SECTIONS]
   for key in config.keys():
     if key not in names:

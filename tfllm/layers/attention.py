@@ -7,6 +7,7 @@ import math
 import keras
 from keras import ops
 
+from tfllm.layers import blockwise_attention as blockwise_lib
 from tfllm.layers.rotary import RotaryEmbedding
 
 # Masked scores are set to this before the float32 softmax: large enough that exp() is 0,
@@ -61,6 +62,9 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     rotary_max_wavelength: if set, queries and keys are rotated by a `RotaryEmbedding`
       with this base (Llama); else positions must come from the embeddings.
     kernel_initializer: initializer of the projection kernels.
+    attention_block_size: if > 0, attention is computed over key/value blocks of this size
+      with an online softmax (`tfllm.layers.blockwise_attention`): memory linear in the
+      sequence length instead of quadratic; same outputs. Needs `dropout=0`.
 
   Call arguments:
     inputs: `[batch, seq, hidden]`.
@@ -77,7 +81,8 @@ class MultiHeadSelfAttention(keras.layers.Layer):
   """
 
   def __init__(self, num_heads, head_dim, num_kv_heads=None, use_bias=True, dropout=0.0,
-               rotary_max_wavelength=None, kernel_initializer="glorot_uniform", **kwargs):
+               rotary_max_wavelength=None, kernel_initializer="glorot_uniform",
+               attention_block_size=0, **kwargs):
     super().__init__(**kwargs)
     self.num_heads = int(num_heads)
     self.head_dim = int(head_dim)
@@ -88,6 +93,13 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     self.dropout = float(dropout)
     self.rotary_max_wavelength = rotary_max_wavelength
     self.kernel_initializer = keras.initializers.get(kernel_initializer)
+    self.attention_block_size = int(attention_block_size)
+    if self.attention_block_size < 0:
+      raise ValueError(f"attention_block_size={self.attention_block_size} must be >= 0 "
+                       "(0 = standard attention)")
+    if self.attention_block_size and self.dropout:
+      raise ValueError(f"attention_block_size={self.attention_block_size} (block-wise "
+                       f"attention) does not support attention dropout={self.dropout}; use 0")
 
   def build(self, input_shape):
     hidden = input_shape[-1]
@@ -130,10 +142,16 @@ class MultiHeadSelfAttention(keras.layers.Layer):
       value = ops.slice_update(cache[:, 1], (0, start, 0, 0), ops.cast(value, cache.dtype))
       cache = ops.stack([key, value], axis=1)
 
-    mask = compute_attention_mask(seq, ops.shape(key)[1], query_start=start,
-                                  padding_mask=padding_mask, attention_mask=attention_mask,
-                                  causal=use_causal_mask)
-    output = self._attend(query, key, value, mask, training)
+    mask_parts = dict(query_start=start, padding_mask=padding_mask,
+                      attention_mask=attention_mask, causal=use_causal_mask)
+    if self.attention_block_size:
+      # Each key block builds its own mask: the whole [q, k] mask never exists either.
+      output = blockwise_lib.blockwise_attention(query, key, value, self.attention_block_size,
+                                                 **mask_parts)
+    else:
+      output = self._attend(query, key, value,
+                            compute_attention_mask(seq, ops.shape(key)[1], **mask_parts),
+                            training)
     output = self.output_projection(ops.reshape(output, (batch, seq, q_width)))
     return output if cache is None else (output, cache)
 
@@ -162,5 +180,6 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     config.update(num_heads=self.num_heads, head_dim=self.head_dim,
                   num_kv_heads=self.num_kv_heads, use_bias=self.use_bias, dropout=self.dropout,
                   rotary_max_wavelength=self.rotary_max_wavelength,
-                  kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
+                  kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+                  attention_block_size=self.attention_block_size)
     return config

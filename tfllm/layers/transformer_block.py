@@ -33,6 +33,7 @@ class TransformerBlock(keras.layers.Layer):
     attention_dropout: dropout on the attention probabilities.
     rotary_max_wavelength: rotary embedding base inside attention, or None.
     kernel_initializer: initializer of every kernel.
+    attention_block_size: > 0 computes attention block-wise (see `MultiHeadSelfAttention`).
 
   Call arguments:
     inputs: `[batch, seq, hidden]`.
@@ -49,7 +50,7 @@ class TransformerBlock(keras.layers.Layer):
                activation="gelu", normalization="layer_norm", norm_epsilon=1e-5,
                norm_first=True, causal=False, use_bias=True, dropout=0.0,
                attention_dropout=0.0, rotary_max_wavelength=None,
-               kernel_initializer="glorot_uniform", **kwargs):
+               kernel_initializer="glorot_uniform", attention_block_size=0, **kwargs):
     super().__init__(**kwargs)
     self.num_heads = int(num_heads)
     self.intermediate_dim = int(intermediate_dim)
@@ -65,6 +66,7 @@ class TransformerBlock(keras.layers.Layer):
     self.attention_dropout = float(attention_dropout)
     self.rotary_max_wavelength = rotary_max_wavelength
     self.kernel_initializer = keras.initializers.get(kernel_initializer)
+    self.attention_block_size = int(attention_block_size)
 
   def build(self, input_shape):
     hidden = input_shape[-1]
@@ -72,7 +74,9 @@ class TransformerBlock(keras.layers.Layer):
     self.attention = MultiHeadSelfAttention(
         self.num_heads, head_dim, num_kv_heads=self.num_kv_heads, use_bias=self.use_bias,
         dropout=self.attention_dropout, rotary_max_wavelength=self.rotary_max_wavelength,
-        kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy, name="attention")
+        kernel_initializer=self.kernel_initializer,
+        attention_block_size=self.attention_block_size, dtype=self.dtype_policy,
+        name="attention")
     self.attention.build(input_shape)
     self.attention_norm = make_norm(self.normalization, self.norm_epsilon, "attention_norm")
     self.attention_norm.build(input_shape)
@@ -123,5 +127,6 @@ class TransformerBlock(keras.layers.Layer):
         norm_first=self.norm_first, causal=self.causal, use_bias=self.use_bias,
         dropout=self.dropout, attention_dropout=self.attention_dropout,
         rotary_max_wavelength=self.rotary_max_wavelength,
-        kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
+        kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+        attention_block_size=self.attention_block_size)
     return config

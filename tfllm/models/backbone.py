@@ -43,6 +43,8 @@ class TransformerBackbone(keras.Model):
     dropout: dropout on embeddings and on each sublayer's output.
     attention_dropout: dropout on attention probabilities.
     initializer_range: standard deviation of the truncated-normal kernel initializer.
+    attention_block_size: > 0 computes attention over key/value blocks of this size with an
+      online softmax (memory linear in the sequence length); 0 = standard attention.
 
   Call arguments:
     inputs: dict with `token_ids` int `[batch, seq]`, optional `padding_mask` `[batch, seq]`
@@ -58,7 +60,8 @@ class TransformerBackbone(keras.Model):
                position_embedding="learned", rope_max_wavelength=10000.0, num_token_types=0,
                normalization="layer_norm", norm_epsilon=1e-5, norm_first=True,
                activation="gelu_approximate", causal=True, use_bias=True, dropout=0.0,
-               attention_dropout=0.0, initializer_range=0.02, **kwargs):
+               attention_dropout=0.0, initializer_range=0.02, attention_block_size=0,
+               **kwargs):
     super().__init__(**kwargs)
     self.vocab_size = int(vocab_size)
     self.num_layers = int(num_layers)
@@ -80,6 +83,7 @@ class TransformerBackbone(keras.Model):
     self.dropout = float(dropout)
     self.attention_dropout = float(attention_dropout)
     self.initializer_range = float(initializer_range)
+    self.attention_block_size = int(attention_block_size)
 
     initializer = keras.initializers.TruncatedNormal(stddev=self.initializer_range)
     self.token_embedding = TokenEmbedding(vocab_size, hidden_dim,
@@ -111,7 +115,8 @@ class TransformerBackbone(keras.Model):
             attention_dropout=attention_dropout,
             rotary_max_wavelength=(rope_max_wavelength if position_embedding == "rotary"
                                    else None),
-            kernel_initializer=initializer, name=f"block_{i}")
+            kernel_initializer=initializer, attention_block_size=self.attention_block_size,
+            name=f"block_{i}")
         for i in range(num_layers)
     ]
     self.final_norm = make_norm(normalization, norm_epsilon, "final_norm") if norm_first else None
@@ -193,7 +198,8 @@ class TransformerBackbone(keras.Model):
         normalization=self.normalization, norm_epsilon=self.norm_epsilon,
         norm_first=self.norm_first, activation=self.activation, causal=self.causal,
         use_bias=self.use_bias, dropout=self.dropout, attention_dropout=self.attention_dropout,
-        initializer_range=self.initializer_range)
+        initializer_range=self.initializer_range,
+        attention_block_size=self.attention_block_size)
 
 
 def _as_dict(inputs):

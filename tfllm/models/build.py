@@ -24,7 +24,8 @@ def build_backbone(model) -> TransformerBackbone:
       normalization=model.normalization, norm_epsilon=model.norm_epsilon,
       norm_first=model.norm_first, activation=model.activation, causal=model.causal,
       use_bias=model.use_bias, dropout=model.dropout, attention_dropout=model.attention_dropout,
-      initializer_range=model.initializer_range, name="backbone")
+      initializer_range=model.initializer_range,
+      attention_block_size=model.attention_block_size, name="backbone")
 
 
 def build(config, backbone: TransformerBackbone | None = None) -> keras.Model:

@@ -40,6 +40,7 @@ def _model_defaults():
       attention_dropout=0.0,
       tie_embeddings=True,
       initializer_range=0.02,
+      attention_block_size=0,      # > 0: block-wise (online-softmax) attention over key blocks
   )
 
 
@@ -86,10 +87,10 @@ def _head_defaults():
   )
 
 
-def _check_head_labels(section, path):
-  if section.task in ("sequence_classification", "token_classification"):
+def _check_head_labels(section, task, path):
+  if task in ("sequence_classification", "token_classification"):
     if not section.labels and section.num_classes < 1:
-      raise ConfigError(f"config.{path}: a {section.task} head needs `labels` or `num_classes`")
+      raise ConfigError(f"config.{path}: a {task} head needs `labels` or `num_classes`")
     if section.labels and section.num_classes and section.num_classes != len(section.labels):
       raise ConfigError(f"config.{path}.num_classes={section.num_classes} does not match the "
                         f"{len(section.labels)} labels given")
@@ -108,12 +109,12 @@ def _task_defaults():
 
 def _check_task(section):
   if section.name in ("sequence_classification", "token_classification"):
-    _check_head_labels(section, "task")
+    _check_head_labels(section, section.name, "task")
   if section.name == "multi_task":
     if not section.heads:
       raise ConfigError("config.task.heads is empty; a multi_task model needs at least one head")
     for name, head in section.heads.items():
-      _check_head_labels(head, f"task.heads.{name}")
+      _check_head_labels(head, head.task, f"task.heads.{name}")
 
 
 SCHEMAS = {
@@ -126,7 +127,7 @@ SCHEMAS = {
                 "intermediate_dim": (1, None), "max_sequence_length": (1, None),
                 "num_token_types": (0, None), "norm_epsilon": (0.0, None),
                 "dropout": (0.0, 1.0), "attention_dropout": (0.0, 1.0),
-                "initializer_range": (0.0, None)},
+                "initializer_range": (0.0, None), "attention_block_size": (0, None)},
         check=_check_model),
     "task": SectionSchema(
         _task_defaults,

@@ -83,7 +83,7 @@ class MaskedLMHead(keras.layers.Layer):
     self.norm = make_norm(self.normalization, self.norm_epsilon, "norm")
     self.norm.build(input_shape)
     self.output_bias = self.add_weight(name="output_bias", shape=(self.vocab_size,),
-                                       initializer="zeros", dtype="float32")
+                                       initializer="zeros", autocast=False)
     self.built = True
 
   def call(self, hidden, features=None, training=None):

@@ -1,0 +1,100 @@
+"""Task models: output shapes, heads' numerics, serialization, and build(config)."""
+
+import keras
+import numpy as np
+import pytest
+
+from tests.models.helpers import tiny_config
+from tfllm import models
+
+B, T = 2, 8
+
+
+def _features(with_positions=False):
+  rng = np.random.default_rng(0)
+  features = {"token_ids": rng.integers(1, 97, size=(B, T)).astype("int32"),
+              "padding_mask": np.ones((B, T), bool)}
+  features["padding_mask"][1, 5:] = False
+  if with_positions:
+    features["mask_positions"] = np.array([[0, 3, 4], [1, 2, 0]], "int32")
+  return features
+
+
+CASES = {
+    "causal_lm": ("gpt2", "causal_lm", (B, T, 97)),
+    "causal_lm_untied": ("llama", "causal_lm", (B, T, 97)),
+    "masked_lm": ("bert", "masked_lm", (B, 3, 97)),
+    "sequence_classification": ("bert", "sequence_classification", (B, 3)),
+    "token_classification": ("bert", "token_classification", (B, T, 3)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_output_shapes_and_keras_file_round_trip(case, tmp_path):
+  style, task, shape = CASES[case]
+  model = models.build(tiny_config(style, task=task))
+  features = _features(with_positions=task == "masked_lm")
+  logits = model(features)
+  assert tuple(logits.shape) == shape and logits.dtype == "float32"
+  path = str(tmp_path / "model.keras")
+  model.save(path)
+  restored = keras.saving.load_model(path)
+  np.testing.assert_array_equal(restored(features), logits)
+
+
+def test_tied_causal_lm_head_is_the_embedding_transpose():
+  model = models.build(tiny_config("gpt2"))
+  features = _features()
+  hidden = np.asarray(model.backbone(features))
+  table = np.asarray(model.backbone.token_embedding.embeddings)
+  np.testing.assert_allclose(model(features), hidden @ table.T, atol=1e-5)
+  assert not any("projection" in v.path for v in model.weights)
+
+
+def test_masked_lm_logits_only_at_mask_positions():
+  model = models.build(tiny_config("bert", task="masked_lm"))
+  features = _features(with_positions=True)
+  logits = np.asarray(model(features))
+  hidden = np.asarray(model.backbone(features))
+  head = model.head
+  gathered = hidden[0, [0, 3, 4]]
+  x = np.asarray(head.norm(head.transform(gathered[None])))[0]
+  table = np.asarray(model.backbone.token_embedding.embeddings)
+  np.testing.assert_allclose(logits[0], x @ table.T + np.asarray(head.output_bias), atol=1e-5)
+
+
+def test_mean_pooling_ignores_padding():
+  config = tiny_config("bert", task="sequence_classification")
+  config.task.pooling = "mean"
+  config.task.dropout = 0.0
+  model = models.build(config)
+  features = _features()
+  hidden = np.asarray(model.backbone(features))
+  pooled = hidden[1, :5].mean(axis=0)
+  kernel, bias = model.head.classifier.get_weights()
+  np.testing.assert_allclose(np.asarray(model(features))[1], pooled @ kernel + bias, atol=1e-5)
+
+
+def test_multi_task_model_shares_one_backbone():
+  config = tiny_config("bert", task="multi_task")
+  config.task.heads = {
+      "ner": dict(task="token_classification", labels=["O", "B-PER", "I-PER"]),
+      "sentiment": dict(task="sequence_classification", num_classes=2),
+  }
+  model = models.build(config)
+  outputs = model(_features())
+  assert set(outputs) == {"ner", "sentiment"}
+  assert tuple(outputs["ner"].shape) == (B, T, 3) and tuple(outputs["sentiment"].shape) == (B, 2)
+  backbone_weights = len(model.backbone.weights)
+  assert len(model.weights) == backbone_weights + 4  # two classifiers: kernel + bias each
+  restored = models.MultiTaskModel.from_config(model.get_config())
+  restored(_features())
+  restored.set_weights(model.get_weights())
+  np.testing.assert_allclose(restored(_features())["ner"], outputs["ner"], atol=1e-6)
+
+
+def test_classifier_needs_labels():
+  config = tiny_config("bert", task="sequence_classification")
+  config.task.labels = []
+  with pytest.raises(ValueError, match="needs `labels` or `num_classes`"):
+    models.build(config)

@@ -1,0 +1,405 @@
+"""tf.data input pipelines, one per task, with fully static shapes.
+
+`make_dataset(config, split, tokenizer, input_context, training)` yields batches
+`(features, labels, sample_weight)` of `B` examples (the per-replica batch when an
+`InputContext` is given, else `config.train.global_batch_size`) and `L =
+config.data.sequence_length` tokens:
+
+  causal_lm                 features token_ids int32 [B, L], padding_mask bool [B, L];
+                            labels int32 [B, L] (token_ids shifted by one); weight [B, L].
+                            Documents are tokenized, each followed by an end-of-document
+                            token, concatenated and cut into blocks of L + 1 (packing: no
+                            padding, no token lost or repeated; the tail of a finite split
+                            shorter than a block is dropped).
+  masked_lm                 features token_ids [B, L] (masked), padding_mask [B, L],
+                            mask_positions int32 [B, P]; labels int32 [B, P] (original ids);
+                            weight [B, P] (0 for unused slots). Packed like causal LM into
+                            `[CLS] block [SEP]`; masks drawn anew each epoch by keras-hub's
+                            `MaskedLMMaskGenerator` (rate `data.mlm_probability`, 80% mask /
+                            10% random / 10% kept), P = `data.max_predictions`.
+  sequence_classification   features token_ids, padding_mask [B, L] (`[CLS] text [SEP]`,
+                            truncated or padded); labels int32 [B]; weight [B].
+  token_classification      features token_ids, padding_mask, word_ids int32 [B, L] (index of
+                            the word a piece belongs to, -1 for special and pad tokens);
+                            labels int32 [B, L] (the word's tag on its first piece);
+                            weight [B, L] (1 on first pieces, 0 elsewhere).
+
+Training pipelines shuffle (seeded by `data.seed`) and repeat; evaluation ones read the split
+once in order. Tokenization runs as TF ops inside the pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Tuple
+
+import keras_hub
+import tensorflow as tf
+
+from tfllm.data import sources
+from tfllm.data.tokenizers import special_token_ids
+
+TASKS = ("causal_lm", "masked_lm", "sequence_classification", "token_classification")
+AUTOTUNE = tf.data.AUTOTUNE
+# Documents (or rows) tokenized together in one op: amortizes per-call overhead.
+_TOKENIZE_BATCH = 64
+
+
+def _batch_size(config, input_context) -> int:
+  global_batch = config.train.global_batch_size
+  if input_context is None:
+    return global_batch
+  return input_context.get_per_replica_batch_size(global_batch)
+
+
+def _special(tokenizer, *roles: str) -> Tuple[int, ...]:
+  ids = special_token_ids(tokenizer)
+  missing = [role for role in roles if role not in ids]
+  if missing:
+    raise ValueError(f"tokenizer {type(tokenizer).__name__} has no {', '.join(missing)} token; "
+                     f"this task needs {', '.join(roles)} (it has: {', '.join(sorted(ids))})")
+  return tuple(ids[role] for role in roles)
+
+
+def _task_name(config) -> str:
+  name = config.task.name
+  if name not in TASKS:
+    raise ValueError(f"config.task.name={name!r} has no single input pipeline; accepted: "
+                     f"{', '.join(TASKS)} (a multi_task job builds one dataset per head)")
+  return name
+
+
+def _deterministic(config, training: bool) -> bool:
+  """Evaluation reads in order; training trades order for speed unless data.deterministic."""
+  return bool(config.data.deterministic) or not training
+
+
+def _options(config, training: bool) -> tf.data.Options:
+  options = tf.data.Options()
+  options.deterministic = _deterministic(config, training)
+  # Sharding is explicit (by example or file): keep tf.distribute from sharding again.
+  options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+  return options
+
+
+def _examples(config, split, input_context, training) -> sources.Source:
+  source = sources.load_source(config.data, split, input_context, shuffle=training,
+                               seed=config.data.seed)
+  examples = source.examples
+  if training:
+    examples = examples.shuffle(config.data.shuffle_buffer, seed=config.data.seed,
+                                reshuffle_each_iteration=True).repeat()
+  return dataclasses.replace(source, examples=examples)
+
+
+def token_stream(documents: tf.data.Dataset, tokenizer, separator_id: int,
+                 deterministic: bool = False) -> tf.data.Dataset:
+  """Token ids of `documents` (string scalars), each followed by `separator_id`.
+
+  Returns:
+    dataset of 1-D int32 tensors (several documents each); concatenated in order they are
+    the documents' tokens with a separator after each document.
+  """
+  def tokenize(texts):
+    ids = tf.cast(tokenizer.tokenize(texts), tf.int32)
+    separators = tf.fill([tf.shape(texts)[0], 1], tf.constant(separator_id, tf.int32))
+    return tf.concat([ids, tf.RaggedTensor.from_tensor(separators)], axis=1).flat_values
+
+  return documents.batch(_TOKENIZE_BATCH).map(tokenize, num_parallel_calls=AUTOTUNE,
+                                               deterministic=deterministic)
+
+
+def pack_blocks(stream: tf.data.Dataset, block_length: int) -> tf.data.Dataset:
+  """Cuts a stream of 1-D token chunks into consecutive blocks of `block_length` tokens.
+
+  The tokens left after the last full block of a chunk carry over to the next chunk, so
+  every token lands in exactly one block, in order; only the final remainder (shorter than a
+  block) of a finite stream is dropped.
+
+  Returns:
+    dataset of int32 [block_length] tensors.
+  """
+  def cut(carry, chunk):
+    tokens = tf.concat([carry, chunk], axis=0)
+    full = (tf.shape(tokens)[0] // block_length) * block_length
+    blocks = tf.reshape(tokens[:full], [-1, block_length])
+    return tokens[full:], blocks
+
+  return stream.scan(tf.zeros([0], tf.int32), cut).unbatch()
+
+
+def _documents(source: sources.Source) -> tf.data.Dataset:
+  name = source.text_feature
+  return source.examples.map(lambda example: sources.as_text(example[name]),
+                             num_parallel_calls=AUTOTUNE)
+
+
+def _packed_blocks(config, source, tokenizer, separator_id, block_length, training):
+  stream = token_stream(_documents(source), tokenizer, separator_id,
+                        _deterministic(config, training))
+  blocks = pack_blocks(stream, block_length)
+  if training:
+    blocks = blocks.shuffle(config.data.shuffle_buffer, seed=config.data.seed,
+                            reshuffle_each_iteration=True)
+  return blocks
+
+
+def causal_lm_dataset(config, source, tokenizer, batch_size, training):
+  """Packed next-token prediction batches (see module docstring)."""
+  (eos,) = _special(tokenizer, "eos")
+  length = config.data.sequence_length
+  blocks = _packed_blocks(config, source, tokenizer, eos, length + 1, training)
+
+  def to_example(block):
+    inputs = block[:, :-1]
+    features = {"token_ids": inputs, "padding_mask": tf.ones_like(inputs, dtype=tf.bool)}
+    return features, block[:, 1:], tf.ones(tf.shape(inputs), tf.float32)
+
+  return blocks.batch(batch_size, drop_remainder=True).map(
+      to_example, num_parallel_calls=AUTOTUNE, deterministic=_deterministic(config, training))
+
+
+def masked_lm_dataset(config, source, tokenizer, batch_size, training):
+  """Packed `[CLS] block [SEP]` sequences with dynamic masking (see module docstring)."""
+  cls, sep, mask = _special(tokenizer, "cls", "sep", "mask")
+  ids = special_token_ids(tokenizer)
+  length = config.data.sequence_length
+  if length < 3:
+    raise ValueError(f"config.data.sequence_length={length} leaves no room for text between "
+                     "[CLS] and [SEP]; masked_lm needs >= 3")
+  blocks = _packed_blocks(config, source, tokenizer, sep, length - 2, training)
+  unselectable = sorted({ids[role] for role in ("pad", "cls", "sep", "bos", "eos")
+                         if role in ids})
+  masker = keras_hub.layers.MaskedLMMaskGenerator(
+      vocabulary_size=tokenizer.vocabulary_size(),
+      mask_selection_rate=config.data.mlm_probability, mask_token_id=mask,
+      mask_selection_length=config.data.max_predictions, unselectable_token_ids=unselectable)
+
+  def to_example(block):
+    rows = tf.shape(block)[0]
+    token_ids = tf.concat([tf.fill([rows, 1], cls), block, tf.fill([rows, 1], sep)], axis=1)
+    masked = masker(token_ids)
+    features = {"token_ids": masked["token_ids"],
+                "padding_mask": tf.ones_like(token_ids, dtype=tf.bool),
+                "mask_positions": tf.cast(masked["mask_positions"], tf.int32)}
+    return (features, tf.cast(masked["mask_ids"], tf.int32),
+            tf.cast(masked["mask_weights"], tf.float32))
+
+  return blocks.batch(batch_size, drop_remainder=True).map(
+      to_example, num_parallel_calls=AUTOTUNE, deterministic=_deterministic(config, training))
+
+
+def _configured_labels(config) -> Tuple[str, ...]:
+  labels = getattr(config.task, "labels", None) or ()
+  return tuple(str(label) for label in labels)
+
+
+def resolve_labels(config, source: sources.Source) -> Optional[Tuple[str, ...]]:
+  """Label names of a classification task: `config.task.labels`, else the source's.
+
+  Returns None for integer labels without names (then `config.task.num_classes` bounds them).
+  """
+  configured = _configured_labels(config)
+  if configured:
+    if source.label_names:
+      unknown = [name for name in source.label_names if name not in configured]
+      if unknown:
+        raise ValueError(f"labels {unknown} of {config.data.dataset!r} feature "
+                         f"{source.label_feature!r} are outside config.task.labels="
+                         f"{list(configured)}; add them or leave config.task.labels empty")
+    return configured
+  return source.label_names
+
+
+def label_names(config, split: Optional[str] = None) -> Optional[Tuple[str, ...]]:
+  """The task's label names for `config` (what `num_classes` must equal), or None."""
+  source = sources.load_source(config.data, split or config.data.train_split)
+  if source.label_feature is None:
+    return _configured_labels(config) or None
+  return resolve_labels(config, source)
+
+
+def _label_mapper(config, source: sources.Source):
+  """A function: raw label tensor (any shape) -> int32 class ids, checked against the set."""
+  if source.label_feature is None:
+    raise ValueError(f"config.data.label_feature={config.data.label_feature!r} is not a "
+                     f"feature of {config.data.dataset!r}; {config.task.name} needs labels")
+  names = resolve_labels(config, source)
+  what = f"config.data.label_feature={config.data.label_feature!r}"
+  if source.label_names:
+    # Source class ids -> positions in `names` (the same unless config.task.labels reorders).
+    table = tf.constant([names.index(name) for name in source.label_names], tf.int32)
+    return lambda label: tf.gather(table, tf.cast(label, tf.int32))
+  spec = source.examples.element_spec[source.label_feature]
+  if spec.dtype == tf.string:
+    if not names:
+      raise ValueError(f"{what} holds strings; name the classes in config.task.labels")
+    lookup = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(names), tf.range(len(names))), -1)
+
+    def map_string(label):
+      ids = lookup.lookup(label)
+      check = tf.debugging.assert_non_negative(
+          ids, message=f"a label of {what} is outside the label set {list(names)}")
+      with tf.control_dependencies([check]):
+        return tf.identity(ids)
+    return map_string
+  num_classes = len(names) if names else int(getattr(config.task, "num_classes", 0) or 0)
+  if num_classes <= 0:
+    raise ValueError(f"{what} holds integer ids without names; set config.task.labels or "
+                     "config.task.num_classes")
+
+  def map_int(label):
+    ids = tf.cast(label, tf.int32)
+    checks = [tf.debugging.assert_non_negative(
+                  ids, message=f"a label of {what} is below 0"),
+              tf.debugging.assert_less(
+                  ids, num_classes,
+                  message=f"a label of {what} is outside the label set [0, {num_classes})")]
+    with tf.control_dependencies(checks):
+      return tf.identity(ids)
+  return map_int
+
+
+def _scalar(value):
+  """A per-example label: a length-1 vector (TFRecord features parse as vectors) -> scalar."""
+  return value if value.shape.rank == 0 else value[0]
+
+
+def sequence_classification_dataset(config, source, tokenizer, batch_size, training):
+  """`[CLS] text [SEP]` padded to L, one label an example (see module docstring)."""
+  cls, sep, pad = _special(tokenizer, "cls", "sep", "pad")
+  map_label = _label_mapper(config, source)
+  text_name, label_name = source.text_feature, source.label_feature
+  examples = source.examples.map(
+      lambda example: (sources.as_text(example[text_name]),
+                       map_label(_scalar(example[label_name]))),
+      num_parallel_calls=AUTOTUNE, deterministic=_deterministic(config, training))
+  packer = keras_hub.layers.StartEndPacker(
+      config.data.sequence_length, start_value=cls, end_value=sep, pad_value=pad,
+      return_padding_mask=True)
+
+  def to_example(texts, labels):
+    token_ids, padding_mask = packer(tf.cast(tokenizer.tokenize(texts), tf.int32))
+    features = {"token_ids": token_ids, "padding_mask": padding_mask}
+    return features, labels, tf.ones(tf.shape(labels), tf.float32)
+
+  return examples.batch(batch_size, drop_remainder=True).map(
+      to_example, num_parallel_calls=AUTOTUNE, deterministic=_deterministic(config, training))
+
+
+def word_pieces(tokenizer, words: tf.RaggedTensor, unk_id: int) -> tf.RaggedTensor:
+  """Pieces of each word: int32 [batch, (words), (pieces)]; a word with no piece gets unk."""
+  pieces = tf.cast(tokenizer.tokenize(words.flat_values), tf.int32)
+  if not isinstance(pieces, tf.RaggedTensor):
+    pieces = tf.RaggedTensor.from_tensor(pieces)
+  # A word the tokenizer maps to nothing would lose its tag; it becomes one unk piece.
+  unk = tf.RaggedTensor.from_tensor(tf.fill([tf.shape(words.flat_values)[0], 1], unk_id))
+  with_unk = tf.concat([pieces, unk], axis=1)
+  keep = tf.maximum(pieces.row_lengths(), 1)
+  pieces = tf.ragged.boolean_mask(with_unk, _first_n(with_unk, keep))
+  return tf.RaggedTensor.from_row_splits(pieces, words.row_splits)
+
+
+def _first_n(ragged: tf.RaggedTensor, counts: tf.Tensor) -> tf.RaggedTensor:
+  """Boolean ragged mask selecting the first `counts[i]` items of row i."""
+  positions = tf.ragged.range(ragged.row_lengths())
+  return tf.ragged.map_flat_values(
+      tf.less, positions, tf.gather(counts, positions.value_rowids()))
+
+
+def align_word_tags(pieces: tf.RaggedTensor, tags: tf.RaggedTensor):
+  """Spreads word tags over word pieces.
+
+  Args:
+    pieces: int32 [batch, (words), (pieces)].
+    tags: int32 [batch, (words)].
+
+  Returns:
+    (piece_ids, word_ids, piece_tags, first_piece), each [batch, (pieces of the sentence)]:
+    the sentence's pieces, the index of each piece's word, the word's tag on every piece, and
+    1 on the first piece of each word (0 on the others).
+  """
+  counts = pieces.row_lengths(axis=2)                       # [batch, (words)]
+  word_index = tf.ragged.range(counts.row_lengths())        # [batch, (words)]
+  piece_ids = pieces.merge_dims(1, 2)                       # [batch, (pieces)]
+  repeat = lambda values: tf.RaggedTensor.from_row_splits(  # noqa: E731
+      tf.repeat(values, counts.flat_values), piece_ids.row_splits)
+  word_ids = repeat(tf.cast(word_index.flat_values, tf.int32))
+  piece_tags = repeat(tf.cast(tags.flat_values, tf.int32))
+  position_in_word = tf.ragged.range(counts.flat_values).flat_values
+  first_piece = tf.RaggedTensor.from_row_splits(
+      tf.cast(tf.equal(position_in_word, 0), tf.int32), piece_ids.row_splits)
+  return piece_ids, word_ids, piece_tags, first_piece
+
+
+def token_classification_dataset(config, source, tokenizer, batch_size, training):
+  """Word tags aligned to word pieces, `[CLS] pieces [SEP]` (see module docstring)."""
+  cls, sep, pad = _special(tokenizer, "cls", "sep", "pad")
+  # Byte-level vocabularies have no unk (every word has bytes); pad stands in, never used.
+  unk = special_token_ids(tokenizer).get("unk", pad)
+  map_label = _label_mapper(config, source)
+  text_name, label_name = source.text_feature, source.label_feature
+  examples = source.examples.map(
+      lambda example: (sources.as_words(example[text_name]), map_label(example[label_name])),
+      num_parallel_calls=AUTOTUNE, deterministic=_deterministic(config, training))
+  length = config.data.sequence_length
+
+  def packer(start, end, pad_value):
+    return keras_hub.layers.StartEndPacker(length, start_value=start, end_value=end,
+                                           pad_value=pad_value)
+
+  pack_ids = keras_hub.layers.StartEndPacker(length, start_value=cls, end_value=sep,
+                                             pad_value=pad, return_padding_mask=True)
+  pack_word_ids, pack_tags = packer(-1, -1, -1), packer(0, 0, 0)
+
+  def to_example(words, tags):
+    pieces = word_pieces(tokenizer, words, unk)
+    piece_ids, word_ids, piece_tags, first_piece = align_word_tags(pieces, tags)
+    token_ids, padding_mask = pack_ids(piece_ids)
+    features = {"token_ids": token_ids, "padding_mask": padding_mask,
+                "word_ids": pack_word_ids(word_ids)}
+    weights = tf.cast(pack_tags(first_piece), tf.float32)
+    return features, pack_tags(piece_tags), weights
+
+  return examples.ragged_batch(batch_size, drop_remainder=True).map(
+      to_example, num_parallel_calls=AUTOTUNE, deterministic=_deterministic(config, training))
+
+
+_BUILDERS = {
+    "causal_lm": causal_lm_dataset,
+    "masked_lm": masked_lm_dataset,
+    "sequence_classification": sequence_classification_dataset,
+    "token_classification": token_classification_dataset,
+}
+
+
+def make_dataset(config, split: str, tokenizer, input_context=None,
+                 training: bool = True) -> tf.data.Dataset:
+  """The input pipeline of `config.task.name` over `split`.
+
+  Args:
+    config: the full config (`data`, `task`, `train.global_batch_size` are read).
+    split: split name, e.g. `config.data.train_split` (TFDS slicing such as
+      `"train[:10%]"` works for TFDS datasets).
+    tokenizer: from `tfllm.data.tokenizers.get_tokenizer`.
+    input_context: `tf.distribute.InputContext` (from
+      `strategy.distribute_datasets_from_function`): the dataset reads shard
+      `input_pipeline_id` of `num_input_pipelines` and batches per replica.
+    training: shuffle and repeat forever (True), or read the split once in order (False).
+
+  Returns:
+    `tf.data.Dataset` of `(features, labels, sample_weight)` with static shapes.
+
+  Raises:
+    ValueError: unknown task or dataset, missing feature, labels outside the label set,
+      a tokenizer without the special tokens the task needs.
+  """
+  task = _task_name(config)
+  if config.data.sequence_length < 2:
+    raise ValueError(f"config.data.sequence_length={config.data.sequence_length} is too "
+                     "short; accepted: >= 2")
+  batch_size = _batch_size(config, input_context)
+  source = _examples(config, split, input_context, training)
+  dataset = _BUILDERS[task](config, source, tokenizer, batch_size, training)
+  return dataset.prefetch(AUTOTUNE).with_options(_options(config, training))

@@ -5,8 +5,10 @@ so its memory grows with the square of the sequence length. Here the keys and va
 visited one block of `block_size` at a time inside a loop, keeping per query only a running
 maximum `m`, a running sum `l` of `exp(score - m)` and a running weighted sum of values
 (Milakov & Gimelshein 2018, "Online normalizer calculation for softmax"; the same
-recurrence as FlashAttention, Dao et al. 2022). Live memory is one `[queries, block_size]`
-score block: linear in the sequence length.
+recurrence as FlashAttention, Dao et al. 2022). Queries are tiled into blocks of the same
+size, so live memory is one `[block_size, block_size]` score block per head: linear in the
+sequence length. Under a causal mask a query block stops at the diagonal, skipping the key
+blocks masked for all its queries (about half the work of a long sequence).
 
 The gradient is custom as well: the backward pass recomputes each block's probabilities
 from the saved softmax statistics instead of keeping every block's scores for back-propagation,
@@ -71,106 +73,180 @@ def blockwise_attention(query, key, value, block_size, causal=False, query_start
   key = ops.cast(key, grouped.dtype)
   value = ops.cast(value, grouped.dtype)
 
+  # Queries are tiled too, so that under a causal mask each query block stops at the
+  # diagonal: the key blocks after it are masked for all its queries and are skipped.
+  query_block = block_size if query.shape[1] is None else min(block_size, query.shape[1])
   num_blocks = (k_len + block_size - 1) // block_size
-  padded_len = num_blocks * block_size
-  pad = padded_len - k_len
+  num_query_blocks = (q_len + query_block - 1) // query_block
+  pad = num_blocks * block_size - k_len
+  query_pad = num_query_blocks * query_block - q_len
   key_p = ops.pad(key, ((0, 0), (0, pad), (0, 0), (0, 0)))
   value_p = ops.pad(value, ((0, 0), (0, pad), (0, 0), (0, 0)))
+  query_p = ops.pad(grouped, ((0, 0), (0, query_pad), (0, 0), (0, 0), (0, 0)))
   padding_p = None
   if padding_mask is not None:
     padding_p = ops.pad(ops.cast(padding_mask, "bool"), ((0, 0), (0, pad)))
   attention_p = None
   if attention_mask is not None:
-    attention_p = ops.pad(ops.cast(attention_mask, "bool"), ((0, 0), (0, 0), (0, pad)))
+    attention_p = ops.pad(ops.cast(attention_mask, "bool"),
+                          ((0, 0), (0, query_pad), (0, pad)))
 
-  def block_scores(q, kp, index):
-    """Masked float32 scores `[b, K, G, q, block]` of key block `index`, and its keys."""
+  def key_blocks_for(query_index):
+    """Key blocks query block `query_index` must visit: up to its last query's position."""
+    if not causal:
+      return num_blocks
+    last_position = query_start + (query_index + 1) * query_block - 1
+    return ops.minimum(num_blocks, last_position // block_size + 1)
+
+  def query_slice(tensor, query_index):
+    return ops.slice(tensor, (0, query_index * query_block, 0, 0, 0),
+                     (batch, query_block, num_kv_heads, groups, head_dim))
+
+  def block_scores(q, query_index, index):
+    """Masked float32 scores `[b, K, G, query_block, block]` of one query and key block."""
     start = index * block_size
-    key_block = ops.slice(kp, (0, start, 0, 0), (batch, block_size, num_kv_heads, head_dim))
+    offset = query_index * query_block
+    key_block = ops.slice(key_p, (0, start, 0, 0), (batch, block_size, num_kv_heads,
+                                                    head_dim))
     scores = ops.cast(ops.einsum("bqkgd,bskd->bkgqs", q, key_block), "float32")
     block_padding = None
     if padding_p is not None:
       block_padding = ops.slice(padding_p, (0, start), (ops.shape(padding_p)[0], block_size))
     block_attention = None
     if attention_p is not None:
-      shape = ops.shape(attention_p)
-      block_attention = ops.slice(attention_p, (0, 0, start), (shape[0], shape[1], block_size))
+      block_attention = ops.slice(attention_p, (0, offset, start),
+                                  (ops.shape(attention_p)[0], query_block, block_size))
     # Key j of this block sits at absolute position start + j: shifting the queries' start
     # by -start lets the whole-sequence mask rule serve one block.
     mask = attention_lib.compute_attention_mask(
-        q_len, block_size, query_start=query_start - start, padding_mask=block_padding,
-        attention_mask=block_attention, causal=causal)
+        query_block, block_size, query_start=query_start + offset - start,
+        padding_mask=block_padding, attention_mask=block_attention, causal=causal)
     if mask is not None:
       scores = ops.where(mask[:, None, None, :, :], scores, masked_score)
     in_range = (ops.arange(block_size) + start) < k_len
     scores = ops.where(in_range, scores, out_of_range_score)
-    return scores, mask, in_range, start
+    return scores, mask, in_range, start, key_block
 
   def value_block(vp, start):
     return ops.slice(vp, (0, start, 0, 0), (batch, block_size, num_kv_heads, head_dim))
 
-  stats_shape = (batch, num_kv_heads, groups, q_len)
+  stats_shape = (batch, num_kv_heads, groups, query_block)
+  # A query row that sees no real key (all masked) is uniform over all keys in standard
+  # attention: its output is the mean of all values, whatever blocks were skipped.
+  value_mean = ops.mean(ops.cast(value, "float32"), axis=1)[:, :, None, None, :]  # [b,K,1,1,d]
 
   @ops.custom_gradient
   def attend(q, kp, vp):
-    def forward_block(index, carry):
-      running_max, running_sum, accumulator = carry
-      scores, _, _, start = block_scores(q, kp, index)
-      new_max = ops.maximum(running_max, ops.max(scores, axis=-1))
-      correction = ops.exp(running_max - new_max)
-      weights = ops.exp(scores - new_max[..., None])
-      running_sum = running_sum * correction + ops.sum(weights, axis=-1)
-      block_out = ops.einsum("bkgqs,bskd->bkgqd", ops.cast(weights, vp.dtype),
-                             value_block(vp, start))
-      accumulator = accumulator * correction[..., None] + ops.cast(block_out, "float32")
-      return new_max, running_sum, accumulator
+    del kp  # `block_scores` reads `key_p`, the tensor passed as `kp`.
 
-    init = (ops.full(stats_shape, 2.0 * out_of_range_score, "float32"),
-            ops.zeros(stats_shape, "float32"),
-            ops.zeros((*stats_shape, head_dim), "float32"))
-    running_max, running_sum, accumulator = ops.fori_loop(0, num_blocks, forward_block, init)
-    out = accumulator / running_sum[..., None]                    # [b, K, G, q, d] float32
+    def forward_query_block(query_index, outputs):
+      out_buffer, max_buffer, sum_buffer = outputs
+      q_block = query_slice(q, query_index)
+
+      def forward_block(index, carry):
+        running_max, running_sum, accumulator = carry
+        scores, _, _, start, _ = block_scores(q_block, query_index, index)
+        new_max = ops.maximum(running_max, ops.max(scores, axis=-1))
+        correction = ops.exp(running_max - new_max)
+        weights = ops.exp(scores - new_max[..., None])
+        running_sum = running_sum * correction + ops.sum(weights, axis=-1)
+        block_out = ops.einsum("bkgqs,bskd->bkgqd", ops.cast(weights, vp.dtype),
+                               value_block(vp, start))
+        accumulator = accumulator * correction[..., None] + ops.cast(block_out, "float32")
+        return new_max, running_sum, accumulator
+
+      init = (ops.full(stats_shape, 2.0 * out_of_range_score, "float32"),
+              ops.zeros(stats_shape, "float32"),
+              ops.zeros((*stats_shape, head_dim), "float32"))
+      running_max, running_sum, accumulator = ops.fori_loop(
+          0, key_blocks_for(query_index), forward_block, init)
+      fully_masked = running_max <= 0.5 * masked_score
+      out = ops.where(fully_masked[..., None], value_mean,
+                      accumulator / running_sum[..., None])            # [b, K, G, qb, d]
+      offset = query_index * query_block
+      out_buffer = ops.slice_update(out_buffer, (0, 0, 0, offset, 0), out)
+      max_buffer = ops.slice_update(max_buffer, (0, 0, 0, offset), running_max)
+      sum_buffer = ops.slice_update(sum_buffer, (0, 0, 0, offset), running_sum)
+      return out_buffer, max_buffer, sum_buffer
+
+    padded_q = num_query_blocks * query_block
+    full_stats = (batch, num_kv_heads, groups, padded_q)
+    out, running_max, running_sum = ops.fori_loop(
+        0, num_query_blocks, forward_query_block,
+        (ops.zeros((*full_stats, head_dim), "float32"), ops.zeros(full_stats, "float32"),
+         ops.ones(full_stats, "float32")))
     # The backward pass needs max and sum apart: folded into a log-sum-exp, a row of masked
     # scores (-1e9) loses log(sum) to float32 rounding.
-    inverse_sum = 1.0 / running_sum                               # [b, K, G, q]
+    inverse_sum = 1.0 / running_sum
+    fully_masked = running_max <= 0.5 * masked_score                  # [b, K, G, q]
 
     def grad(*args, upstream=None):
       if upstream is None:
         (upstream,) = args
       d_out = ops.cast(ops.transpose(upstream, (0, 2, 3, 1, 4)), "float32")   # [b,K,G,q,d]
+      # Fully masked rows: the mean of all values, so d_value gets d_out / k from them, and
+      # their scores (constants) nothing.
+      masked_rows = ops.where(fully_masked[..., None], d_out, 0.0)
+      d_out = ops.where(fully_masked[..., None], 0.0, d_out)
+      uniform = ops.sum(masked_rows, axis=(2, 3)) / ops.cast(k_len, "float32")  # [b, K, d]
       # rowsum(dO * O): the softmax Jacobian's correction term, one number per query.
       correction = ops.sum(d_out * out, axis=-1)
 
-      def backward_block(index, carry):
+      def backward_query_block(query_index, carry):
         d_query, d_key, d_value = carry
-        scores, mask, in_range, start = block_scores(q, kp, index)
-        probabilities = ops.exp(scores - running_max[..., None]) * inverse_sum[..., None]
-        d_value_block = ops.einsum("bkgqs,bkgqd->bskd", probabilities, d_out)
-        d_prob = ops.einsum("bkgqd,bskd->bkgqs", d_out,
-                            ops.cast(value_block(vp, start), "float32"))
-        d_scores = probabilities * (d_prob - correction[..., None])
-        # Masked and padded scores are constants in the forward pass: no gradient.
-        keep = in_range if mask is None else ops.logical_and(mask[:, None, None, :, :],
-                                                             in_range)
-        d_scores = ops.where(keep, d_scores, 0.0)
-        key_block = ops.slice(kp, (0, start, 0, 0), (batch, block_size, num_kv_heads,
-                                                     head_dim))
-        d_query = d_query + ops.einsum("bkgqs,bskd->bqkgd", d_scores,
-                                       ops.cast(key_block, "float32"))
-        d_key_block = ops.einsum("bkgqs,bqkgd->bskd", d_scores, ops.cast(q, "float32"))
-        d_key = ops.slice_update(d_key, (0, start, 0, 0), d_key_block)
-        d_value = ops.slice_update(d_value, (0, start, 0, 0), d_value_block)
+        offset = query_index * query_block
+        q_block = query_slice(q, query_index)
+        rows = lambda t: ops.slice(t, (0, 0, 0, offset), (batch, num_kv_heads, groups,  # noqa: E731
+                                                          query_block))
+        block_d_out = ops.slice(d_out, (0, 0, 0, offset, 0),
+                                (batch, num_kv_heads, groups, query_block, head_dim))
+        block_max, block_inverse_sum, block_correction = (
+            rows(running_max), rows(inverse_sum), rows(correction))
+
+        def backward_block(index, inner):
+          d_query_block, d_key, d_value = inner
+          scores, mask, in_range, start, key_block = block_scores(q_block, query_index, index)
+          probabilities = (ops.exp(scores - block_max[..., None])
+                           * block_inverse_sum[..., None])
+          d_value_block = ops.einsum("bkgqs,bkgqd->bskd", probabilities, block_d_out)
+          d_prob = ops.einsum("bkgqd,bskd->bkgqs", block_d_out,
+                              ops.cast(value_block(vp, start), "float32"))
+          d_scores = probabilities * (d_prob - block_correction[..., None])
+          # Masked and padded scores are constants in the forward pass: no gradient.
+          keep = in_range if mask is None else ops.logical_and(mask[:, None, None, :, :],
+                                                               in_range)
+          d_scores = ops.where(keep, d_scores, 0.0)
+          d_query_block = d_query_block + ops.einsum("bkgqs,bskd->bqkgd", d_scores,
+                                                     ops.cast(key_block, "float32"))
+          d_key_block = ops.einsum("bkgqs,bqkgd->bskd", d_scores,
+                                   ops.cast(q_block, "float32"))
+          block_shape = (batch, block_size, num_kv_heads, head_dim)
+          d_key = ops.slice_update(d_key, (0, start, 0, 0),
+                                   ops.slice(d_key, (0, start, 0, 0), block_shape)
+                                   + d_key_block)
+          d_value = ops.slice_update(d_value, (0, start, 0, 0),
+                                     ops.slice(d_value, (0, start, 0, 0), block_shape)
+                                     + d_value_block)
+          return d_query_block, d_key, d_value
+
+        d_query_block, d_key, d_value = ops.fori_loop(
+            0, key_blocks_for(query_index), backward_block,
+            (ops.zeros(ops.shape(q_block), "float32"), d_key, d_value))
+        d_query = ops.slice_update(d_query, (0, offset, 0, 0, 0), d_query_block)
         return d_query, d_key, d_value
 
-      init_grads = (ops.zeros(ops.shape(q), "float32"), ops.zeros(ops.shape(kp), "float32"),
+      init_grads = (ops.zeros(ops.shape(q), "float32"), ops.zeros(ops.shape(key_p), "float32"),
                     ops.zeros(ops.shape(vp), "float32"))
-      d_query, d_key, d_value = ops.fori_loop(0, num_blocks, backward_block, init_grads)
-      return (ops.cast(d_query, q.dtype), ops.cast(d_key, kp.dtype),
+      d_query, d_key, d_value = ops.fori_loop(0, num_query_blocks, backward_query_block,
+                                              init_grads)
+      real_key = (ops.arange(ops.shape(vp)[1]) < k_len)[None, :, None, None]
+      d_value = d_value + ops.where(real_key, uniform[:, None, :, :], 0.0)
+      return (ops.cast(d_query, q.dtype), ops.cast(d_key, key_p.dtype),
               ops.cast(d_value, vp.dtype))
 
     result = ops.cast(ops.transpose(out, (0, 3, 1, 2, 4)), vp.dtype)   # [b, q, K, G, d]
     return result, grad
 
-  output = attend(grouped, key_p, value_p)
+  output = attend(query_p, key_p, value_p)[:, :q_len]
   return ops.reshape(output, (batch, q_len, num_heads, head_dim))
 

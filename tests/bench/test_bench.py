@@ -1,0 +1,170 @@
+"""tfllm-bench: FLOP counts, equal shapes of compared models, and the tool end to end.
+
+No timing assertions: only that the tool runs, writes what it says, and counts right.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfllm import config as config_lib
+from tfllm.bench import keras_hub_models, mfu, sweep
+from tfllm.bench import run as bench
+from tfllm.bench import train
+from tfllm.models.config import model_preset
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _config(style="gpt2", **model):
+  config = config_lib.default_config()
+  config.model.update(model_preset(style))
+  config.model.update(vocab_size=100, num_layers=2, hidden_dim=32, num_heads=4,
+                      intermediate_dim=64, max_sequence_length=32, **model)
+  config.task.name = "causal_lm" if style == "gpt2" else "masked_lm"
+  config.data.sequence_length = 16
+  config.train.global_batch_size = 2
+  return config
+
+
+def _gpt2_parameters(vocab, positions, hidden, layers, intermediate):
+  """GPT-2's parameter count by hand: embeddings, then per block two LayerNorms, QKV and
+  output projections, the MLP; a final LayerNorm; the output projection is tied."""
+  per_block = (2 * 2 * hidden                       # two LayerNorms (scale, bias)
+               + hidden * 3 * hidden + 3 * hidden   # fused QKV
+               + hidden * hidden + hidden           # attention output
+               + hidden * intermediate + intermediate + intermediate * hidden + hidden)
+  return vocab * hidden + positions * hidden + layers * per_block + 2 * hidden
+
+
+@pytest.mark.parametrize("shape", [
+    # (vocab, positions, hidden, heads, layers, intermediate, sequence length)
+    (100, 32, 32, 4, 2, 64, 16),
+    (8000, 128, 256, 4, 4, 1024, 128),   # gpt_tiny
+])
+def test_training_flops_per_token_match_a_hand_count(shape):
+  vocab, positions, hidden, heads, layers, intermediate, length = shape
+  config = _config()
+  config.model.update(vocab_size=vocab, max_sequence_length=positions, hidden_dim=hidden,
+                      num_heads=heads, num_layers=layers, intermediate_dim=intermediate)
+  candidate = train.tfllm_candidate(config, tf.zeros((1, 2), tf.int32))
+  total = _gpt2_parameters(vocab, positions, hidden, layers, intermediate)
+  assert candidate.num_parameters == total
+  without_positions = total - positions * hidden
+  assert mfu.flops_parameter_count(candidate.counted) == without_positions
+  expected = 6 * without_positions + 12 * layers * heads * (hidden // heads) * length
+  got = mfu.training_flops_per_token(candidate.counted, layers, heads, hidden // heads, length)
+  assert got == expected
+  if shape[0] == 8000:
+    # gpt_tiny: N = 5,207,552 -> 6N = 31,245,312; attention 12*4*4*64*128 = 1,572,864.
+    assert expected == 32_818_176
+
+
+@pytest.mark.parametrize("style", ["gpt2", "bert"])
+def test_compared_keras_hub_model_has_the_same_parameter_count(style):
+  config = _config(style)
+  token_ids = tf.zeros((2, 16), tf.int32)
+  ours = train.tfllm_candidate(config, token_ids)
+  theirs = train.keras_hub_candidate(config, token_ids)
+  assert ours.num_parameters == theirs.num_parameters == train.check_same_shape([ours, theirs])
+  assert (mfu.flops_parameter_count(ours.counted)
+          == mfu.flops_parameter_count(theirs.counted)
+          - (0 if style == "gpt2" else 32 * 32 + 32))  # KerasHub BERT's unused pooler
+  logits = theirs.logits_fn(theirs.features)
+  assert logits.shape == (2, 16, 100)
+
+
+def test_keras_hub_comparison_refuses_a_shape_it_cannot_build():
+  config = _config(num_kv_heads=2)
+  with pytest.raises(config_lib.ConfigError, match="num_kv_heads=2"):
+    keras_hub_models.comparison_kind(config.model)
+
+
+def test_growth_fit_recovers_linear_and_quadratic_parts():
+  xs = [128, 256, 512, 1024]
+  ys = [0.01 + 2e-5 * x + 3e-8 * x * x for x in xs]
+  fit = sweep.fit_growth(xs, ys, quadratic=True)
+  np.testing.assert_allclose([fit["a"], fit["b"], fit["c"]], [0.01, 2e-5, 3e-8], rtol=1e-6)
+  last = fit["points"][-1]
+  np.testing.assert_allclose(last["quadratic_share"], 3e-8 * 1024 ** 2 / ys[-1], rtol=1e-6)
+
+
+def test_sweep_flag_is_parsed_or_refused_with_the_accepted_names():
+  assert sweep.parse_sweep("seq_len=256,128") == ("seq_len", [128, 256])
+  with pytest.raises(ValueError, match="seq_len, num_layers, batch_size"):
+    sweep.parse_sweep("width=1,2")
+
+
+def test_train_mode_with_comparison_and_sweep_writes_json_and_plot(tmp_path):
+  output = str(tmp_path / "train.json")
+  result = bench.run(_config(), mode="train", compare="keras_hub", steps=1, repeats=2,
+                     peak_flops=1e11, output=output, log=lambda line: None)
+  saved = json.loads(open(output).read())
+  assert saved["models"]["tfllm"]["parameters"] == saved["models"]["keras_hub"]["parameters"]
+  ratio = saved["ratios"]["tokens_per_second tfllm/keras_hub"]
+  assert ratio["n"] == 2 and ratio["min"] <= ratio["median"] <= ratio["max"]
+  assert saved["models"]["tfllm"]["mfu"]["median"] > 0
+  assert result["models"]["tfllm"]["memory"]["peak_bytes"] > 0
+
+  output = str(tmp_path / "sweep.json")
+  bench.run(_config(), mode="train", sweeps=["seq_len=8,16,32"], steps=1, repeats=1,
+            peak_flops=1e11, output=output, log=lambda line: None)
+  saved = json.loads(open(output).read())
+  (summary,) = saved["sweeps"]
+  assert [p["value"] for p in summary["points"]] == [8, 16, 32]
+  assert summary["step_time_fit"]["terms"] == "a + b*x + c*x^2"
+  with open(tmp_path / "sweep.png", "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_generate_mode_times_both_generators(tmp_path):
+  output = str(tmp_path / "generate.json")
+  bench.run(_config(), mode="generate", compare="keras_hub", sweeps=["batch_size=2"],
+            prompt_length=4, new_tokens=3, repeats=1, output=output, log=lambda line: None)
+  saved = json.loads(open(output).read())
+  entry = saved["batch_sizes"]["2"]
+  assert set(entry) == {"tfllm", "keras_hub", "ratio new_tokens_per_second tfllm/keras_hub",
+                        "ratio cpu time per call keras_hub/tfllm"}
+  assert entry["tfllm"]["new_tokens_per_second"]["median"] > 0
+
+
+def test_attention_mode_compares_blockwise_and_standard():
+  result = bench.run(_config(), mode="attention", sweeps=["seq_len=24"], repeats=1,
+                     attention_block_size=8, log=lambda line: None)
+  entry = result["sequence_lengths"]["24"]
+  assert entry["checksum_difference"] <= 1e-4 * max(1.0, abs(entry["checksum"]))
+  assert entry["standard"]["seconds"]["n"] == entry["blockwise"]["seconds"]["n"] == 1
+
+
+def test_command_line_runs_and_refuses_bad_flags(tmp_path):
+  output = str(tmp_path / "cli.json")
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  command = [sys.executable, "-m", "tfllm.cli.bench", "--mode=train",
+             f"--config={REPO}/configs/gpt_tiny.py", "--config.model.num_layers=1",
+             "--config.model.vocab_size=64", "--config.data.sequence_length=8",
+             "--batch_size=2", "--steps=1", "--repeats=1", "--peak_flops=1e11",
+             f"--output={output}"]
+  done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "tokens/s" in done.stdout and "6*N + 12*L*H*Q*T" in done.stdout
+  assert json.loads(open(output).read())["sequence_length"] == 8
+  bad = subprocess.run(command[:4] + ["--sweep=width=1,2"], capture_output=True, text=True,
+                       env=env, timeout=240)
+  assert bad.returncode == 2
+  assert "seq_len, num_layers, batch_size" in bad.stderr.strip().splitlines()[-1]
+
+
+def test_modes_refuse_what_they_cannot_measure():
+  with pytest.raises(ValueError, match="export_dir"):
+    bench.run(_config(), mode="serve", log=lambda line: None)
+  with pytest.raises(ValueError, match="mode='predict' is not accepted"):
+    bench.run(_config(), mode="predict", log=lambda line: None)
+  with pytest.raises(ValueError, match="--compare=keras_hub is for train and generate"):
+    bench.run(_config(), mode="attention", compare="keras_hub", log=lambda line: None)

@@ -159,7 +159,8 @@ class TransformerBackbone(keras.Model):
 
   def init_cache(self, batch_size, max_length=None, dtype=None):
     """A zero KV cache `[batch, num_layers, 2, max_length, num_kv_heads, head_dim]`."""
-    max_length = max_length or self.max_sequence_length
+    # `or` would turn a tensor max_length into a Python bool under XLA.
+    max_length = self.max_sequence_length if max_length is None else max_length
     return ops.zeros((batch_size, self.num_layers, 2, max_length, self.num_kv_heads,
                       self.head_dim), dtype=dtype or self.compute_dtype)
 

@@ -68,6 +68,11 @@ class CausalLM(_TaskModel):
                                                   padding_mask=padding_mask)
     return self.head(hidden), hidden, cache
 
+  def generate(self, prompts, tokenizer=None, **kwargs):
+    """Continues `prompts` (strings or token-id lists); see `tfllm.models.generation.generate`."""
+    from tfllm.models import generation  # generation imports this module
+    return generation.generate(self, prompts, tokenizer=tokenizer, **kwargs)
+
 
 @keras.saving.register_keras_serializable(package="tfllm")
 class MaskedLM(_TaskModel):

@@ -1,0 +1,68 @@
+"""tfllm-export and tfllm-generate as a user runs them: exit codes, one-line errors, output."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.export.conftest import make_model_dir
+
+pytestmark = pytest.mark.slow  # every test starts tfllm-export / tfllm-generate processes
+
+
+def run_cli(module, *args, timeout=300):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                        timeout=timeout, env=env, check=False)
+
+
+def error_line(process):
+  lines = [l for l in process.stderr.strip().splitlines() if l.startswith("tfllm-")]
+  assert len(lines) == 1, process.stderr
+  return lines[0]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("cli") / "gpt")
+  make_model_dir(path, "causal_lm")
+  return path
+
+
+def test_export_writes_versions_and_refuses_an_existing_one(model_dir, tmp_path):
+  export_dir = str(tmp_path / "serving")
+  done = run_cli("tfllm.cli.export", f"--model_dir={model_dir}", f"--export_dir={export_dir}",
+                 "--max_new_tokens=4")
+  assert done.returncode == 0, done.stderr
+  assert done.stdout.strip().splitlines()[-1] == os.path.join(export_dir, "1")
+  assert os.path.isfile(os.path.join(export_dir, "1", "saved_model.pb"))
+  again = run_cli("tfllm.cli.export", f"--model_dir={model_dir}", f"--export_dir={export_dir}",
+                  "--version=1")
+  assert again.returncode == 1
+  assert "already exists" in error_line(again)
+  assert sorted(os.listdir(export_dir)) == ["1"]
+
+
+def test_export_errors_are_one_line(model_dir, tmp_path):
+  missing = run_cli("tfllm.cli.export", f"--model_dir={tmp_path / 'nope'}",
+                    f"--export_dir={tmp_path / 'out'}")
+  assert missing.returncode == 1 and "does not exist" in error_line(missing)
+  no_tokenizer = tmp_path / "no_tokenizer"
+  no_tokenizer.mkdir()
+  (no_tokenizer / "config.json").write_text(open(os.path.join(model_dir, "config.json")).read())
+  bad = run_cli("tfllm.cli.export", f"--model_dir={no_tokenizer}",
+                f"--export_dir={tmp_path / 'out'}")
+  assert bad.returncode == 1 and "no saved tokenizer" in error_line(bad)
+  assert not os.path.exists(tmp_path / "out")
+  flags = run_cli("tfllm.cli.export", f"--model_dir={model_dir}")
+  assert flags.returncode == 2 and "--export_dir is required" in error_line(flags)
+
+
+def test_generate_prints_one_continuation_per_prompt(model_dir):
+  done = run_cli("tfllm.cli.generate", f"--model_dir={model_dir}", "--prompt=hello world",
+                 "--prompt=the film", "--max_new_tokens=3", "--nojit_compile")
+  assert done.returncode == 0, done.stderr
+  assert len(done.stdout.rstrip("\n").split("\n\n")) == 2

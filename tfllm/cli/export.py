@@ -1,0 +1,81 @@
+"""tfllm-export: a trained model directory -> a TF Serving model version.
+
+  tfllm-export --model_dir=/tmp/gpt_tiny --export_dir=/tmp/serving/gpt_tiny
+      [--version=3] [--overwrite] [--jit_compile] [--max_new_tokens=64 --temperature=0.8 ...]
+
+Writes `<export_dir>/<version>/` (default version: one more than the newest there) with
+string-in signatures, the tokenizer inside, and warm-up requests; see docs/serving.md.
+The model's `config.json` supplies the `export` section; the flags below override it.
+
+Exit codes: 0 written (its path is printed); 1 an error (one line on stderr); 2 bad flags.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+from tfllm.cli import flags as tfllm_flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+PROGRAM = "tfllm-export"
+# Flags that override `config.export` keys of the same name when given.
+OVERRIDES = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "max_length",
+             "sequence_length", "jit_compile")
+
+
+def define_flags():
+  tfllm_flags.define_model_dir_flag("Directory a training run wrote (config.json, tokenizer/, "
+                                    "checkpoints/).")
+  flags.DEFINE_string("export_dir", None, "TF Serving model base path; the version is written "
+                      "in a subdirectory.")
+  flags.DEFINE_integer("version", None, "Integer version; default: newest present + 1.",
+                       lower_bound=0)
+  flags.DEFINE_bool("overwrite", False, "Replace an existing --version.")
+  flags.DEFINE_bool("jit_compile", None, "XLA inside the served graph (TF Serving then needs "
+                    "--xla_cpu_compilation_enabled on CPU).")
+  flags.DEFINE_integer("max_new_tokens", None, "Causal LM serving_default: tokens to add.")
+  flags.DEFINE_float("temperature", None, "Causal LM serving_default: 0 = greedy.")
+  flags.DEFINE_integer("top_k", None, "Causal LM serving_default: 0 = off.")
+  flags.DEFINE_float("top_p", None, "Causal LM serving_default: 1 = off.")
+  flags.DEFINE_integer("seed", None, "Causal LM serving_default: sampling seed.")
+  flags.DEFINE_integer("max_length", None, "Causal LM: prompt + continuation buffer.")
+  flags.DEFINE_integer("sequence_length", None, "Classifiers, masked LM: tokens per text.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    print(f"{PROGRAM}: error: unexpected arguments {argv[1:]}; flags look like --name=value",
+          file=sys.stderr)
+    return 2
+  for name in ("model_dir", "export_dir"):
+    if not FLAGS[name].value:
+      print(f"{PROGRAM}: error: --{name} is required", file=sys.stderr)
+      return 2
+  from tfllm import export  # pylint: disable=g-import-not-at-top
+  overrides = {name: FLAGS[name].value for name in OVERRIDES if FLAGS[name].value is not None}
+  try:
+    path = export.export_model_dir(FLAGS.model_dir, FLAGS.export_dir, version=FLAGS.version,
+                                   overwrite=FLAGS.overwrite, overrides=overrides)
+  except Exception as error:  # pylint: disable=broad-except
+    logging.debug("%s failed", PROGRAM, exc_info=True)
+    print(f"{PROGRAM}: error: {tfllm_flags.one_line(error)}", file=sys.stderr)
+    return 1
+  print(path, flush=True)
+  return 0
+
+
+def run_main():
+  """Console script `tfllm-export`."""
+  tfllm_flags.define_flags_one_line_errors(PROGRAM, define_flags)
+  app.run(main, flags_parser=tfllm_flags.flags_parser(PROGRAM))
+
+
+if __name__ == "__main__":
+  run_main()

@@ -1,0 +1,181 @@
+"""`export_saved_model`: a TF Serving model version, written atomically.
+
+Layout (what TF Serving watches): `<export_dir>/<version>/saved_model.pb`, `variables/`,
+`assets/` and `assets.extra/tf_serving_warmup_requests`. The version is written under a
+hidden temporary name inside `export_dir` and renamed into place, so a server polling
+`export_dir` never sees a half-written version, and an existing version is replaced only when
+`overwrite=True` (then the old one is moved aside first and deleted after the rename).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Optional
+
+import keras
+import tensorflow as tf
+
+from tfllm import config as config_lib
+from tfllm.export import signatures as signatures_lib
+from tfllm.export import warmup as warmup_lib
+
+
+class ExportError(ValueError):
+  """The export cannot be written as asked (missing inputs, existing version, ...)."""
+
+
+def existing_versions(export_dir: str):
+  """Integer versions present in `export_dir` (sorted), ignoring anything else."""
+  if not os.path.isdir(export_dir):
+    return []
+  return sorted(int(name) for name in os.listdir(export_dir) if name.isdigit())
+
+
+def next_version(export_dir: str) -> int:
+  """One more than the newest version in `export_dir`, or 1."""
+  versions = existing_versions(export_dir)
+  return versions[-1] + 1 if versions else 1
+
+
+def _write_saved_model(path, model, tokenizer, config):
+  serving = signatures_lib.signatures_for(model, tokenizer, config)
+  functions = serving.functions()
+  for function in functions.values():
+    function.get_concrete_function()
+  tokenizer(tf.constant([""]))  # builds the layer (ExportArchive tracks only built layers)
+  archive = keras.export.ExportArchive()
+  archive.track(model)
+  archive.track(tokenizer)
+  for name, function in functions.items():
+    archive.add_endpoint(name, function)
+  archive.write_out(path, verbose=False)
+  _set_method_names(path, serving.method_names())
+  return serving
+
+
+def _set_method_names(path, method_names):
+  """Gives signatures another method name than Predict (e.g. Classify for serve_examples).
+
+  `tf.saved_model.save` writes every signature as Predict; TF Serving's Classify API checks
+  the method name, while its Predict API accepts any, so the rename only adds an API.
+  """
+  if not method_names:
+    return
+  from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-direct-tensorflow-import
+  pb_path = os.path.join(path, "saved_model.pb")
+  saved_model = saved_model_pb2.SavedModel()
+  with open(pb_path, "rb") as f:
+    saved_model.ParseFromString(f.read())
+  for meta_graph in saved_model.meta_graphs:
+    for name, method in method_names.items():
+      if name in meta_graph.signature_def:
+        meta_graph.signature_def[name].method_name = method
+  with open(pb_path, "wb") as f:
+    f.write(saved_model.SerializeToString())
+
+
+def export_saved_model(model, tokenizer, config, export_dir: str, version: Optional[int] = None,
+                       overwrite: bool = False) -> str:
+  """Exports `model` with in-graph tokenization as `<export_dir>/<version>/`.
+
+  Args:
+    model: the built task model (`tfllm.models.build(config)`, weights restored).
+    tokenizer: its keras-hub tokenizer (`tfllm.data.tokenizers`); its vocabulary is stored
+      inside the SavedModel.
+    config: the model's full config; `config.export` sets generation defaults, lengths, XLA
+      and warm-up (see `tfllm.export.config`).
+    export_dir: the TF Serving model base path.
+    version: integer version; None = one more than the newest present (1 if none).
+    overwrite: replace an existing `version` (otherwise that is an error).
+
+  Returns:
+    The path of the written version.
+
+  Raises:
+    ExportError: `version` exists and `overwrite` is False, or `version` is not a
+      non-negative integer.
+  """
+  config_lib.validate(config)
+  export_dir = os.path.abspath(export_dir)
+  if version is None:
+    version = next_version(export_dir)
+  if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+    raise ExportError(f"version={version!r} is not accepted; TF Serving versions are integers "
+                      ">= 0")
+  target = os.path.join(export_dir, str(version))
+  if os.path.exists(target) and not overwrite:
+    raise ExportError(f"{target} already exists; choose another version or pass overwrite")
+  os.makedirs(export_dir, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_dir)
+  retired = None
+  try:
+    saved_model_dir = os.path.join(staging, "model")
+    serving = _write_saved_model(saved_model_dir, model, tokenizer, config)
+    extra = os.path.join(saved_model_dir, "assets.extra")
+    os.makedirs(extra, exist_ok=True)
+    if config.export.warmup:
+      warmup_lib.write_warmup_requests(os.path.join(extra, warmup_lib.WARMUP_FILE),
+                                       serving.warmup_inputs())
+    with open(os.path.join(extra, "tfllm_config.json"), "w", encoding="utf-8") as f:
+      f.write(config_lib.to_json(config))
+    if os.path.exists(target):
+      retired = os.path.join(staging, "retired")
+      os.rename(target, retired)
+    os.rename(saved_model_dir, target)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  return target
+
+
+def load_trained(model_dir: str):
+  """The model, tokenizer and config a training run left in `model_dir`.
+
+  Reads `model_dir/config.json`, builds the model, restores the newest checkpoint's weights
+  and loads `model_dir/tokenizer/`.
+
+  Returns:
+    `(model, tokenizer, config)`.
+
+  Raises:
+    ExportError: `model_dir` is missing, or has no config, checkpoint or tokenizer.
+  """
+  from tfllm.data import tokenizers
+  from tfllm.models import build
+  from tfllm.training import checkpointing
+
+  if not model_dir or not os.path.isdir(model_dir):
+    raise ExportError(f"model_dir={model_dir!r} does not exist; pass the directory a training "
+                      "run wrote")
+  config_path = os.path.join(model_dir, "config.json")
+  if not os.path.isfile(config_path):
+    raise ExportError(f"{config_path} is missing; model_dir={model_dir!r} is not a tfllm "
+                      "training directory")
+  with open(config_path, encoding="utf-8") as f:
+    config = config_lib.from_json(f.read())
+  tokenizer_dir = os.path.join(model_dir, "tokenizer")
+  if not tokenizers.is_saved_tokenizer(tokenizer_dir):
+    raise ExportError(f"{tokenizer_dir} holds no saved tokenizer; the export needs the "
+                      "training vocabulary (tfllm.data.tokenizers.save_tokenizer)")
+  tokenizer = tokenizers.load_tokenizer(tokenizer_dir)
+  model = build(config)
+  try:
+    checkpointing.restore_model(model, model_dir)
+  except FileNotFoundError as error:
+    raise ExportError(str(error)) from error
+  return model, tokenizer, config
+
+
+def export_model_dir(model_dir: str, export_dir: str, version: Optional[int] = None,
+                     overwrite: bool = False, overrides=None) -> str:
+  """`export_saved_model` of what `load_trained(model_dir)` returns.
+
+  Args:
+    overrides: optional dict of `export` section values replacing the trained config's.
+  """
+  model, tokenizer, config = load_trained(model_dir)
+  if overrides:
+    config.export.update(dict(overrides))
+  return export_saved_model(model, tokenizer, config, export_dir, version, overwrite)
+

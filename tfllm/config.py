@@ -12,6 +12,7 @@ Sections and the modules that own them:
   tokenizer  tfllm.data.config        vocabulary
   train      tfllm.training.config    optimizer, schedule, loop, checkpoints
   export     tfllm.export.config      SavedModel export and generation defaults
+  finetune   tfllm.finetune.config    pretrained init, full/top-layers/LoRA, quantize, distill
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ _SECTIONS = (
     ("tokenizer", "tfllm.data.config", "tokenizer"),
     ("train", "tfllm.training.config", "train"),
     ("export", "tfllm.export.config", "export"),
+    ("finetune", "tfllm.finetune.config", "finetune"),
 )
 
 

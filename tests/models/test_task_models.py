@@ -98,3 +98,20 @@ def test_classifier_needs_labels():
   config.task.labels = []
   with pytest.raises(ValueError, match="needs `labels` or `num_classes`"):
     models.build(config)
+
+
+@pytest.mark.parametrize("task", ["causal_lm", "multi_task"])
+def test_tf_checkpoint_holds_every_variable(task, tmp_path):
+  import tensorflow as tf
+  config = tiny_config("bert" if task == "multi_task" else "gpt2", task=task)
+  if task == "multi_task":
+    config.task.heads = {"ner": dict(task="token_classification", num_classes=3),
+                         "mlm": dict(task="masked_lm")}
+  model = models.build(config)
+  for layer in model.backbone.blocks:
+    layer.trainable = False  # frozen variables must be saved too, not only optimizer slots
+  path = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
+  restored = models.build(config)
+  tf.train.Checkpoint(model=restored).read(path).assert_existing_objects_matched()
+  for a, b in zip(model.weights, restored.weights):
+    np.testing.assert_array_equal(a, b)

@@ -136,6 +136,13 @@ class TransformerBackbone(keras.Model):
       self.final_norm.build(shape)
     self.built = True
 
+  def _trackable_children(self, save_type="checkpoint", **kwargs):
+    # Keras 3.15 leaves layers held in lists out of tf.train.Checkpoint (its TrackedList is
+    # converted for SavedModel only): name each block so that checkpoints hold them.
+    children = super()._trackable_children(save_type, **kwargs)
+    children.update({block.name: block for block in self.blocks})
+    return children
+
   def embed(self, token_ids, token_type_ids=None, start_index=0, training=None):
     """Token (+ position, + token type) embeddings of `token_ids` `[batch, seq]`."""
     x = self.token_embedding(token_ids)

@@ -129,6 +129,12 @@ class MultiTaskModel(keras.Model):
                                        **{k: v for k, v in spec.items() if k != "task"})
                   for head_name, spec in self.head_specs.items()}
 
+  def _trackable_children(self, save_type="checkpoint", **kwargs):
+    # As TransformerBackbone.blocks: Keras 3.15 leaves dict-held layers out of checkpoints.
+    children = super()._trackable_children(save_type, **kwargs)
+    children.update({f"head_{name}": head for name, head in self.heads.items()})
+    return children
+
   def call(self, inputs, training=None):
     features = _as_dict(inputs)
     hidden = self.backbone(features, training=training)

@@ -1,0 +1,24 @@
+"""Distillation: a BERT-Tiny-shaped student (2 layers, width 128, 2 heads, randomly
+initialized, MiniLM's vocabulary) learns movie sentiment from a fine-tuned MiniLM teacher.
+
+  tfllm-train --config=configs/minilm_movie_sentiment.py --model_dir=/tmp/minilm_sentiment
+  tfllm-train --config=configs/distill_bert_tiny.py --model_dir=/tmp/tiny_sentiment \
+      --config.finetune.distill.teacher_model_dir=/tmp/minilm_sentiment
+
+The loss is alpha * T^2 * KL(teacher || student at temperature T) + (1 - alpha) * hard-label
+cross-entropy (`tfllm.finetune.distillation`). For token classification, start from
+`recipes.conll2003_ner` instead.
+"""
+
+from tfllm.finetune import recipes
+
+
+def get_config():
+  config = recipes.movie_sentiment(recipes.minilm_config(steps=1500, global_batch_size=32))
+  # The student: BERT-Tiny's shape (configs/bert_tiny.py) on the teacher's tokenizer.
+  config.model.update(num_layers=2, hidden_dim=128, num_heads=2, intermediate_dim=512,
+                      head_dim=0, num_kv_heads=0, max_sequence_length=512)
+  config.finetune.init_checkpoint = ""          # random student; the teacher brings the knowledge
+  config.finetune.distill.update(temperature=2.0, alpha=0.5)
+  config.train.optimizer.update(learning_rate=1e-3, warmup_steps=100)
+  return config

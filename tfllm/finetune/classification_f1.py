@@ -1,0 +1,69 @@
+"""Per-class and macro F1 of sequence classification, from additive confusion counts."""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+import tensorflow as tf
+
+from tfllm.models.config import num_classes
+from tfllm.training import losses
+from tfllm.training.metrics import EvalMetric
+
+
+class ClassificationF1(EvalMetric):
+  """Reports `class/<label>/{precision,recall,f1}` and `class/macro/f1` (prefixed by the head
+  name for multi-task models); labels are the config's names, else class ids.
+
+  Args:
+    task: the `config.task` section.
+  """
+
+  def __init__(self, task):
+    if task.name == "multi_task":
+      heads = {name: head for name, head in task.heads.items()
+               if head.task == "sequence_classification"}
+      self._prefix = {name: f"{name}/" for name in heads}
+    else:
+      heads = {losses.SINGLE_HEAD: task}
+      self._prefix = {losses.SINGLE_HEAD: ""}
+    self._labels: Dict[str, List[str]] = {
+        name: list(head.labels) or [str(i) for i in range(num_classes(head))]
+        for name, head in heads.items()}
+
+  @classmethod
+  def from_config(cls, config, tokenizer=None):
+    del tokenizer
+    return cls(config.task)
+
+  def sums(self, features, logits, labels, sample_weight):
+    logits, labels = losses.as_heads(logits), losses.as_heads(labels)
+    weights = losses.as_heads(sample_weight) if sample_weight is not None else {}
+    out = {}
+    for name, label_names in self._labels.items():
+      depth = len(label_names)
+      weight = losses.head_weights(labels[name], weights.get(name))[..., None]
+      true = tf.one_hot(tf.cast(labels[name], tf.int32), depth) * weight
+      pred = tf.one_hot(tf.argmax(logits[name], axis=-1, output_type=tf.int32), depth) * weight
+      for kind, values in (("tp", tf.reduce_sum(true * pred, 0)),
+                           ("pred", tf.reduce_sum(pred, 0)), ("true", tf.reduce_sum(true, 0))):
+        for i, label in enumerate(label_names):
+          out[f"{name}/class_{kind}/{label}"] = values[i]
+    return out
+
+  def result(self, totals):
+    out = {}
+    for name, label_names in self._labels.items():
+      prefix = f"{self._prefix[name]}class/"
+      f1s = []
+      for label in label_names:
+        tp, pred, true = (totals[f"{name}/class_{kind}/{label}"]
+                          for kind in ("tp", "pred", "true"))
+        precision = tp / pred if pred else 0.0
+        recall = tp / true if true else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        out.update({f"{prefix}{label}/precision": precision, f"{prefix}{label}/recall": recall,
+                    f"{prefix}{label}/f1": f1})
+        f1s.append(f1)
+      out[f"{prefix}macro/f1"] = sum(f1s) / len(f1s)
+    return out

@@ -1,0 +1,78 @@
+"""Schema of the `finetune` config section (see `tfllm.config`).
+
+  init_checkpoint   a Hugging Face BERT directory (config.json, model.safetensors, vocab.txt)
+                    whose weights initialize the backbone; "" = random initialization
+  strategy          full | top_layers | lora: which variables train (`tfllm.finetune.strategies`)
+  train_top_layers  top_layers: blocks that train; the embeddings and lower blocks are frozen
+  lora_rank         lora: adapter rank (>= 1)
+  lora_alpha        lora: scale numerator; 0 = lora_rank (scale 1)
+  quantize          "" | int8: evaluate/export the int8-quantized model after training
+  distill           teacher_model_dir: a tfllm model_dir (config.json + checkpoints) of the
+                    fine-tuned teacher ("" = no distillation); temperature; alpha, the weight
+                    of the soft-target KL term (1 - alpha weighs the hard-label cross-entropy)
+  head_data         multi_task: per head, the dataset (and features, splits) it trains on;
+                    batches alternate between heads at random, in proportion to `weight`
+"""
+
+from __future__ import annotations
+
+from tfllm.config import ConfigError, SectionSchema
+from tfllm.finetune.strategies import STRATEGIES
+
+
+def _finetune_defaults():
+  return dict(
+      init_checkpoint="",
+      strategy="full",
+      train_top_layers=2,
+      lora_rank=8,
+      lora_alpha=0.0,
+      quantize="",
+      distill=dict(
+          teacher_model_dir="",
+          temperature=2.0,
+          alpha=0.5,
+      ),
+      head_data={},              # multi_task: head name -> its data source (_head_data_defaults)
+  )
+
+
+def _head_data_defaults():
+  """Where one multi-task head's examples come from; `config.data` gives the rest (sequence
+  length, shuffling, data_dir)."""
+  return dict(
+      dataset="",
+      text_feature="text",
+      label_feature="label",
+      train_split="train",
+      eval_split="validation",
+      test_split="test",
+      weight=1.0,                # share of training batches drawn from this head's data
+  )
+
+
+def _check_finetune(section):
+  if section.strategy == "lora" and section.lora_rank < 1:
+    raise ConfigError(f"config.finetune.lora_rank={section.lora_rank} must be >= 1 for "
+                      "config.finetune.strategy='lora'")
+
+
+SCHEMAS = {
+    "finetune": SectionSchema(
+        _finetune_defaults,
+        choices={"strategy": STRATEGIES, "quantize": ("", "int8")},
+        ranges={"train_top_layers": (0, None), "lora_rank": (0, None),
+                "lora_alpha": (0.0, None), "distill.temperature": (1e-6, None),
+                "distill.alpha": (0.0, 1.0)},
+        check=_check_finetune,
+        entry_schemas={"head_data": SectionSchema(
+            _head_data_defaults, ranges={"weight": (0.0, None)})}),
+}
+
+
+def with_finetune_section(config):
+  """`config` with a default `finetune` section when it has none (returned, changed in place)."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  if "finetune" not in config:
+    config.finetune = ml_collections.ConfigDict(_finetune_defaults())
+  return config

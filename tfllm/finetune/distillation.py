@@ -1,0 +1,128 @@
+"""Knowledge distillation: a small student learns the fine-tuned teacher's soft predictions.
+
+Loss per example (Hinton et al., 2015):
+  alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+  + (1 - alpha) * cross_entropy(label, softmax(student))
+The T^2 factor keeps the soft term's gradient scale independent of the temperature T.
+Losses are weighted sums over the batch plus the weight sum (the trainer's convention,
+`tfllm.training.losses`), so the mean is over the global batch under any strategy.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Tuple
+
+import keras
+import tensorflow as tf
+
+from tfllm.training import losses
+
+
+def distillation_sums(student_logits, teacher_logits, labels, sample_weight=None,
+                      temperature: float = 2.0, alpha: float = 0.5) -> Tuple[tf.Tensor, tf.Tensor]:
+  """Weighted sum of the distillation loss and the sum of weights of one head.
+
+  Args:
+    student_logits, teacher_logits: float `[..., num_classes]`.
+    labels: int `[...]` hard labels.
+    sample_weight: float `[...]` or None; 0 masks a position (padding, non-first pieces).
+    temperature: softening temperature T > 0.
+    alpha: weight of the soft (KL) term, in [0, 1].
+
+  Returns:
+    `(loss_sum, weight_sum)`, float32 scalars.
+  """
+  if temperature <= 0:
+    raise ValueError(f"temperature={temperature} must be > 0")
+  if not 0.0 <= alpha <= 1.0:
+    raise ValueError(f"alpha={alpha} must be in [0, 1]")
+  student = tf.cast(student_logits, tf.float32)
+  teacher = tf.cast(teacher_logits, tf.float32)
+  weights = losses.head_weights(labels, sample_weight)
+  teacher_log_probs = tf.nn.log_softmax(teacher / temperature, axis=-1)
+  student_log_probs = tf.nn.log_softmax(student / temperature, axis=-1)
+  kl = tf.reduce_sum(tf.exp(teacher_log_probs) * (teacher_log_probs - student_log_probs),
+                     axis=-1)
+  ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32),
+                                                      logits=student)
+  per_example = alpha * temperature ** 2 * kl + (1.0 - alpha) * ce
+  return tf.reduce_sum(per_example * weights), tf.reduce_sum(weights)
+
+
+def distillation_loss(student_logits, teacher_logits, labels, sample_weight=None,
+                      temperature: float = 2.0, alpha: float = 0.5) -> tf.Tensor:
+  """The weighted mean of `distillation_sums` over one batch."""
+  total, weight = distillation_sums(student_logits, teacher_logits, labels, sample_weight,
+                                    temperature, alpha)
+  return total / tf.maximum(weight, 1e-12)
+
+
+TEACHER_KEY = "teacher"
+
+
+class TeacherStudent(keras.Model):
+  """The student with its frozen teacher alongside, for the trainer's distillation loss.
+
+  Returns `{"output": student logits, "teacher": teacher logits}`: the single-head key the
+  trainer and its metrics read (`tfllm.training.losses.SINGLE_HEAD`), so evaluation reports
+  the student, plus the teacher's logits (no gradient, no dropout) for
+  `distillation_objective`. Only the student's variables train.
+
+  Args:
+    student: the single-task model to train.
+    teacher: a model of the same task and label set.
+  """
+
+  def __init__(self, student: keras.Model, teacher: keras.Model, **kwargs):
+    super().__init__(**kwargs)
+    self.student = student
+    self.teacher = teacher
+    self.teacher.trainable = False
+
+  def call(self, inputs, training=None):
+    teacher_logits = tf.stop_gradient(self.teacher(inputs, training=False))
+    return {losses.SINGLE_HEAD: self.student(inputs, training=training),
+            TEACHER_KEY: teacher_logits}
+
+
+def distillation_objective(temperature: float, alpha: float) -> Callable:
+  """The training loss of a `TeacherStudent`, in the trainer's `_objective` form:
+  `fn(logits, labels, sample_weight, global_weights) -> loss`, where `global_weights` maps
+  the head name to the sum of sample weights over the global batch."""
+
+  def objective(logits, labels, sample_weight, global_weights):
+    total, _ = distillation_sums(logits[losses.SINGLE_HEAD], logits[TEACHER_KEY], labels,
+                                 sample_weight, temperature, alpha)
+    return total / global_weights[losses.SINGLE_HEAD]
+
+  return objective
+
+
+def load_teacher(model_dir: str) -> Tuple[keras.Model, object]:
+  """The fine-tuned model of a tfllm `model_dir` (its `config.json` and newest checkpoint).
+
+  LoRA teachers are rebuilt with their adapters (the checkpoint holds them) and merged.
+
+  Returns:
+    `(model, config)`.
+  """
+  # pylint: disable=import-outside-toplevel
+  from tfllm import config as config_lib
+  from tfllm import models
+  from tfllm.finetune.lora import merge_lora
+  from tfllm.finetune.strategies import apply_strategy, lora_enabled
+  from tfllm.training import checkpointing
+  path = os.path.join(model_dir, "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"teacher model_dir {model_dir!r} has no config.json; train the "
+                            "teacher with tfllm-train first")
+  with open(path, encoding="utf-8") as f:
+    config = config_lib.from_json(f.read())
+  model = models.build(config)
+  if "finetune" in config:
+    apply_strategy(model, config.finetune)
+  checkpointing.restore_model(model, model_dir)
+  if lora_enabled(model):
+    model = merge_lora(model)
+  return model, config

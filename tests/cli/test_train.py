@@ -1,0 +1,177 @@
+"""tfllm-train end to end: a tiny job trains, resumes, and every bad input is one line, exit != 0.
+
+Each test runs the CLI as a subprocess (as users do) on `tests/training/tiny_gpt_config.py`:
+a 2-layer GPT on CPython's pydoc topics with a byte tokenizer (seconds per run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+TINY = str(REPO / "tests" / "training" / "tiny_gpt_config.py")
+PROGRAM = "tfllm-train"
+
+
+def _command(*flags):
+  return [sys.executable, "-m", "tfllm.cli.train", f"--config={TINY}",
+          "--distribution_strategy=one_device", *flags]
+
+
+def _env(**extra):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", **extra)
+  env.pop("TF_CONFIG", None)
+  env.update(extra)
+  return env
+
+
+def run_cli(*flags, timeout=240, **env):
+  return subprocess.run(_command(*flags), cwd=REPO, env=_env(**env), capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def our_lines(stderr: str):
+  """The lines tfllm-train itself wrote (TF's C++ runtime may add its own log lines)."""
+  return [line for line in stderr.splitlines() if line.startswith(f"{PROGRAM}:")]
+
+
+def assert_one_line_error(result, pattern):
+  assert result.returncode != 0, result.stdout + result.stderr
+  lines = our_lines(result.stderr)
+  assert len(lines) == 1, result.stderr
+  assert "Traceback" not in result.stderr
+  assert __import__("re").search(pattern, lines[0]), lines[0]
+
+
+def _checkpoint_tensors(model_dir):
+  reader = tf.train.load_checkpoint(str(model_dir / "checkpoints"))
+  return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
+          if "save_counter" not in key}
+
+
+def _files(directory):
+  return {p: p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("flags, env, pattern", [
+    (["--distribution_strategy=bogus"], {},
+     r"'bogus' is not known; use one of: .*one_device.*mirrored.*multi_worker_mirrored.*tpu"),
+    (["--config.train.stpes=5"], {}, r"unknown config key 'stpes'; did you mean 'steps'"),
+    (["--distribution_strategy=tpu", "--tpu=local"], {}, r"TPU"),
+    (["--distribution_strategy=multi_worker_mirrored"], {}, r"TF_CONFIG"),
+    (["--distribution_strategy=multi_worker_mirrored"], {"TF_CONFIG": "{not json"},
+     r"TF_CONFIG"),
+    (["--mode=eval"], {}, r"mode=eval needs a checkpoint"),
+])
+# (A global batch not divisible by the replicas, a disk full while checkpointing and a NaN
+# loss from bad data are checked in-process in tests/training/test_loop.py.)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, flags, env, pattern):
+  model_dir = tmp_path / "run"
+  result = run_cli(f"--model_dir={model_dir}", *flags, **env)
+  assert_one_line_error(result, pattern)
+  assert not (model_dir / "checkpoints").exists()
+
+
+def test_train_resume_and_refuse_a_different_model_shape(tmp_path):
+  model_dir = tmp_path / "run"
+  first = run_cli(f"--model_dir={model_dir}")
+  assert first.returncode == 0, first.stderr
+  assert "validation at step 20: accuracy" in first.stdout and "perplexity" in first.stdout
+  assert "sample: " in first.stdout
+  saved = json.loads((model_dir / "config.json").read_text())
+  assert saved["model"]["vocab_size"] == 260 and saved["train"]["steps"] == 20
+  metrics = json.loads((model_dir / "eval_metrics.json").read_text())
+  assert metrics["step"] == 20 and metrics["perplexity"] == pytest.approx(
+      np.exp(metrics["loss"]), rel=1e-6)
+
+  before = _files(model_dir)
+  wider = run_cli(f"--model_dir={model_dir}", "--config.model.hidden_dim=64")
+  assert_one_line_error(wider, r"holds a different model: config.model.hidden_dim=64 "
+                               r"\(model_dir has 32\)")
+  assert _files(model_dir) == before  # nothing overwritten
+
+  longer = run_cli(f"--model_dir={model_dir}", "--config.train.steps=30")
+  assert longer.returncode == 0, longer.stderr
+  assert "resumed from" in longer.stdout and "ckpt-20 (step 20)" in longer.stdout
+  assert "trained to step 30" in longer.stdout
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_the_checkpoints(tmp_path):
+  model_dir = tmp_path / "run"
+  # A learning rate of 1e30 overflows the weights within a few steps.
+  result = run_cli(f"--model_dir={model_dir}", "--config.train.optimizer.learning_rate=1e30",
+                   "--config.train.optimizer.warmup_steps=0", "--config.train.steps=200",
+                   "--config.train.checkpoint_every_steps=5", "--config.train.steps_per_loop=5")
+  assert_one_line_error(result, r"loss became (nan|inf) at step \d+; stopped without saving")
+  latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+  if latest is not None:  # a checkpoint before the divergence must hold finite weights
+    assert all(np.all(np.isfinite(v)) for v in _checkpoint_tensors(model_dir).values()
+               if np.issubdtype(np.asarray(v).dtype, np.floating))
+
+
+def _start(model_dir, *flags):
+  return subprocess.Popen(_command(f"--model_dir={model_dir}", *flags), cwd=REPO, env=_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_checkpoint(model_dir, process, timeout=180):
+  deadline = time.monotonic() + timeout
+  while not (model_dir / "checkpoints" / "checkpoint").exists():
+    assert process.poll() is None, process.communicate()
+    assert time.monotonic() < deadline, "no checkpoint written"
+    time.sleep(0.1)
+
+
+LONG = ["--config.train.steps=400", "--config.train.steps_per_loop=10",
+        "--config.train.checkpoint_every_steps=20", "--config.train.eval_steps=0",
+        "--config.train.sample_new_tokens=0"]
+
+
+def test_sigterm_saves_and_exits_with_one_line(tmp_path):
+  model_dir = tmp_path / "run"
+  process = _start(model_dir, *LONG)
+  _wait_for_checkpoint(model_dir, process)
+  process.send_signal(signal.SIGTERM)
+  _, stderr = process.communicate(timeout=120)
+  assert process.returncode == 143, stderr
+  lines = our_lines(stderr)
+  assert len(lines) == 1 and "stopped by SIGTERM at step" in lines[0], stderr
+  step = int(lines[0].split("at step ")[1].split(";")[0])
+  latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+  assert latest.endswith(f"ckpt-{step}")
+
+
+@pytest.mark.slow
+def test_sigkill_and_relaunch_ends_where_an_uninterrupted_run_ends(tmp_path):
+  straight = tmp_path / "straight"
+  assert run_cli(f"--model_dir={straight}", *LONG).returncode == 0
+
+  killed = tmp_path / "killed"
+  process = _start(killed, *LONG)
+  _wait_for_checkpoint(killed, process)
+  process.send_signal(signal.SIGKILL)
+  process.communicate(timeout=60)
+  assert process.returncode == -signal.SIGKILL
+  interrupted_at = tf.train.latest_checkpoint(str(killed / "checkpoints"))
+  assert not interrupted_at.endswith("ckpt-400")
+
+  relaunch = run_cli(f"--model_dir={killed}", *LONG)
+  assert relaunch.returncode == 0, relaunch.stderr
+  assert f"resumed from {interrupted_at}" in relaunch.stdout
+  final = tf.train.latest_checkpoint(str(killed / "checkpoints"))
+  assert final.endswith("ckpt-400")
+  a, b = _checkpoint_tensors(straight), _checkpoint_tensors(killed)
+  assert a.keys() == b.keys()
+  # Same ops, same data order (data.deterministic=True), same XLA program: bitwise equal.
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)

@@ -1,0 +1,205 @@
+"""The distributed loop in one process: strategies agree, resume is exact, failures are safe."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import threading
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.training.helpers import make_trainer, tiny_config, two_cpu_mirrored
+from tfllm.training import checkpointing
+from tfllm.training.loop import DivergedError, StopRequested, TrainingError
+
+
+def _weights(trainer):
+  return [v.numpy() for v in trainer.model.weights]
+
+
+def _max_weight_diff(a, b):
+  return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
+
+
+def test_one_device_and_mirrored_give_the_same_loss_trajectory(tmp_path):
+  # Same global batch (8), same seed: 1 replica of 8 vs 2 replicas of 4 on 2 logical CPUs.
+  # Without XLA both run the same kernels; the only difference is summing two per-replica
+  # partial gradients instead of one, i.e. float32 rounding (~1e-7 relative per step, growing
+  # slowly through Adam): 1e-4 absolute on a loss of ~4 over 20 steps leaves a wide margin
+  # while any data-order, normalization or double-reduction bug moves the loss by > 1e-2.
+  config = tiny_config(steps=20)
+  one = make_trainer(config, tmp_path / "one").train()
+  mirrored = make_trainer(config, tmp_path / "mirrored", strategy=two_cpu_mirrored()).train()
+  assert len(one.losses) == len(mirrored.losses) == 20
+  np.testing.assert_allclose(one.losses, mirrored.losses, atol=1e-4, rtol=0)
+  assert one.losses[-1] < one.losses[0] - 0.1  # it learns
+  np.testing.assert_allclose(one.eval_metrics["loss"], mirrored.eval_metrics["loss"], atol=1e-4)
+
+
+def test_jit_compiled_steps_match_the_graph_steps_on_one_device(tmp_path):
+  config = tiny_config(steps=10)
+  graph = make_trainer(config, tmp_path / "graph", jit_compile=False).train()
+  xla = make_trainer(config, tmp_path / "xla", jit_compile=True).train()
+  # XLA fuses and reorders float32 arithmetic; the trajectories agree to rounding.
+  np.testing.assert_allclose(graph.losses, xla.losses, atol=1e-3, rtol=0)
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
+  big = make_trainer(tiny_config(steps=6, global_batch_size=8), tmp_path / "big").train()
+  accumulated = make_trainer(tiny_config(steps=6, global_batch_size=4, grad_accum_steps=2),
+                             tmp_path / "acc").train()
+  # The weighted mean over two micro-batches of 4 is the mean over the batch of 8 (the
+  # examples carry different numbers of weighted tokens, so a mean of means would differ).
+  np.testing.assert_allclose(big.losses, accumulated.losses, atol=1e-5, rtol=0)
+
+
+def test_resume_after_interruption_is_exact(tmp_path):
+  config = tiny_config(steps=12, steps_per_loop=3, checkpoint_every_steps=6)
+  straight = make_trainer(config, tmp_path / "straight")
+  straight.train()
+
+  # Interrupted after 7 steps (the schedule still decays over 12).
+  interrupted = tiny_config(steps=7, steps_per_loop=3, checkpoint_every_steps=6)
+  interrupted.train.optimizer.decay_steps = 12
+  first = make_trainer(interrupted, tmp_path / "resumed")
+  first.train()
+  # A fresh process would rebuild everything: a different seed proves the restore matters.
+  second = make_trainer(config, tmp_path / "resumed", seed=123)
+  assert second.restore().endswith("ckpt-7")
+  assert int(second.step.numpy()) == 7
+  second.train()
+  assert int(second.step.numpy()) == 12
+  assert _max_weight_diff(_weights(straight), _weights(second)) == 0.0
+
+
+def test_checkpoints_are_kept_and_rotated(tmp_path):
+  trainer = make_trainer(tiny_config(steps=20, checkpoint_every_steps=5, keep_checkpoints=2),
+                         tmp_path)
+  trainer.train()
+  names = sorted(os.listdir(checkpointing.checkpoint_dir(str(tmp_path))))
+  assert [n for n in names if n.endswith(".index")] == ["ckpt-15.index", "ckpt-20.index"]
+
+
+def _nan_after(config, nan_step):
+  """The synthetic stream, with NaN sample weights from the `nan_step`-th step on."""
+  from tests.training.helpers import synthetic_dataset_fn
+  base = synthetic_dataset_fn(config)
+
+  def dataset_fn(context):
+    dataset = base(context).enumerate()
+    return dataset.map(lambda i, b: (b[0], b[1], tf.where(
+        i >= nan_step, tf.fill(tf.shape(b[2]), np.nan), b[2])))
+
+  return dataset_fn
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path):
+  config = tiny_config(steps=20, checkpoint_every_steps=5)
+  trainer = make_trainer(config, tmp_path, train_fn=_nan_after(config, 7))
+  with pytest.raises(DivergedError, match=r"loss became nan at step 8.*ckpt-5"):
+    trainer.train()
+  latest = checkpointing.latest_checkpoint(str(tmp_path))
+  assert latest.endswith("ckpt-5")
+  restored = make_trainer(config, tmp_path, seed=1)
+  restored.restore()
+  assert all(np.all(np.isfinite(w)) for w in _weights(restored))
+
+
+def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+  config = tiny_config(steps=10, checkpoint_every_steps=5)
+  trainer = make_trainer(config, tmp_path)
+  # CheckpointManager.save writes through Checkpoint._write: fail there, as a full disk would.
+  original = tf.train.Checkpoint._write  # pylint: disable=protected-access
+  def write(self, file_prefix, options=None):
+    if file_prefix.endswith("ckpt-10"):
+      # Leave a partial file behind, as a full disk would, then fail.
+      with open(file_prefix + ".data-00000-of-00001", "wb") as f:
+        f.write(b"partial")
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return original(self, file_prefix, options=options)
+  monkeypatch.setattr(tf.train.Checkpoint, "_write", write)
+  with pytest.raises(checkpointing.CheckpointWriteError,
+                     match=r"step 10 .*No space left on device; last good checkpoint: .*ckpt-5"):
+    trainer.train()
+  directory = checkpointing.checkpoint_dir(str(tmp_path))
+  assert checkpointing.latest_checkpoint(str(tmp_path)).endswith("ckpt-5")
+  assert not [n for n in os.listdir(directory) if n.startswith("ckpt-10")]
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
+  config = tiny_config(steps=100000, steps_per_loop=2, checkpoint_every_steps=0)
+  trainer = make_trainer(config, tmp_path)
+  timer = threading.Timer(3.0, os.kill, args=(os.getpid(), signal.SIGTERM))
+  timer.start()
+  try:
+    with pytest.raises(StopRequested, match=r"SIGTERM at step (\d+); saved .*ckpt-\1"):
+      trainer.train()
+  finally:
+    timer.cancel()
+  step = int(trainer.step.numpy())
+  assert 0 < step < 100000
+  assert checkpointing.latest_checkpoint(str(tmp_path)).endswith(f"ckpt-{step}")
+
+
+def test_global_batch_not_divisible_by_replicas_is_refused(tmp_path):
+  with pytest.raises(ValueError, match=r"global_batch_size=7 is not divisible by the 2 replicas"):
+    make_trainer(tiny_config(global_batch_size=7), tmp_path, strategy=two_cpu_mirrored())
+
+
+def test_time_budget_stops_early_with_a_checkpoint_and_an_evaluation(tmp_path):
+  config = tiny_config(steps=100000, steps_per_loop=2, time_budget_minutes=0.02)
+  result = make_trainer(config, tmp_path).train()
+  assert result.stop_reason == "time_budget"
+  assert result.step < 100000
+  assert checkpointing.latest_checkpoint(str(tmp_path)).endswith(f"ckpt-{result.step}")
+  assert "loss" in result.eval_metrics
+
+
+def test_early_stopping_on_an_eval_metric(tmp_path):
+  # A zero learning rate never improves the eval loss: stop after `patience` evaluations.
+  config = tiny_config(steps=1000, steps_per_loop=2, eval_every_steps=2)
+  config.train.optimizer.learning_rate = 0.0
+  config.train.early_stopping.update(metric="loss", patience=2)
+  result = make_trainer(config, tmp_path).train()
+  assert result.stop_reason == "early_stopping"
+  assert result.step == 6  # evals at 2 (best), 4 and 6 (no improvement twice)
+
+
+def test_early_stopping_on_a_missing_metric_names_the_reported_ones(tmp_path):
+  config = tiny_config(steps=10, steps_per_loop=2, eval_every_steps=2)
+  config.train.early_stopping.update(metric="f1", patience=1)
+  with pytest.raises(TrainingError, match=r"'f1' is not an eval metric.*accuracy, loss"):
+    make_trainer(config, tmp_path).train()
+
+
+@pytest.mark.parametrize("task", ["causal_lm", "masked_lm", "sequence_classification",
+                                  "token_classification", "multi_task"])
+def test_every_task_trains_and_evaluates_with_xla_on_one_cpu(tmp_path, task):
+  # jit_compile=True with static shapes (the TPU's rule): a step that does not compile fails.
+  config = tiny_config(task, steps=2, steps_per_loop=2, eval_steps=1, jit_compile="on")
+  trainer = make_trainer(config, tmp_path)
+  assert trainer.jit_compile
+  result = trainer.train()
+  assert np.all(np.isfinite(result.losses))
+  if task in ("causal_lm", "masked_lm"):
+    assert result.eval_metrics["perplexity"] == pytest.approx(
+        np.exp(result.eval_metrics["loss"]), rel=1e-6)
+  if task == "multi_task":
+    assert set(result.eval_metrics) >= {"loss", "sentiment/loss", "tags/accuracy"}
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_steps_keep_float32_variables_and_finite_loss(tmp_path, policy):
+  keras.mixed_precision.set_global_policy(policy)
+  # Without XLA: on this CPU, XLA's bf16/fp16 compile takes tens of seconds (no bf16 units);
+  # the XLA path is covered in float32 above.
+  trainer = make_trainer(tiny_config(steps=2, steps_per_loop=2, eval_steps=1), tmp_path)
+  result = trainer.train()
+  assert np.all(np.isfinite(result.losses))
+  assert {v.dtype for v in trainer.model.trainable_variables} == {"float32"}
+  if policy == "mixed_float16":
+    assert isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer)

@@ -1,0 +1,92 @@
+"""Loss sums, eval metrics and the FLOPs formula, against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.training.helpers import tiny_config
+from tfllm.training import flops, losses
+from tfllm.training import metrics as metrics_lib
+from tfllm.training.metrics import EvalMetric, LossAndAccuracy, eval_metrics, register_eval_metric
+
+
+def test_weighted_cross_entropy_sums_by_hand():
+  logits = tf.constant([[[0.0, 0.0], [2.0, 0.0]]])           # [1, 2, 2]
+  labels = tf.constant([[1, 0]])
+  weights = tf.constant([[1.0, 3.0]])
+  ce_sum, w_sum = losses.cross_entropy_sums(logits, labels, weights)
+  expected = math.log(2) + 3 * -math.log(math.exp(2) / (math.exp(2) + 1))
+  assert float(ce_sum) == pytest.approx(expected, rel=1e-6)
+  assert float(w_sum) == 4.0
+
+
+def test_loss_accuracy_perplexity_from_sums():
+  config = tiny_config("causal_lm")
+  metric = LossAndAccuracy(config.task)
+  logits = tf.constant([[[3.0, 0.0], [0.0, 3.0], [3.0, 0.0]]])
+  labels = tf.constant([[0, 0, 0]])
+  weights = tf.constant([[1.0, 1.0, 0.0]])
+  sums = {k: float(v) for k, v in metric.sums({}, logits, labels, weights).items()}
+  result = metric.result(sums)
+  p = math.exp(3) / (math.exp(3) + 1)
+  expected_loss = (-math.log(p) - math.log(1 - p)) / 2
+  assert result["loss"] == pytest.approx(expected_loss, rel=1e-6)
+  assert result["accuracy"] == pytest.approx(0.5)
+  assert result["perplexity"] == pytest.approx(math.exp(expected_loss), rel=1e-6)
+
+
+def test_multi_task_loss_is_the_weighted_sum_of_head_losses():
+  config = tiny_config("multi_task")   # heads: sentiment (weight 1), tags (weight 0.5)
+  metric = LossAndAccuracy(config.task)
+  totals = {"sentiment/ce": 2.0, "sentiment/weight": 4.0, "sentiment/correct": 1.0,
+            "tags/ce": 6.0, "tags/weight": 3.0, "tags/correct": 3.0}
+  result = metric.result(totals)
+  assert result["sentiment/loss"] == 0.5 and result["tags/loss"] == 2.0
+  assert result["loss"] == pytest.approx(0.5 + 0.5 * 2.0)
+  assert result["tags/accuracy"] == 1.0 and "perplexity" not in result
+
+
+def test_registered_metrics_join_the_evaluation(monkeypatch):
+  monkeypatch.setattr(metrics_lib, "_REGISTRY", {})  # leave the real registry as it was
+
+  class Count(EvalMetric):
+    def sums(self, features, logits, labels, sample_weight):
+      return {"count/n": tf.reduce_sum(tf.cast(sample_weight, tf.float32))}
+
+    def result(self, totals):
+      return {"count": totals["count/n"]}
+
+  register_eval_metric("token_classification", lambda config, tokenizer: Count())
+  names = [type(m).__name__ for m in eval_metrics(tiny_config("token_classification"))]
+  assert names == ["LossAndAccuracy", "Count"]
+  assert [type(m).__name__ for m in eval_metrics(tiny_config("causal_lm"))] == [
+      "LossAndAccuracy"]
+
+
+def test_training_flops_per_token_and_mfu():
+  # 6N + 12 L H Q T, e.g. GPT-2 small: N=124M, L=12, H=12, Q=64, T=1024.
+  assert flops.training_flops_per_token(124_000_000, 12, 12, 64, 1024) == (
+      6 * 124e6 + 12 * 12 * 12 * 64 * 1024)
+  assert flops.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+  assert flops.peak_flops("TPU v4") == 275e12
+  assert flops.peak_flops("Intel Xeon CPU") is None
+  assert flops.model_flops_utilization(1000.0, 1e9, 1e12, 2) == pytest.approx(0.5)
+
+
+def test_sampling_is_deterministic_and_greedy_follows_the_argmax():
+  from tfllm.training.sampling import sample_continuation
+
+  def model(features, training=False):  # always predicts (last token + 1) mod 5
+    ids = features["token_ids"]
+    return tf.one_hot((ids + 1) % 5, 5) * 10.0
+
+  assert sample_continuation(model, [1, 2], 4, sequence_length=8, temperature=0) == [
+      3, 4, 0, 1]
+  a = sample_continuation(model, [1], 6, 8, temperature=5.0, seed=3)
+  assert a == sample_continuation(model, [1], 6, 8, temperature=5.0, seed=3)
+  with pytest.raises(ValueError, match="at least one token"):
+    sample_continuation(model, [], 1, 8)

@@ -1,0 +1,69 @@
+"""AdamW's weight-decay exclusions and the warmup/decay schedule."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.training.helpers import tiny_config
+from tfllm import models
+from tfllm.training.optimizer import (WarmupDecay, build_optimizer,
+                                      weight_decay_exclusions)
+
+
+@pytest.mark.parametrize("decay, expected_end", [("cosine", 0.1), ("linear", 0.1),
+                                                  ("constant", 1.0)])
+def test_schedule_warms_up_linearly_then_decays_to_the_floor(decay, expected_end):
+  schedule = WarmupDecay(peak=2.0, warmup_steps=10, decay_steps=110, decay=decay,
+                         min_ratio=0.1)
+  lr = lambda step: float(schedule(step))  # noqa: E731
+  assert lr(0) == pytest.approx(0.2)       # (step + 1) / warmup: the first step learns
+  assert lr(4) == pytest.approx(1.0)
+  assert lr(10) == pytest.approx(2.0)
+  assert lr(110) == pytest.approx(2.0 * expected_end)
+  assert lr(10_000) == pytest.approx(2.0 * expected_end)
+  if decay == "cosine":  # halfway through the decay: floor + half the range
+    assert lr(60) == pytest.approx(2.0 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5))))
+  if decay == "linear":
+    assert lr(60) == pytest.approx(2.0 * (0.1 + 0.9 * 0.5))
+
+
+def test_norms_biases_and_embeddings_are_not_decayed_unless_asked():
+  config = tiny_config()
+  model = models.build(config)
+  excluded = {v.path for v in weight_decay_exclusions(model.trainable_variables)}
+  kernels = [v for v in model.trainable_variables if len(v.shape) == 2
+             and v.path.split("/")[-1] != "embeddings"]
+  assert kernels and not excluded & {v.path for v in kernels}
+  assert all(len(v.shape) < 2 or v.path.endswith("embeddings")
+             for v in model.trainable_variables if v.path in excluded)
+  assert any(v.path.endswith("embeddings") for v in model.trainable_variables
+             if v.path in excluded)
+  everything = weight_decay_exclusions(model.trainable_variables, decay_norms_biases=True,
+                                       decay_embeddings=True)
+  assert everything == []
+
+
+def test_decoupled_weight_decay_shrinks_only_decayed_variables():
+  # With zero gradients Adam's update is 0, so only the decay moves the weights:
+  # w <- w - lr * wd * w on kernels; excluded variables do not move.
+  config = tiny_config()
+  config.train.optimizer.update(weight_decay=0.5, learning_rate=0.1, warmup_steps=0,
+                                decay="constant")
+  keras.utils.set_random_seed(0)
+  model = models.build(config)
+  variables = model.trainable_variables
+  optimizer = build_optimizer(config.train, variables)
+  optimizer.build(variables)
+  before = [v.numpy() for v in variables]
+  optimizer.apply([tf.zeros_like(v) for v in variables], variables)
+  excluded = {v.path for v in weight_decay_exclusions(variables)}
+  for variable, old in zip(variables, before):
+    if variable.path in excluded:
+      np.testing.assert_array_equal(variable.numpy(), old)
+    else:
+      np.testing.assert_allclose(variable.numpy(), old * (1 - 0.1 * 0.5), rtol=1e-6)

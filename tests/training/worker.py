@@ -1,0 +1,60 @@
+"""One training process of the multi-process tests: the tiny model on synthetic data.
+
+  python -m tests.training.worker --strategy=multi_worker_mirrored --model_dir=DIR \
+      --steps=20 --out=result.npz
+
+Resumes from `model_dir`; the chief writes the step losses and final weights to `--out`.
+Errors are one line on stderr and exit code 1, as in `tfllm-train`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--strategy", default="one_device")
+  parser.add_argument("--model_dir", required=True)
+  parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--steps_per_loop", type=int, default=5)
+  parser.add_argument("--checkpoint_every_steps", type=int, default=10)
+  parser.add_argument("--out", default="")
+  args = parser.parse_args()
+
+  from tfllm import distribute  # pylint: disable=g-import-not-at-top
+  strategy = distribute.get_strategy(args.strategy, num_gpus=1 if args.strategy in (
+      "one_device", "mirrored") else None, worker_timeout_s=60)
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from tests.training.helpers import make_trainer, tiny_config
+  chief = distribute.is_chief(strategy)
+  config = tiny_config(steps=args.steps, steps_per_loop=args.steps_per_loop,
+                       checkpoint_every_steps=args.checkpoint_every_steps, eval_steps=0)
+  trainer = make_trainer(config, args.model_dir, strategy=strategy, is_chief=chief,
+                         worker_dir=None if chief else distribute.worker_temp_dir(
+                             args.model_dir, strategy),
+                         log=lambda line: print(line, flush=True))
+  restored = trainer.restore()
+  print(f"restored {restored} at step {int(trainer.step.numpy())}", flush=True)
+  result = trainer.train()
+  if chief and args.out:
+    np.savez(args.out, losses=np.array(result.losses), step=result.step,
+             start_step=result.step - len(result.losses),
+             **{f"w{i}": v.numpy() for i, v in enumerate(trainer.model.weights)})
+  return 0
+
+
+if __name__ == "__main__":
+  try:
+    code = main()
+  except Exception as error:  # pylint: disable=broad-except
+    from tfllm.cli.flags import one_line  # pylint: disable=g-import-not-at-top
+    print(f"worker: error: {one_line(error)}", file=sys.stderr, flush=True)
+    code = 1
+  sys.stdout.flush()
+  os._exit(code)  # pylint: disable=protected-access

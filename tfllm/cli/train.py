@@ -1,0 +1,93 @@
+"""tfllm-train: train and evaluate a model under a tf.distribute strategy.
+
+With no flags it runs the default job, `configs/gpt_tiny_shakespeare.py`: `gpt_tiny` on the
+Shakespeare plays, training, evaluation, validation perplexity and a sample continuation.
+
+  tfllm-train --config=configs/gpt_tiny.py --config.train.steps=2000
+      --model_dir=/tmp/gpt_tiny --distribution_strategy=mirrored
+
+Exit codes: 0 done; 1 an error (one line on stderr); 2 bad flags or config; 143 stopped by
+SIGTERM after saving a checkpoint (rerun with the same --model_dir to resume).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+from tfllm.cli import flags as tfllm_flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+PROGRAM = "tfllm-train"
+
+EXIT_ERROR, EXIT_SIGTERM = 1, 143
+
+
+def define_flags():
+  tfllm_flags.define_config_flag(tfllm_flags.repo_config_path("gpt_tiny_shakespeare"))
+  tfllm_flags.define_model_dir_flag("Directory for checkpoints, summaries, tokenizer and "
+                                    "config.json; an existing one resumes. Default: a new "
+                                    "temporary directory.")
+  flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"],
+                    "train, eval (newest checkpoint) or train_and_eval.")
+  tfllm_flags.define_strategy_flags()
+
+
+def main(argv):
+  """Runs the job the parsed flags describe; returns the exit code."""
+  if len(argv) > 1:
+    print(f"{PROGRAM}: error: unexpected arguments {argv[1:]}; flags look like --name=value",
+          file=sys.stderr)
+    return 2
+  if not FLAGS["verbosity"].present:
+    # Library INFO logs (TFDS, tokenizer training) only with --verbosity=0 or more.
+    logging.set_verbosity(logging.WARNING)
+  # Imported here so that `--help` and flag errors answer before TensorFlow loads.
+  from tfllm import config as config_lib  # pylint: disable=g-import-not-at-top
+  from tfllm import training  # pylint: disable=g-import-not-at-top
+  multi_worker = FLAGS.distribution_strategy == "multi_worker_mirrored"
+  try:
+    config = tfllm_flags.load_config()
+    model_dir = FLAGS.model_dir or tempfile.mkdtemp(prefix="tfllm-train-")
+    if not FLAGS.model_dir:
+      print(f"{PROGRAM}: model_dir: {model_dir}", flush=True)
+    training.run(config, model_dir=model_dir, mode=FLAGS.mode,
+                 strategy_name=FLAGS.distribution_strategy, tpu=FLAGS.tpu,
+                 num_gpus=FLAGS.num_gpus, mixed_precision=FLAGS.mixed_precision,
+                 log=lambda line: print(line, flush=True))
+    code = 0
+  except config_lib.ConfigError as error:
+    print(f"{PROGRAM}: error: {tfllm_flags.one_line(error)}", file=sys.stderr)
+    code = 2
+  except training.StopRequested as error:
+    print(f"{PROGRAM}: {tfllm_flags.one_line(error)}", file=sys.stderr)
+    code = EXIT_SIGTERM
+  except Exception as error:  # pylint: disable=broad-except
+    # Every failure is one line: the library's messages name the bad value and the fix
+    # (`--verbosity=1` also logs the traceback).
+    logging.debug("%s failed", PROGRAM, exc_info=True)
+    print(f"{PROGRAM}: error: {tfllm_flags.one_line(error)}", file=sys.stderr)
+    code = EXIT_ERROR
+  if multi_worker and code:
+    # A MWMS worker can block at exit waiting for a lost peer (STACK-NOTES): leave now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # pylint: disable=protected-access
+  return code
+
+
+def run_main():
+  """Console script `tfllm-train`."""
+  tfllm_flags.define_flags_one_line_errors(PROGRAM, define_flags)
+  app.run(main, flags_parser=tfllm_flags.flags_parser(PROGRAM))
+
+
+if __name__ == "__main__":
+  run_main()

@@ -1,0 +1,226 @@
+"""`run(config, ...)`: one training/evaluation job, from a config to a trained model_dir.
+
+The model_dir holds what a run needs to resume and what export needs:
+  config.json         the resolved config (vocab size from the tokenizer), written at start
+  tokenizer/          the tokenizer (saved by `tfllm.data.tokenizers.get_tokenizer`)
+  checkpoints/        model + optimizer + step (`tfllm.training.checkpointing`)
+  train/, eval/       TensorBoard summaries
+  eval_metrics.json   the last evaluation's metrics and step
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Callable, Dict, Optional
+
+import keras
+import ml_collections
+import tensorflow as tf
+
+from tfllm import config as config_lib
+from tfllm import distribute, precision
+from tfllm.training import checkpointing, flops
+from tfllm.training import metrics as metrics_lib
+from tfllm.training import optimizer as optimizer_lib
+from tfllm.training.loop import Trainer, TrainingError
+from tfllm.training.sampling import sample_continuation
+
+MODES = ("train", "eval", "train_and_eval")
+CONFIG_FILE = "config.json"
+EVAL_FILE = "eval_metrics.json"
+# Sections whose values shape the variables a checkpoint holds (and their meaning).
+_SHAPE_SECTIONS = ("model", "task", "tokenizer")
+
+
+def write_atomically(path: str, text: str) -> None:
+  """Writes `text` to `path` through a temporary file in the same directory and a rename."""
+  directory = os.path.dirname(path) or "."
+  tf.io.gfile.makedirs(directory)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def _differences(old: Any, new: Any, path: str):
+  if isinstance(old, dict) and isinstance(new, dict):
+    for key in sorted(set(old) | set(new)):
+      yield from _differences(old.get(key), new.get(key), f"{path}.{key}")
+  elif old != new and not (isinstance(old, (list, tuple)) and isinstance(new, (list, tuple))
+                           and list(old) == list(new)):
+    yield f"{path}={new!r} (model_dir has {old!r})"
+
+
+def check_model_dir_matches(config: ml_collections.ConfigDict, model_dir: str,
+                            ignore=("model.vocab_size",)) -> Optional[dict]:
+  """Raises ValueError when `model_dir` holds a run of a different model shape.
+
+  Returns:
+    The saved config as a dict, or None when `model_dir` has none.
+  """
+  path = os.path.join(model_dir, CONFIG_FILE)
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    saved = json.load(f)
+  new = json.loads(config_lib.to_json(config))
+  diffs = [d for section in _SHAPE_SECTIONS
+           for d in _differences(saved.get(section, {}), new.get(section, {}), f"config.{section}")
+           if not any(d.startswith(f"config.{key}=") for key in ignore)]
+  if diffs:
+    more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
+    raise ValueError(f"model_dir {model_dir} holds a different model: {diffs[0]}{more}; use a "
+                     "new --model_dir or the saved config")
+  return saved
+
+
+def _flops_per_token(config, model) -> float:
+  m = config.model
+  head_dim = m.head_dim or m.hidden_dim // m.num_heads
+  return flops.training_flops_per_token(model.count_params(), m.num_layers, m.num_heads,
+                                        head_dim, config.data.sequence_length)
+
+
+def _peak_flops(config, strategy) -> Optional[float]:
+  if config.train.peak_flops_per_device:
+    return config.train.peak_flops_per_device
+  devices = strategy.extended.worker_devices
+  try:
+    details = tf.config.experimental.get_device_details(
+        tf.config.list_physical_devices(devices[0].split("device:")[-1].split(":")[0])[0])
+    return flops.peak_flops(details.get("device_name", ""))
+  except (IndexError, ValueError):
+    return None
+
+
+def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_and_eval",
+        strategy_name: str = "mirrored", tpu: Optional[str] = None,
+        num_gpus: Optional[int] = None, mixed_precision: str = "float32",
+        log: Callable[[str], None] = print) -> Dict[str, Any]:
+  """Trains and/or evaluates the model `config` describes, in `model_dir`.
+
+  A `model_dir` holding a checkpoint resumes from it exactly (model, optimizer, step, data
+  position); one holding a different model shape is refused before anything is written.
+
+  Args:
+    config: full tfllm config (validated here).
+    model_dir: directory of the run (created; see the module docstring for its contents).
+    mode: "train", "eval" (the newest checkpoint) or "train_and_eval".
+    strategy_name: see `tfllm.distribute.get_strategy`.
+    tpu: TPU name or address for `strategy_name="tpu"`.
+    num_gpus: GPUs for `mirrored` (None = all).
+    mixed_precision: see `tfllm.precision.set_policy`.
+    log: where the chief's progress and results go.
+
+  Returns:
+    dict with `step`, `eval_metrics`, `stop_reason`, `tokens_per_second`, `train_seconds`,
+    `sample` (causal LMs with `train.sample_new_tokens`), `checkpoint`.
+  """
+  if mode not in MODES:
+    raise ValueError(f"mode={mode!r} is not known; use one of: {', '.join(MODES)}")
+  if not model_dir:
+    raise ValueError("model_dir is empty; give the directory to train in")
+  config = config_lib.validate(ml_collections.ConfigDict(config.to_dict()))
+  strategy = distribute.get_strategy(strategy_name, tpu=tpu, num_gpus=num_gpus)
+  policy = precision.set_policy(mixed_precision, strategy=strategy)
+  chief = distribute.is_chief(strategy)
+  worker_dir = None if chief else distribute.worker_temp_dir(model_dir, strategy)
+  log = log if chief else (lambda line: None)
+
+  check_model_dir_matches(config, model_dir)
+  if mode == "eval" and checkpointing.latest_checkpoint(model_dir) is None:
+    raise ValueError(f"mode=eval needs a checkpoint; {checkpointing.checkpoint_dir(model_dir)} "
+                     "has none")
+
+  from tfllm.data import pipelines, tokenizers  # pylint: disable=g-import-not-at-top
+  from tfllm import models  # pylint: disable=g-import-not-at-top
+  tokenizer = tokenizers.get_tokenizer(config, model_dir if chief else worker_dir)
+  config.model.vocab_size = int(tokenizer.vocabulary_size())
+  check_model_dir_matches(config, model_dir, ignore=())
+  if chief:
+    write_atomically(os.path.join(model_dir, CONFIG_FILE), config_lib.to_json(config))
+
+  keras.utils.set_random_seed(config.train.seed)
+  with strategy.scope():
+    model = models.build(config)
+    optimizer = optimizer_lib.build_optimizer(config.train, model.trainable_variables)
+    optimizer = precision.wrap_optimizer(optimizer, policy)
+    optimizer.build(model.trainable_variables)
+
+  def train_data(context):
+    return pipelines.make_dataset(config, config.data.train_split, tokenizer,
+                                  input_context=context, training=True)
+
+  def eval_data(context):
+    return pipelines.make_dataset(config, config.data.eval_split, tokenizer,
+                                  input_context=context, training=False)
+
+  trainer = Trainer(
+      config, strategy, model, optimizer, model_dir, train_data, eval_data,
+      metrics=metrics_lib.eval_metrics(config, tokenizer), is_chief=chief,
+      worker_dir=worker_dir, jit_compile=_jit_setting(config),
+      flops_per_token=_flops_per_token(config, model),
+      peak_flops_per_device=_peak_flops(config, strategy), log=log)
+  restored = trainer.restore()
+  if restored:
+    log(f"resumed from {restored} (step {int(trainer.step.numpy())})")
+  log(f"model: {model.count_params():,} parameters; strategy: {type(strategy).__name__} "
+      f"({strategy.num_replicas_in_sync} replicas); precision: {policy}; "
+      f"XLA: {'on' if trainer.jit_compile else 'off'}")
+
+  summary: Dict[str, Any] = dict(step=int(trainer.step.numpy()), eval_metrics={},
+                                 stop_reason="", tokens_per_second=0.0, train_seconds=0.0)
+  if mode == "eval":
+    summary["eval_metrics"] = trainer.evaluate()
+  else:
+    if mode == "train":
+      trainer.train_config.eval_steps = 0
+    result = trainer.train()
+    summary.update(step=result.step, eval_metrics=result.eval_metrics,
+                   stop_reason=result.stop_reason, tokens_per_second=result.tokens_per_second,
+                   train_seconds=result.train_seconds)
+    log(f"trained to step {result.step} ({result.stop_reason}) in {result.train_seconds:.1f} s "
+        f"of steps, {result.tokens_per_second:,.0f} tokens/s")
+  summary["checkpoint"] = trainer.checkpointer.latest
+  if summary["eval_metrics"]:
+    metrics_text = "  ".join(f"{k} {v:.4f}" for k, v in sorted(summary["eval_metrics"].items()))
+    log(f"validation at step {summary['step']}: {metrics_text}")
+    if chief:
+      write_atomically(os.path.join(model_dir, EVAL_FILE), json.dumps(
+          dict(step=summary["step"], **summary["eval_metrics"]), indent=2, sort_keys=True))
+  if config.task.name == "causal_lm" and config.train.sample_new_tokens and chief:
+    summary["sample"] = _sample(config, model, tokenizer, eval_data)
+    log(f"sample: {summary['sample']}")
+  return summary
+
+
+def _jit_setting(config) -> Optional[bool]:
+  setting = config.train.jit_compile
+  return None if setting == "auto" else setting == "on"
+
+
+def _sample(config, model, tokenizer, eval_data) -> str:
+  """Prompt (the configured text, or the first tokens of the eval split) + continuation."""
+  tc = config.train
+  if tc.sample_prompt:
+    prompt = [int(t) for t in tokenizer(tc.sample_prompt).numpy().reshape(-1)]
+  else:
+    context = tf.distribute.InputContext(1, 0, 1)
+    features, _, _ = next(iter(eval_data(context)))
+    prompt = [int(t) for t in features["token_ids"][0, :16].numpy()]
+  new = sample_continuation(model, prompt, tc.sample_new_tokens, config.data.sequence_length,
+                            temperature=tc.sample_temperature, seed=tc.seed)
+  detokenize = lambda ids: _as_text(tokenizer.detokenize(tf.constant([ids]))[0])
+  return f"{detokenize(prompt)} >>> {detokenize(new)}"
+
+
+def _as_text(value) -> str:
+  value = value.numpy() if hasattr(value, "numpy") else value
+  return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)

@@ -1,0 +1,499 @@
+"""The distributed training loop: `strategy.run` steps, `steps_per_loop` of them per host call.
+
+Not `model.fit`: Keras 3's `fit` fails under `MultiWorkerMirroredStrategy` (STACK-NOTES), and a
+custom loop gives the same code path on every strategy (Model Garden's Orbit loops do the same).
+
+One optimizer step, per replica:
+  1. take `grad_accum_steps` micro-batches; all-reduce the sum of their sample weights, so the
+     loss is `sum(weight * cross-entropy) / global sum of weights` whatever the split;
+  2. sum the gradients of the micro-batches, all-reduce them (sum over replicas);
+  3. clip them by their global norm, and apply AdamW (which does not all-reduce again).
+The step function is XLA-compiled where that works; the host loop around it handles
+checkpoints, evaluation, summaries, the progress line, stop requests and the NaN guard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import signal
+import threading
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import keras
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from tfllm.training import checkpointing, flops, losses
+from tfllm.training.metrics import EvalMetric
+
+
+class TrainingError(RuntimeError):
+  """Training stopped on a condition the user must act on (the message says which)."""
+
+
+class DivergedError(TrainingError):
+  """The loss became NaN or Inf; nothing was saved after the last good checkpoint."""
+
+
+class StopRequested(TrainingError):
+  """A SIGTERM (or preemption notice) arrived; a checkpoint was saved before stopping."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What a `Trainer.train` call did."""
+  step: int
+  losses: List[float]            # training loss of every step run in this call
+  eval_metrics: Dict[str, float]
+  stop_reason: str               # "steps", "time_budget", "early_stopping"
+  train_seconds: float
+  tokens_per_second: float
+
+
+def replicas_per_worker(strategy: tf.distribute.Strategy) -> int:
+  return max(1, strategy.num_replicas_in_sync // max(1, _num_workers(strategy)))
+
+
+def _num_workers(strategy: tf.distribute.Strategy) -> int:
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return 1
+  spec = resolver.cluster_spec().as_dict()
+  return max(1, len(spec.get("worker", [])) + len(spec.get("chief", [])))
+
+
+def default_jit_compile(strategy: tf.distribute.Strategy) -> bool:
+  """XLA where it works: one replica per worker, or GPUs; not a CPU split into replicas.
+
+  On TPUs `strategy.run` compiles with XLA by itself.
+  """
+  if isinstance(strategy, tf.distribute.TPUStrategy):
+    return False
+  if replicas_per_worker(strategy) == 1:
+    return not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+  return bool(tf.config.list_logical_devices("GPU"))
+
+
+class _StopSignal:
+  """Turns SIGTERM into a flag the host loop polls between host calls."""
+
+  def __init__(self):
+    self.received = None
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.received = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+class Trainer:
+  """Trains and evaluates one model under one strategy.
+
+  Args:
+    config: the full, validated config (`train`, `task`, `data` sections are read).
+    strategy: the `tf.distribute.Strategy` whose scope created `model` and `optimizer`.
+    model: the task model: `model(features, training=...)` -> float32 logits (a dict of them
+      for multi-task models).
+    optimizer: built from `tfllm.training.optimizer.build_optimizer` (possibly wrapped in a
+      `LossScaleOptimizer`), created and built inside `strategy.scope()`.
+    model_dir: the run's directory (checkpoints, summaries).
+    train_dataset_fn: `input_context -> tf.data.Dataset` of per-replica batches
+      `(features, labels, sample_weight)` (repeated; deterministic order for exact resume).
+    eval_dataset_fn: the same for evaluation (finite or not; `eval_steps` batches are read).
+    metrics: `EvalMetric`s of an evaluation.
+    is_chief: whether this worker writes checkpoints, summaries and the progress line.
+    worker_dir: non-chief workers: scratch directory for their checkpoint copy.
+    jit_compile: None = `default_jit_compile(strategy)`.
+    flops_per_token: training FLOPs per token, for MFU (None: MFU not reported).
+    peak_flops_per_device: for MFU (None or 0: not reported).
+    log: where progress lines go (chief only).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, strategy: tf.distribute.Strategy,
+               model: keras.Model, optimizer: keras.optimizers.Optimizer, model_dir: str,
+               train_dataset_fn: Callable, eval_dataset_fn: Optional[Callable] = None,
+               metrics: Sequence[EvalMetric] = (), is_chief: bool = True,
+               worker_dir: Optional[str] = None, jit_compile: Optional[bool] = None,
+               flops_per_token: Optional[float] = None,
+               peak_flops_per_device: Optional[float] = None,
+               log: Callable[[str], None] = print):
+    self.config = config
+    self.train_config = config.train
+    self.strategy = strategy
+    self.model = model
+    self.optimizer = optimizer
+    self.model_dir = model_dir
+    self.is_chief = is_chief
+    self._train_dataset_fn = train_dataset_fn
+    self._eval_dataset_fn = eval_dataset_fn
+    self.metrics = list(metrics)
+    self._log = log if is_chief else (lambda line: None)
+    self._loss_weights = losses.head_loss_weights(config.task)
+    self._flops_per_token = flops_per_token
+    self._peak_flops = peak_flops_per_device or None
+    self.jit_compile = default_jit_compile(strategy) if jit_compile is None else jit_compile
+    self._check_batch_size()
+    with strategy.scope():
+      self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=self.step)
+    self.checkpointer = checkpointing.Checkpointer(
+        self.checkpoint, model_dir, is_chief=is_chief, worker_dir=worker_dir,
+        max_to_keep=self.train_config.keep_checkpoints)
+    self._train_loop_fn = None
+    self._eval_step_fn = None
+    self._any_worker_fn = None
+    if is_chief:
+      self._train_writer = tf.summary.create_file_writer(f"{model_dir}/train")
+      self._eval_writer = tf.summary.create_file_writer(f"{model_dir}/eval")
+    else:
+      self._train_writer = self._eval_writer = tf.summary.create_noop_writer()
+
+  # ---------------------------------------------------------------- set-up
+
+  def _check_batch_size(self):
+    replicas = self.strategy.num_replicas_in_sync
+    if self.train_config.global_batch_size % replicas:
+      raise ValueError(
+          f"config.train.global_batch_size={self.train_config.global_batch_size} is not "
+          f"divisible by the {replicas} replicas of the {type(self.strategy).__name__}; use a "
+          f"multiple of {replicas}")
+
+  def restore(self) -> Optional[str]:
+    """Restores the newest checkpoint of `model_dir` (model, optimizer, step), if any."""
+    return self.checkpointer.restore_latest()
+
+  @property
+  def tokens_per_step(self) -> int:
+    return (self.train_config.global_batch_size * self.train_config.grad_accum_steps
+            * self.config.data.sequence_length)
+
+  def _distributed_dataset(self, dataset_fn: Callable, skip_steps: int = 0,
+                           take_steps: Optional[int] = None):
+    batches_per_step = self.train_config.grad_accum_steps if skip_steps else 1
+
+    def per_worker(context: tf.distribute.InputContext):
+      dataset = dataset_fn(context)
+      replicas_here = context.num_replicas_in_sync // context.num_input_pipelines
+      # The distributed iterator is not checkpointable (STACK-NOTES): resume by skipping the
+      # per-replica batches that this pipeline fed to the steps already taken.
+      if skip_steps:
+        dataset = dataset.skip(skip_steps * batches_per_step * replicas_here)
+      if take_steps is not None:
+        dataset = dataset.take(take_steps * replicas_here)
+      return dataset
+
+    options = tf.distribute.InputOptions(experimental_fetch_to_device=True)
+    return self.strategy.distribute_datasets_from_function(per_worker, options)
+
+  # ---------------------------------------------------------------- step functions
+
+  def _loss_scale(self):
+    scale = getattr(self.optimizer, "dynamic_scale", None)
+    return tf.constant(1.0) if scale is None else tf.cast(scale, tf.float32)
+
+  def _replica_train_step(self, micro_batches):
+    """One optimizer step on this replica's micro-batches; returns its share of the loss."""
+    context = tf.distribute.get_replica_context()
+    variables = self.model.trainable_variables
+    local_weights = {}
+    for _, labels, sample_weight in micro_batches:
+      for name, w in losses.weight_sums(labels, sample_weight).items():
+        local_weights[name] = local_weights.get(name, 0.0) + w
+    global_weights = context.all_reduce(tf.distribute.ReduceOp.SUM, local_weights)
+    global_weights = {n: tf.maximum(w, 1e-12) for n, w in global_weights.items()}
+    grads = [tf.zeros_like(v) for v in variables]
+    loss = tf.constant(0.0)
+    for features, labels, sample_weight in micro_batches:
+      with tf.GradientTape() as tape:
+        logits = self.model(features, training=True)
+        micro_loss = self._objective(logits, labels, sample_weight, global_weights)
+        scaled = self.optimizer.scale_loss(micro_loss)
+      micro_grads = tape.gradient(scaled, variables)
+      grads = [g if mg is None else g + tf.convert_to_tensor(mg)
+               for g, mg in zip(grads, micro_grads)]
+      loss += micro_loss
+    grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+    scale = self._loss_scale()
+    clip_norm = self.train_config.optimizer.clip_norm
+    if clip_norm > 0:
+      # Gradients are loss-scaled under float16: clip at the scaled threshold.
+      grads, norm = tf.clip_by_global_norm(grads, clip_norm * scale)
+    else:
+      norm = tf.linalg.global_norm(grads)
+    self.optimizer.apply(grads, variables)
+    return loss, norm / scale
+
+  def _objective(self, logits, labels, sample_weight, global_weights):
+    logits, labels = losses.as_heads(logits), losses.as_heads(labels)
+    weights = losses.as_heads(sample_weight) if sample_weight is not None else {}
+    total = tf.constant(0.0)
+    for name, loss_weight in self._loss_weights.items():
+      ce_sum, _ = losses.cross_entropy_sums(logits[name], labels[name], weights.get(name))
+      total += loss_weight * ce_sum / global_weights[name]
+    return total
+
+  def _build_train_loop(self):
+    accum = self.train_config.grad_accum_steps
+    replica_step = tf.function(self._replica_train_step, jit_compile=self.jit_compile)
+
+    @tf.function
+    def train_loop(iterator, num_steps):
+      step_losses = tf.TensorArray(tf.float32, size=num_steps)
+      norms = tf.TensorArray(tf.float32, size=num_steps)
+      for i in tf.range(num_steps):
+        micro_batches = tuple(next(iterator) for _ in range(accum))
+        loss, norm = self.strategy.run(replica_step, args=(micro_batches,))
+        step_losses = step_losses.write(i, self.strategy.reduce("SUM", loss, axis=None))
+        norms = norms.write(i, self.strategy.reduce("MEAN", norm, axis=None))
+        self.step.assign_add(1)
+      return step_losses.stack(), norms.stack()
+
+    return train_loop
+
+  def _replica_eval_step(self, batch):
+    features, labels, sample_weight = batch
+    logits = self.model(features, training=False)
+    sums = {}
+    for metric in self.metrics:
+      sums.update(metric.sums(features, logits, labels, sample_weight))
+    return sums
+
+  def _build_eval_step(self):
+    replica_step = tf.function(self._replica_eval_step, jit_compile=self.jit_compile)
+
+    @tf.function
+    def eval_step(batch):
+      sums = self.strategy.run(replica_step, args=(batch,))
+      return {k: self.strategy.reduce("SUM", v, axis=None) for k, v in sums.items()}
+
+    return eval_step
+
+  # ---------------------------------------------------------------- evaluation
+
+  def evaluate(self, num_steps: Optional[int] = None) -> Dict[str, float]:
+    """Evaluates `num_steps` (default `eval_steps`) batches from the start of the eval split."""
+    num_steps = self.train_config.eval_steps if num_steps is None else num_steps
+    if self._eval_dataset_fn is None or not num_steps:
+      return {}
+    if self._eval_step_fn is None:
+      self._eval_step_fn = self._build_eval_step()
+    totals: Dict[str, float] = {}
+    for batch in self._distributed_dataset(self._eval_dataset_fn, take_steps=num_steps):
+      for key, value in self._eval_step_fn(batch).items():
+        totals[key] = totals.get(key, 0.0) + float(value)
+    if not totals:
+      raise TrainingError(f"the eval split gave no batch of "
+                          f"{self.train_config.global_batch_size} examples")
+    results: Dict[str, float] = {}
+    for metric in self.metrics:
+      results.update(metric.result(totals))
+    step = int(self.step.numpy())
+    with self._eval_writer.as_default(step=step):
+      for key, value in results.items():
+        tf.summary.scalar(key, value)
+    self._eval_writer.flush()
+    return results
+
+  # ---------------------------------------------------------------- training
+
+  def _all_workers_agree(self, flag: bool) -> bool:
+    """True when `flag` is true on any worker (so that every worker stops at the same step)."""
+    if _num_workers(self.strategy) == 1:
+      return flag
+    if self._any_worker_fn is None:
+      @tf.function
+      def any_worker(value):
+        per_replica = self.strategy.run(lambda: tf.identity(value))
+        return self.strategy.reduce("SUM", per_replica, axis=None)
+      self._any_worker_fn = any_worker
+    return float(self._any_worker_fn(tf.constant(1.0 if flag else 0.0))) > 0
+
+  def save(self) -> str:
+    return self.checkpointer.save(int(self.step.numpy()))
+
+  def _next_boundary(self, step: int, every: int, total: int) -> int:
+    return total if not every else min(total, (step // every + 1) * every)
+
+  def train(self) -> TrainResult:
+    """Trains from the current step; see `_train`. A lost MWMS peer is a `TrainingError`."""
+    try:
+      return self._train()
+    except tf.errors.OpError as error:
+      lost = _lost_peers(error, self.strategy)
+      if not lost:
+        raise
+      raise TrainingError(
+          f"lost contact with {', '.join(lost)} at step {int(self.step.numpy())} "
+          f"({type(error).__name__}); last checkpoint: {self.checkpointer.latest or 'none'}; "
+          "relaunch every worker with the same model_dir to resume") from error
+
+  def _train(self) -> TrainResult:
+    """Trains from the current step to `train.steps` (or the time budget, or early stopping).
+
+    Raises:
+      DivergedError: the loss became NaN/Inf (no checkpoint written after the last good one).
+      StopRequested: SIGTERM; a checkpoint of the current step was written first.
+      checkpointing.CheckpointWriteError: a checkpoint could not be written.
+    """
+    tc = self.train_config
+    total = tc.steps
+    start_step = int(self.step.numpy())
+    if self._train_loop_fn is None:
+      self._train_loop_fn = self._build_train_loop()
+    iterator = iter(self._distributed_dataset(self._train_dataset_fn, skip_steps=start_step))
+    budget_s = tc.time_budget_minutes * 60.0
+    stop_metric = tc.early_stopping
+    best, bad_evals = None, 0
+    all_losses: List[float] = []
+    eval_metrics: Dict[str, float] = {}
+    stop_reason = "steps"
+    train_seconds, timed_tokens = 0.0, 0
+    last_saved = start_step if self.checkpointer.latest else -1
+    log_every = tc.log_every_steps or tc.steps_per_loop
+    window_tokens, window_seconds, window_losses = 0, 0.0, []
+
+    train_started = time.perf_counter()
+    with _StopSignal() as stop_signal:
+      step = start_step
+      while step < total:
+        end = min(step + tc.steps_per_loop, total,
+                  self._next_boundary(step, tc.checkpoint_every_steps, total),
+                  self._next_boundary(step, tc.eval_every_steps if tc.eval_steps else 0, total),
+                  self._next_boundary(step, log_every, total))
+        started = time.perf_counter()
+        step_losses, norms = self._train_loop_fn(iterator, tf.constant(end - step, tf.int32))
+        step_losses = step_losses.numpy()
+        seconds = time.perf_counter() - started
+        if not np.all(np.isfinite(step_losses)):
+          bad = step + int(np.argmin(np.isfinite(step_losses))) + 1
+          raise DivergedError(
+              f"the training loss became {step_losses[bad - step - 1]} at step {bad}; stopped "
+              f"without saving; last good checkpoint: {self.checkpointer.latest or 'none'} "
+              "(lower config.train.optimizer.learning_rate or check the data)")
+        # The first host call traces and compiles: keep it out of the throughput figures.
+        if step > start_step or end - step == total - start_step:
+          train_seconds += seconds
+          timed_tokens += (end - step) * self.tokens_per_step
+          window_seconds += seconds
+          window_tokens += (end - step) * self.tokens_per_step
+        step = end
+        all_losses.extend(float(x) for x in step_losses)
+        window_losses.extend(float(x) for x in step_losses)
+
+        if step % log_every == 0 or step == total:
+          self._report(step, total, window_losses, norms.numpy(), window_tokens, window_seconds)
+          window_tokens, window_seconds, window_losses = 0, 0.0, []
+
+        # The budget is wall-clock time since training started (compilation included).
+        over_budget = self._all_workers_agree(
+            bool(budget_s) and time.perf_counter() - train_started >= budget_s)
+        if over_budget:
+          stop_reason = "time_budget"
+        if tc.eval_every_steps and tc.eval_steps and step % tc.eval_every_steps == 0 \
+            and step < total and not over_budget:
+          eval_metrics = self.evaluate()
+          self._log(_format_metrics(step, eval_metrics))
+          if stop_metric.metric:
+            best, bad_evals, stop = self._early_stopping(eval_metrics, best, bad_evals)
+            if stop:
+              stop_reason = "early_stopping"
+        if stop_reason != "steps" or step == total or (
+            tc.checkpoint_every_steps and step % tc.checkpoint_every_steps == 0):
+          self.save()
+          last_saved = step
+        if stop_reason != "steps":
+          break
+        if self._all_workers_agree(stop_signal.received is not None):
+          if last_saved != step:
+            self.save()
+          saved = os.path.join(checkpointing.checkpoint_dir(self.model_dir), f"ckpt-{step}")
+          raise StopRequested(
+              f"stopped by {stop_signal.received or 'a peer worker'} at step {step}; saved "
+              f"{saved}; rerun with the same model_dir to resume")
+
+    if step > last_saved:
+      self.save()
+    if tc.eval_steps and (not eval_metrics or stop_reason != "early_stopping"):
+      eval_metrics = self.evaluate()
+    return TrainResult(step=step, losses=all_losses, eval_metrics=eval_metrics,
+                       stop_reason=stop_reason, train_seconds=train_seconds,
+                       tokens_per_second=timed_tokens / train_seconds if train_seconds else 0.0)
+
+  def _early_stopping(self, metrics, best, bad_evals):
+    spec = self.train_config.early_stopping
+    if spec.metric not in metrics:
+      raise TrainingError(f"config.train.early_stopping.metric={spec.metric!r} is not an eval "
+                          f"metric; evaluation reports: {', '.join(sorted(metrics))}")
+    value = metrics[spec.metric]
+    sign = 1.0 if spec.mode == "min" else -1.0
+    if best is None or sign * (best - value) > spec.min_delta:
+      return value, 0, False
+    bad_evals += 1
+    return best, bad_evals, bad_evals >= spec.patience
+
+  def _report(self, step, total, window_losses, norms, tokens, seconds):
+    loss = float(np.mean(window_losses))
+    lr = float(self.optimizer.learning_rate)  # the schedule's value at the current step
+    scalars = {"loss": loss, "learning_rate": lr, "grad_norm": float(np.mean(norms))}
+    line = f"step {step}/{total}  loss {loss:.4f}  lr {lr:.2e}"
+    if seconds > 0:
+      tps = tokens / seconds
+      steps_per_s = tokens / self.tokens_per_step / seconds
+      scalars["tokens_per_second"] = tps
+      eta = (total - step) / steps_per_s if steps_per_s else 0.0
+      line += f"  tokens/s {tps:,.0f}  ETA {_format_seconds(eta)}"
+      if self._flops_per_token and self._peak_flops:
+        mfu = flops.model_flops_utilization(tps, self._flops_per_token, self._peak_flops,
+                                            self.strategy.num_replicas_in_sync)
+        scalars["mfu"] = mfu
+        line += f"  MFU {100 * mfu:.1f}%"
+    with self._train_writer.as_default(step=step):
+      for key, value in scalars.items():
+        tf.summary.scalar(key, value)
+    self._log(line)
+
+
+def _lost_peers(error: tf.errors.OpError, strategy: tf.distribute.Strategy) -> List[str]:
+  """The other workers a multi-worker op error names, as "worker 1 (host:port)"."""
+  if _num_workers(strategy) == 1:
+    return []
+  spec = strategy.cluster_resolver.cluster_spec().as_dict()
+  me = (strategy.cluster_resolver.task_type, strategy.cluster_resolver.task_id)
+  found = []
+  for job, task in re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", str(error)):
+    if (job, int(task)) == me:
+      continue
+    addresses = spec.get(job, [])
+    address = addresses[int(task)] if int(task) < len(addresses) else "?"
+    name = f"{job} {task} ({address})"
+    if name not in found:
+      found.append(name)
+  if not found and isinstance(error, (tf.errors.UnavailableError,
+                                      tf.errors.DeadlineExceededError)):
+    found.append("a peer worker")
+  return found
+
+
+def _format_seconds(seconds: float) -> str:
+  seconds = int(round(seconds))
+  if seconds >= 3600:
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+  return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _format_metrics(step: int, metrics: Dict[str, float]) -> str:
+  parts = "  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
+  return f"eval at step {step}: {parts}"

@@ -1,0 +1,98 @@
+"""Evaluation metrics as additive sums, so that replicas, workers and batches just add up.
+
+An `EvalMetric` computes, inside the (XLA-compiled) eval step, a dict of float32 scalars that
+are summed over replicas and batches; after the last batch `result` turns the totals into the
+reported numbers. Loss, accuracy and perplexity are one such metric; others (entity F1 for
+token classification: true/false positive and false negative counts; per-character loss:
+nats and characters) plug in through `register_eval_metric` without touching the loop.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, List, Mapping
+
+import ml_collections
+import tensorflow as tf
+
+from tfllm.training import losses
+
+LM_TASKS = ("causal_lm", "masked_lm")
+
+
+class EvalMetric:
+  """Base class: additive per-batch sums in the graph, a result on the host."""
+
+  def sums(self, features: Mapping[str, tf.Tensor], logits, labels,
+           sample_weight) -> Dict[str, tf.Tensor]:
+    """Float32 scalar sums over one replica's batch (keys unique across metrics)."""
+    raise NotImplementedError
+
+  def result(self, totals: Mapping[str, float]) -> Dict[str, float]:
+    """Reported metrics from the sums over the whole evaluation."""
+    raise NotImplementedError
+
+
+class LossAndAccuracy(EvalMetric):
+  """Weighted mean cross-entropy and accuracy per head; perplexity = exp(loss) for LMs.
+
+  Single-task models report `loss`, `accuracy` (and `perplexity`); multi-task models report
+  `<head>/loss`, `<head>/accuracy` and `loss`, the loss-weighted sum of the head losses (the
+  training objective).
+  """
+
+  def __init__(self, task: ml_collections.ConfigDict):
+    self._loss_weights = losses.head_loss_weights(task)
+    self._multi = task.name == "multi_task"
+    if self._multi:
+      self._lm_heads = {n for n, h in task.heads.items() if h.task in LM_TASKS}
+    else:
+      self._lm_heads = {losses.SINGLE_HEAD} if task.name in LM_TASKS else set()
+
+  def sums(self, features, logits, labels, sample_weight):
+    logits, labels = losses.as_heads(logits), losses.as_heads(labels)
+    weights = losses.as_heads(sample_weight) if sample_weight is not None else {}
+    out = {}
+    for name in self._loss_weights:
+      ce_sum, w_sum = losses.cross_entropy_sums(logits[name], labels[name], weights.get(name))
+      w = losses.head_weights(labels[name], weights.get(name))
+      predicted = tf.argmax(logits[name], axis=-1, output_type=tf.int32)
+      correct = tf.cast(tf.equal(predicted, tf.cast(labels[name], tf.int32)), tf.float32)
+      out[f"{name}/ce"] = ce_sum
+      out[f"{name}/weight"] = w_sum
+      out[f"{name}/correct"] = tf.reduce_sum(correct * w)
+    return out
+
+  def result(self, totals):
+    out, total_loss = {}, 0.0
+    for name, loss_weight in self._loss_weights.items():
+      weight = max(totals[f"{name}/weight"], 1e-12)
+      loss = totals[f"{name}/ce"] / weight
+      prefix = f"{name}/" if self._multi else ""
+      out[f"{prefix}loss"] = loss
+      out[f"{prefix}accuracy"] = totals[f"{name}/correct"] / weight
+      if name in self._lm_heads:
+        out[f"{prefix}perplexity"] = math.exp(min(loss, 700.0))
+      total_loss += loss_weight * loss
+    if self._multi:
+      out["loss"] = total_loss
+    return out
+
+
+_REGISTRY: Dict[str, List[Callable[..., EvalMetric]]] = {}
+
+
+def register_eval_metric(task_name: str, factory: Callable[..., EvalMetric]) -> None:
+  """Adds `factory(config, tokenizer) -> EvalMetric` to every evaluation of `task_name`."""
+  _REGISTRY.setdefault(task_name, []).append(factory)
+
+
+def eval_metrics(config: ml_collections.ConfigDict, tokenizer=None) -> List[EvalMetric]:
+  """The metrics an evaluation of `config.task` reports."""
+  metrics: List[EvalMetric] = [LossAndAccuracy(config.task)]
+  tasks = [config.task.name]
+  if config.task.name == "multi_task":
+    tasks += sorted({head.task for head in config.task.heads.values()})
+  for task in tasks:
+    metrics += [factory(config, tokenizer) for factory in _REGISTRY.get(task, [])]
+  return metrics

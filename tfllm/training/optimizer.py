@@ -1,0 +1,113 @@
+"""AdamW with decoupled weight decay, and the warmup-then-decay learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+from typing import List
+
+import keras
+import ml_collections
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable(package="tfllm")
+class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
+  """Linear warmup from 0 to `peak`, then cosine, linear or no decay to `peak * min_ratio`.
+
+  Args:
+    peak: learning rate at the end of warmup.
+    warmup_steps: steps of linear warmup (step 0 gets `peak / warmup_steps`, not 0, so the
+      first step learns).
+    decay_steps: step at which the decay reaches its floor (counted from step 0).
+    decay: "cosine", "linear" or "constant".
+    min_ratio: floor of the decay as a fraction of `peak`.
+  """
+
+  def __init__(self, peak: float, warmup_steps: int, decay_steps: int, decay: str = "cosine",
+               min_ratio: float = 0.1):
+    self.peak = float(peak)
+    self.warmup_steps = int(warmup_steps)
+    self.decay_steps = int(decay_steps)
+    self.decay = decay
+    self.min_ratio = float(min_ratio)
+
+  def __call__(self, step):
+    step = tf.cast(step, tf.float32)
+    peak = tf.constant(self.peak, tf.float32)
+    warmup = float(max(self.warmup_steps, 1))
+    warm = peak * tf.minimum(1.0, (step + 1.0) / warmup)
+    if self.decay == "constant":
+      return warm
+    span = float(max(self.decay_steps - self.warmup_steps, 1))
+    progress = tf.clip_by_value((step - float(self.warmup_steps)) / span, 0.0, 1.0)
+    if self.decay == "cosine":
+      shape = 0.5 * (1.0 + tf.cos(math.pi * progress))
+    else:
+      shape = 1.0 - progress
+    decayed = peak * (self.min_ratio + (1.0 - self.min_ratio) * shape)
+    return tf.where(step < float(self.warmup_steps), warm, decayed)
+
+  def get_config(self):
+    return dict(peak=self.peak, warmup_steps=self.warmup_steps, decay_steps=self.decay_steps,
+                decay=self.decay, min_ratio=self.min_ratio)
+
+
+def learning_rate_schedule(train: ml_collections.ConfigDict,
+                           total_steps: int | None = None) -> WarmupDecay:
+  """The schedule of `config.train`; `total_steps` overrides where the decay ends."""
+  opt = train.optimizer
+  decay_steps = total_steps or opt.decay_steps or train.steps
+  return WarmupDecay(opt.learning_rate, opt.warmup_steps, decay_steps, opt.decay,
+                     opt.min_learning_rate_ratio)
+
+
+def weight_decay_exclusions(variables, decay_norms_biases: bool = False,
+                            decay_embeddings: bool = False) -> List[keras.Variable]:
+  """The variables AdamW must not decay.
+
+  Rank-0/1 variables are norm scales/offsets and biases; embedding tables are the variables
+  Keras names `embeddings` (token, position and segment tables alike).
+  """
+  excluded = []
+  for variable in variables:
+    if not decay_norms_biases and len(variable.shape) < 2:
+      excluded.append(variable)
+    elif not decay_embeddings and variable.path.split("/")[-1] == "embeddings":
+      excluded.append(variable)
+  return excluded
+
+
+class _PreReducedAdamW(keras.optimizers.AdamW):
+  """AdamW that takes gradients already summed over replicas.
+
+  The training step all-reduces gradients itself, so that clipping sees the global norm of the
+  global gradient (Keras clips before its own all-reduce, i.e. per replica); a second sum here
+  would multiply the gradients by the number of replicas.
+  """
+
+  def _all_reduce_sum_gradients(self, grads_and_vars):
+    return grads_and_vars
+
+
+def build_optimizer(train: ml_collections.ConfigDict, variables,
+                    total_steps: int | None = None) -> keras.optimizers.Optimizer:
+  """AdamW for `variables`; create and then `build` it inside `strategy.scope()`.
+
+  Args:
+    train: the `config.train` section.
+    variables: the model's trainable variables.
+    total_steps: where the learning-rate decay ends; default `config.train.steps`.
+
+  Returns:
+    An AdamW, not yet built (a float16 loss-scale wrapper builds it), expecting all-reduced,
+    clipped gradients (see `_PreReducedAdamW`).
+  """
+  opt = train.optimizer
+  optimizer = _PreReducedAdamW(
+      learning_rate=learning_rate_schedule(train, total_steps),
+      weight_decay=opt.weight_decay or None,
+      beta_1=opt.beta_1, beta_2=opt.beta_2, epsilon=opt.epsilon, name="adamw")
+  excluded = weight_decay_exclusions(variables, opt.decay_norms_biases, opt.decay_embeddings)
+  if excluded and opt.weight_decay:
+    optimizer.exclude_from_weight_decay(var_list=excluded)
+  return optimizer

@@ -99,4 +99,7 @@ def make_trainer(config, model_dir, strategy=None, seed=0, train_fn=None, **kwar
 
 
 def two_cpu_mirrored():
-  return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  # get_strategy gives each MirroredStrategy its own collective keys: two built directly in
+  # one process collide ("Shape mismatch in the collective instance").
+  from tfllm import distribute  # pylint: disable=g-import-not-at-top
+  return distribute.get_strategy("mirrored")

@@ -141,24 +141,36 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
 
   from tfllm.data import pipelines, tokenizers  # pylint: disable=g-import-not-at-top
   from tfllm import models  # pylint: disable=g-import-not-at-top
+  from tfllm.finetune.multitask_data import multitask_dataset  # pylint: disable=g-import-not-at-top
   tokenizer = tokenizers.get_tokenizer(config, model_dir if chief else worker_dir)
   config.model.vocab_size = int(tokenizer.vocabulary_size())
   check_model_dir_matches(config, model_dir, ignore=())
   if chief:
     write_atomically(os.path.join(model_dir, CONFIG_FILE), config_lib.to_json(config))
 
+  from tfllm import finetune  # pylint: disable=g-import-not-at-top
+  finetune.register_eval_metrics()
   keras.utils.set_random_seed(config.train.seed)
   with strategy.scope():
     model = models.build(config)
+    prepared = finetune.prepare_model(model, config)  # pretrained init, frozen layers, LoRA
+    if config.finetune.init_checkpoint or config.finetune.strategy != "full":
+      log(f"fine-tuning ({config.finetune.strategy}) from "
+          f"{config.finetune.init_checkpoint or 'scratch'}: "
+          f"{prepared['trainable_parameters']:,} trainable parameters")
     optimizer = optimizer_lib.build_optimizer(config.train, model.trainable_variables)
     optimizer = precision.wrap_optimizer(optimizer, policy)
     optimizer.build(model.trainable_variables)
 
   def train_data(context):
+    if config.task.name == "multi_task":
+      return multitask_dataset(config, "train", tokenizer, context, True)
     return pipelines.make_dataset(config, config.data.train_split, tokenizer,
                                   input_context=context, training=True)
 
   def eval_data(context):
+    if config.task.name == "multi_task":
+      return multitask_dataset(config, "eval", tokenizer, context, False)
     return pipelines.make_dataset(config, config.data.eval_split, tokenizer,
                                   input_context=context, training=False)
 
@@ -192,6 +204,8 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
   if summary["eval_metrics"]:
     metrics_text = "  ".join(f"{k} {v:.4f}" for k, v in sorted(summary["eval_metrics"].items()))
     log(f"validation at step {summary['step']}: {metrics_text}")
+    for head, table in finetune.entity_reports_from_results(summary["eval_metrics"]).items():
+      log(f"entity report{f' ({head})' if head else ''}:\n{table}")
     if chief:
       write_atomically(os.path.join(model_dir, EVAL_FILE), json.dumps(
           dict(step=summary["step"], **summary["eval_metrics"]), indent=2, sort_keys=True))

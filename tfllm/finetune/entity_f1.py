@@ -174,7 +174,8 @@ class EntityF1(EvalMetric):
   single-task model, `<head>/entity/...` for each tagging head of a multi-task model.
 
   Args:
-    task: the `config.task` section; tagging heads' `labels` must be IOB2 tags.
+    task: the `config.task` section; tagging heads' `labels` must be IOB2 tags. Heads with
+      no `labels` are skipped (no entity figures for them).
   """
 
   def __init__(self, task):
@@ -185,11 +186,9 @@ class EntityF1(EvalMetric):
     else:
       heads = {losses.SINGLE_HEAD: task.labels}
       self._prefix = {losses.SINGLE_HEAD: ""}
-    for name, labels in heads.items():
-      if not labels:
-        raise ValueError(f"entity F1 needs the tag names: set the labels of head {name!r} "
-                         "(config.task.labels or config.task.heads.<name>.labels)")
-    self._schemes = {name: iob2_scheme(labels) for name, labels in heads.items()}
+    # A tagging head without tag names (labels) is scored by token accuracy alone: entity
+    # chunks need the IOB2 names, and numeric tags (e.g. a user's own tag ids) have none.
+    self._schemes = {name: iob2_scheme(labels) for name, labels in heads.items() if labels}
 
   @classmethod
   def from_config(cls, config, tokenizer=None):

@@ -88,5 +88,5 @@ def test_load_lora_teacher_from_model_dir(tmp_path, finetune_section):
   x = features(batch=3)
   x["token_ids"] = x["token_ids"] % 50
   np.testing.assert_allclose(np.asarray(teacher(x)), np.asarray(model(x)), atol=1e-5)
-  with pytest.raises(FileNotFoundError, match="has no config.json"):
+  with pytest.raises(FileNotFoundError, match="config.json is missing"):
     finetune.load_teacher(str(tmp_path / "missing"))

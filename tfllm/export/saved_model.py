@@ -132,39 +132,32 @@ def export_saved_model(model, tokenizer, config, export_dir: str, version: Optio
 def load_trained(model_dir: str):
   """The model, tokenizer and config a training run left in `model_dir`.
 
-  Reads `model_dir/config.json`, builds the model, restores the newest checkpoint's weights
-  and loads `model_dir/tokenizer/`.
+  The model comes from `tfllm.finetune.load_trained_model` (config.json, every weight of the
+  newest checkpoint, LoRA merged); the tokenizer from `model_dir/tokenizer/`.
 
   Returns:
     `(model, tokenizer, config)`.
 
   Raises:
-    ExportError: `model_dir` is missing, or has no config, checkpoint or tokenizer.
+    ExportError: `model_dir` is missing, or has no config, checkpoint or tokenizer, or its
+      checkpoint does not match its config.
   """
   from tfllm.data import tokenizers
-  from tfllm.models import build
-  from tfllm.training import checkpointing
+  from tfllm.finetune.prepare import load_trained_model
 
   if not model_dir or not os.path.isdir(model_dir):
     raise ExportError(f"model_dir={model_dir!r} does not exist; pass the directory a training "
                       "run wrote")
-  config_path = os.path.join(model_dir, "config.json")
-  if not os.path.isfile(config_path):
-    raise ExportError(f"{config_path} is missing; model_dir={model_dir!r} is not a tfllm "
-                      "training directory")
-  with open(config_path, encoding="utf-8") as f:
-    config = config_lib.from_json(f.read())
   tokenizer_dir = os.path.join(model_dir, "tokenizer")
-  if not tokenizers.is_saved_tokenizer(tokenizer_dir):
+  if os.path.isfile(os.path.join(model_dir, "config.json")) and not (
+      tokenizers.is_saved_tokenizer(tokenizer_dir)):
     raise ExportError(f"{tokenizer_dir} holds no saved tokenizer; the export needs the "
                       "training vocabulary (tfllm.data.tokenizers.save_tokenizer)")
-  tokenizer = tokenizers.load_tokenizer(tokenizer_dir)
-  model = build(config)
   try:
-    checkpointing.restore_model(model, model_dir)
-  except FileNotFoundError as error:
+    model, config = load_trained_model(model_dir)
+  except (FileNotFoundError, ValueError) as error:
     raise ExportError(str(error)) from error
-  return model, tokenizer, config
+  return model, tokenizers.load_tokenizer(tokenizer_dir), config
 
 
 def export_model_dir(model_dir: str, export_dir: str, version: Optional[int] = None,

@@ -7,7 +7,7 @@ from tfllm.finetune.distillation import (TeacherStudent, distillation_loss,
 from tfllm.finetune.entity_f1 import (EntityF1, entity_counts, entity_reports_from_results,
                                       entity_scores, format_entity_report, iob2_scheme)
 from tfllm.finetune.lora import lora_weights, load_lora_weights, merge_lora, save_lora_weights
-from tfllm.finetune.prepare import minilm_l6_dir, prepare_model
+from tfllm.finetune.prepare import load_trained_model, minilm_l6_dir, prepare_model
 from tfllm.finetune.quantization import (load_quantized_weights, quantization_mode,
                                          quantize_int8, save_quantized_weights)
 from tfllm.finetune.strategies import (apply_strategy, enable_lora, freeze_all_but_top,
@@ -31,7 +31,7 @@ __all__ = [
     "entity_scores",
     "format_entity_report", "freeze_all_but_top", "iob2_scheme", "load_lora_weights",
     "load_quantized_weights", "load_teacher", "lora_target_layers", "lora_weights",
-    "merge_lora", "minilm_l6_dir", "prepare_model", "quantization_mode", "quantize_int8",
+    "load_trained_model", "merge_lora", "minilm_l6_dir", "prepare_model", "quantization_mode", "quantize_int8",
     "register_eval_metrics", "save_lora_weights", "save_quantized_weights",
     "trainable_parameter_count",
 ]

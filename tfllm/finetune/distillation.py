@@ -10,7 +10,6 @@ Losses are weighted sums over the batch plus the weight sum (the trainer's conve
 
 from __future__ import annotations
 
-import os
 from typing import Callable, Tuple
 
 import keras
@@ -100,29 +99,11 @@ def distillation_objective(temperature: float, alpha: float) -> Callable:
 
 
 def load_teacher(model_dir: str) -> Tuple[keras.Model, object]:
-  """The fine-tuned model of a tfllm `model_dir` (its `config.json` and newest checkpoint).
-
-  LoRA teachers are rebuilt with their adapters (the checkpoint holds them) and merged.
+  """The fine-tuned model of a tfllm `model_dir` (`tfllm.finetune.load_trained_model`): LoRA
+  teachers are rebuilt with their adapters (the checkpoint holds them) and merged.
 
   Returns:
     `(model, config)`.
   """
-  # pylint: disable=import-outside-toplevel
-  from tfllm import config as config_lib
-  from tfllm import models
-  from tfllm.finetune.lora import merge_lora
-  from tfllm.finetune.strategies import apply_strategy, lora_enabled
-  from tfllm.training import checkpointing
-  path = os.path.join(model_dir, "config.json")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"teacher model_dir {model_dir!r} has no config.json; train the "
-                            "teacher with tfllm-train first")
-  with open(path, encoding="utf-8") as f:
-    config = config_lib.from_json(f.read())
-  model = models.build(config)
-  if "finetune" in config:
-    apply_strategy(model, config.finetune)
-  checkpointing.restore_model(model, model_dir)
-  if lora_enabled(model):
-    model = merge_lora(model)
-  return model, config
+  from tfllm.finetune.prepare import load_trained_model  # pylint: disable=import-outside-toplevel
+  return load_trained_model(model_dir)

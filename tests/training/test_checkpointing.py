@@ -1,0 +1,72 @@
+"""Loading a trained model_dir for use: every weight restored, LoRA merged, mismatches refused."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from tfllm import config as config_lib
+from tfllm import models
+from tfllm.finetune import load_trained_model
+from tfllm.finetune.strategies import enable_lora
+from tfllm.training import checkpointing
+
+from tests.training.helpers import make_trainer, tiny_config
+
+
+def _train(config, model_dir):
+  """Trains `config` for its steps in `model_dir` and writes its config.json (as the job does)."""
+  trainer = make_trainer(config, model_dir)
+  trainer.train()
+  with open(os.path.join(model_dir, "config.json"), "w", encoding="utf-8") as f:
+    f.write(config_lib.to_json(config))
+  return trainer.model
+
+
+def _assert_same_weights(expected, actual):
+  assert len(expected.weights) == len(actual.weights)
+  for a, b in zip(expected.weights, actual.weights):
+    np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+@pytest.mark.parametrize("task", ["causal_lm", "multi_task"])
+def test_restore_model_restores_every_weight(tmp_path, task):
+  config = tiny_config(task, steps=4, steps_per_loop=2, checkpoint_every_steps=4)
+  trained = _train(config, tmp_path)
+  models.build(config)  # another model first: layer names must not depend on build order
+  keras.utils.set_random_seed(99)
+  fresh = models.build(config)
+  checkpointing.restore_model(fresh, str(tmp_path))
+  _assert_same_weights(trained, fresh)
+
+
+def test_restore_model_refuses_a_model_the_checkpoint_does_not_hold(tmp_path):
+  config = tiny_config("causal_lm", steps=2, steps_per_loop=2, checkpoint_every_steps=2)
+  _train(config, tmp_path)
+  other = models.build(config)
+  enable_lora(other, rank=2)
+  with pytest.raises(ValueError, match="does not hold every variable"):
+    checkpointing.restore_model(other, str(tmp_path))
+
+
+def test_load_trained_model_of_a_lora_run_merges_the_trained_adapters(tmp_path):
+  config = tiny_config("sequence_classification", steps=4, steps_per_loop=2,
+                       checkpoint_every_steps=4)
+  config.finetune.update(strategy="lora", lora_rank=2)
+  trained = _train(config, tmp_path)
+  assert any("lora" in w.path for w in trained.weights)
+  loaded, loaded_config = load_trained_model(str(tmp_path))
+  assert loaded_config.finetune.strategy == "lora"
+  assert not any("lora" in w.path for w in loaded.weights)  # merged into the kernels
+  token_ids = np.arange(32).reshape(2, 16) % 60 + 3
+  features = {"token_ids": token_ids, "padding_mask": np.ones_like(token_ids, bool)}
+  np.testing.assert_allclose(loaded(features), trained(features), atol=1e-5)
+
+
+def test_load_trained_model_names_a_directory_without_a_run(tmp_path):
+  with pytest.raises(FileNotFoundError, match="config.json is missing"):
+    load_trained_model(str(tmp_path))
+  (tmp_path / "config.json").write_text(config_lib.to_json(tiny_config()))
+  with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    load_trained_model(str(tmp_path))

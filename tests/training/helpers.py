@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from tfllm import config as config_lib
 from tfllm import models
+from tfllm.finetune.strategies import apply_strategy
 from tfllm.training import metrics as metrics_lib
 from tfllm.training import optimizer as optimizer_lib
 from tfllm.training.loop import Trainer
@@ -87,7 +88,11 @@ def make_trainer(config, model_dir, strategy=None, seed=0, train_fn=None, **kwar
   policy = keras.mixed_precision.global_policy().name
   with strategy.scope():
     model = models.build(config)
-    optimizer = optimizer_lib.build_optimizer(config.train, model.trainable_variables)
+    apply_strategy(model, config.finetune)  # frozen layers or LoRA, as the job does
+    if config.train.time_budget_minutes:  # as the job does: the decay follows the budget too
+      kwargs.setdefault("budget_progress", optimizer_lib.time_budget_progress())
+    optimizer = optimizer_lib.build_optimizer(config.train, model.trainable_variables,
+                                              budget_progress=kwargs.get("budget_progress"))
     if policy == "mixed_float16":
       optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     optimizer.build(model.trainable_variables)

@@ -159,6 +159,55 @@ def test_time_budget_stops_early_with_a_checkpoint_and_an_evaluation(tmp_path):
   assert "loss" in result.eval_metrics
 
 
+def _budget_config(steps):
+  config = tiny_config(steps=steps, steps_per_loop=2, time_budget_minutes=1.0, eval_steps=0,
+                       checkpoint_every_steps=0)
+  config.train.optimizer.update(learning_rate=1e-2, warmup_steps=0, decay="cosine",
+                                min_learning_rate_ratio=0.1)
+  return config
+
+
+def _cosine(progress, peak=1e-2, floor=0.1):
+  return peak * (floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * progress)))
+
+
+def _with_fake_clock(config, model_dir, seconds_per_call):
+  """A trainer whose clock advances `seconds_per_call` in each host call of training steps;
+  returns it and the learning rates the calls started with."""
+  now, rates = [0.0], []
+  trainer = make_trainer(config, model_dir, clock=lambda: now[0])
+  real_loop = trainer._build_train_loop()  # pylint: disable=protected-access
+
+  def timed_loop(iterator, num_steps):
+    rates.append(float(trainer.optimizer.learning_rate))
+    now[0] += seconds_per_call
+    return real_loop(iterator, num_steps)
+
+  trainer._train_loop_fn = timed_loop  # pylint: disable=protected-access
+  return trainer, rates
+
+
+def test_learning_rate_decay_is_laid_over_the_time_budget(tmp_path):
+  # 4 host calls of 15 s fill the 1-minute budget; the 1,000,000 steps are only a cap.
+  trainer, rates = _with_fake_clock(_budget_config(1_000_000), tmp_path, 15.0)
+  result = trainer.train()
+  assert result.stop_reason == "time_budget" and result.step == 8
+  np.testing.assert_allclose(rates, [_cosine(p) for p in (0, 0.25, 0.5, 0.75)], rtol=1e-5)
+  trainer.budget_progress.assign(1.0)
+  np.testing.assert_allclose(float(trainer.optimizer.learning_rate), 1e-3, rtol=1e-5)
+  assert float(trainer.budget_seconds.numpy()) == 60.0
+
+
+def test_a_resumed_run_continues_the_same_budget(tmp_path):
+  first, _ = _with_fake_clock(_budget_config(4), tmp_path, 15.0)
+  assert first.train().stop_reason == "steps"  # 2 calls: half the budget spent
+  resumed, rates = _with_fake_clock(_budget_config(1_000_000), tmp_path, 15.0)
+  resumed.restore()
+  result = resumed.train()
+  assert result.stop_reason == "time_budget" and result.step == 8
+  np.testing.assert_allclose(rates, [_cosine(0.5), _cosine(0.75)], rtol=1e-5)
+
+
 def test_early_stopping_on_an_eval_metric(tmp_path):
   # A zero learning rate never improves the eval loss: stop after `patience` evaluations.
   config = tiny_config(steps=1000, steps_per_loop=2, eval_every_steps=2)

@@ -1,7 +1,7 @@
 """tfllm-train: train and evaluate a model under a tf.distribute strategy.
 
-With no flags it runs the default job, `configs/gpt_tiny_shakespeare.py`: `gpt_tiny` on the
-Shakespeare plays, training, evaluation, validation perplexity and a sample continuation.
+With no flags it runs the default job, `configs/shakespeare_lm.py`: a character-level GPT on
+the Shakespeare plays for 10 minutes, validation loss per token and per character, a sample.
 
   tfllm-train --config=configs/gpt_tiny.py --config.train.steps=2000
       --model_dir=/tmp/gpt_tiny --distribution_strategy=mirrored
@@ -31,7 +31,7 @@ EXIT_ERROR, EXIT_SIGTERM = 1, 143
 
 
 def define_flags():
-  tfllm_flags.define_config_flag(tfllm_flags.repo_config_path("gpt_tiny_shakespeare"))
+  tfllm_flags.define_config_flag(tfllm_flags.repo_config_path("shakespeare_lm"))
   tfllm_flags.define_model_dir_flag("Directory for checkpoints, summaries, tokenizer and "
                                     "config.json; an existing one resumes. Default: a new "
                                     "temporary directory.")

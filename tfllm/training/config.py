@@ -18,7 +18,10 @@ def _train_defaults():
       eval_every_steps=0,        # evaluate every N steps (rounded up to a loop); 0 = at the end
       seed=0,
       jit_compile="auto",        # auto: XLA on one device per worker, GPU and TPU; off otherwise
-      time_budget_minutes=0.0,   # stop (checkpoint, evaluate) after this much training; 0 = off
+      # Wall-clock minutes of training (compilation included, evaluation at the end not):
+      # then checkpoint and evaluate. The learning-rate decay ends with the budget or with
+      # `steps`, whichever comes first, so with a budget `steps` is a cap. 0 = no budget.
+      time_budget_minutes=0.0,
       checkpoint_every_steps=500,  # rounded up to a loop; 0 = only at the end
       keep_checkpoints=3,
       log_every_steps=0,         # progress line and TensorBoard scalars; 0 = every loop

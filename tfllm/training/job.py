@@ -24,7 +24,7 @@ from tfllm import distribute, precision
 from tfllm.training import checkpointing, flops
 from tfllm.training import metrics as metrics_lib
 from tfllm.training import optimizer as optimizer_lib
-from tfllm.training.loop import Trainer, TrainingError
+from tfllm.training.loop import Trainer
 from tfllm.training.sampling import sample_continuation
 
 MODES = ("train", "eval", "train_and_eval")
@@ -158,7 +158,11 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
       log(f"fine-tuning ({config.finetune.strategy}) from "
           f"{config.finetune.init_checkpoint or 'scratch'}: "
           f"{prepared['trainable_parameters']:,} trainable parameters")
-    optimizer = optimizer_lib.build_optimizer(config.train, model.trainable_variables)
+    # With a time budget the schedule decays over the budget as well as over the steps.
+    budget_progress = (optimizer_lib.time_budget_progress()
+                       if config.train.time_budget_minutes else None)
+    optimizer = optimizer_lib.build_optimizer(config.train, model.trainable_variables,
+                                              budget_progress=budget_progress)
     optimizer = precision.wrap_optimizer(optimizer, policy)
     optimizer.build(model.trainable_variables)
 
@@ -179,7 +183,8 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
       metrics=metrics_lib.eval_metrics(config, tokenizer), is_chief=chief,
       worker_dir=worker_dir, jit_compile=_jit_setting(config),
       flops_per_token=_flops_per_token(config, model),
-      peak_flops_per_device=_peak_flops(config, strategy), log=log)
+      peak_flops_per_device=_peak_flops(config, strategy), budget_progress=budget_progress,
+      log=log)
   restored = trainer.restore()
   if restored:
     log(f"resumed from {restored} (step {int(trainer.step.numpy())})")

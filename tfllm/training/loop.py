@@ -119,7 +119,15 @@ class Trainer:
     jit_compile: None = `default_jit_compile(strategy)`.
     flops_per_token: training FLOPs per token, for MFU (None: MFU not reported).
     peak_flops_per_device: for MFU (None or 0: not reported).
+    budget_progress: the `tfllm.training.optimizer.time_budget_progress()` variable the
+      optimizer's schedule reads; with `train.time_budget_minutes`, the trainer sets it to the
+      fraction of the budget spent before each host call (the schedule's time resolution is
+      one `steps_per_loop`), so that the learning rate reaches its floor with the budget.
     log: where progress lines go (chief only).
+    clock: seconds since an arbitrary origin (tests replace it).
+
+  The seconds of the budget spent are saved in the checkpoint: a resumed run continues the
+  same budget rather than starting a new one.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, strategy: tf.distribute.Strategy,
@@ -129,7 +137,9 @@ class Trainer:
                worker_dir: Optional[str] = None, jit_compile: Optional[bool] = None,
                flops_per_token: Optional[float] = None,
                peak_flops_per_device: Optional[float] = None,
-               log: Callable[[str], None] = print):
+               budget_progress: Optional[tf.Variable] = None,
+               log: Callable[[str], None] = print,
+               clock: Callable[[], float] = time.perf_counter):
     self.config = config
     self.train_config = config.train
     self.strategy = strategy
@@ -146,9 +156,15 @@ class Trainer:
     self._peak_flops = peak_flops_per_device or None
     self.jit_compile = default_jit_compile(strategy) if jit_compile is None else jit_compile
     self._check_batch_size()
+    self.budget_progress = budget_progress
+    self._clock = clock
     with strategy.scope():
       self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=self.step)
+    # Host-side only (never read in a step): wall-clock seconds of the time budget spent.
+    self.budget_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False,
+                                      name="budget_seconds")
+    self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=self.step,
+                                          budget_seconds=self.budget_seconds)
     self.checkpointer = checkpointing.Checkpointer(
         self.checkpoint, model_dir, is_chief=is_chief, worker_dir=worker_dir,
         max_to_keep=self.train_config.keep_checkpoints)
@@ -309,17 +325,21 @@ class Trainer:
 
   # ---------------------------------------------------------------- training
 
-  def _all_workers_agree(self, flag: bool) -> bool:
-    """True when `flag` is true on any worker (so that every worker stops at the same step)."""
+  def _mean_over_workers(self, value: float) -> float:
+    """The mean of `value` over all replicas of all workers: the same number on every worker."""
     if _num_workers(self.strategy) == 1:
-      return flag
+      return value
     if self._any_worker_fn is None:
       @tf.function
-      def any_worker(value):
+      def mean_over_replicas(value):
         per_replica = self.strategy.run(lambda: tf.identity(value))
-        return self.strategy.reduce("SUM", per_replica, axis=None)
-      self._any_worker_fn = any_worker
-    return float(self._any_worker_fn(tf.constant(1.0 if flag else 0.0))) > 0
+        return self.strategy.reduce("MEAN", per_replica, axis=None)
+      self._any_worker_fn = mean_over_replicas
+    return float(self._any_worker_fn(tf.constant(value, tf.float32)))
+
+  def _all_workers_agree(self, flag: bool) -> bool:
+    """True when `flag` is true on any worker (so that every worker stops at the same step)."""
+    return self._mean_over_workers(1.0 if flag else 0.0) > 0
 
   def save(self) -> str:
     return self.checkpointer.save(int(self.step.numpy()))
@@ -355,6 +375,7 @@ class Trainer:
       self._train_loop_fn = self._build_train_loop()
     iterator = iter(self._distributed_dataset(self._train_dataset_fn, skip_steps=start_step))
     budget_s = tc.time_budget_minutes * 60.0
+    budget_spent_before = float(self.budget_seconds.numpy())
     stop_metric = tc.early_stopping
     best, bad_evals = None, 0
     all_losses: List[float] = []
@@ -365,18 +386,29 @@ class Trainer:
     log_every = tc.log_every_steps or tc.steps_per_loop
     window_tokens, window_seconds, window_losses = 0, 0.0, []
 
-    train_started = time.perf_counter()
+    train_started = self._clock()
+
+    def budget_spent() -> float:
+      # Wall-clock time of training, compilation included, over this run and resumed ones.
+      return budget_spent_before + self._clock() - train_started
+
+    if budget_s and budget_spent_before >= budget_s:
+      stop_reason = "time_budget"  # resumed after the budget had ended: evaluate only
     with _StopSignal() as stop_signal:
       step = start_step
-      while step < total:
+      while step < total and stop_reason == "steps":
+        if budget_s and self.budget_progress is not None:
+          self.budget_progress.assign(
+              self._mean_over_workers(min(1.0, budget_spent() / budget_s)))
         end = min(step + tc.steps_per_loop, total,
                   self._next_boundary(step, tc.checkpoint_every_steps, total),
                   self._next_boundary(step, tc.eval_every_steps if tc.eval_steps else 0, total),
                   self._next_boundary(step, log_every, total))
-        started = time.perf_counter()
+        started = self._clock()
         step_losses, norms = self._train_loop_fn(iterator, tf.constant(end - step, tf.int32))
         step_losses = step_losses.numpy()
-        seconds = time.perf_counter() - started
+        seconds = self._clock() - started
+        self.budget_seconds.assign(budget_spent())
         if not np.all(np.isfinite(step_losses)):
           bad = step + int(np.argmin(np.isfinite(step_losses))) + 1
           raise DivergedError(
@@ -394,12 +426,12 @@ class Trainer:
         window_losses.extend(float(x) for x in step_losses)
 
         if step % log_every == 0 or step == total:
-          self._report(step, total, window_losses, norms.numpy(), window_tokens, window_seconds)
+          budget_left = budget_s - budget_spent() if budget_s else None
+          self._report(step, total, window_losses, norms.numpy(), window_tokens, window_seconds,
+                       budget_left)
           window_tokens, window_seconds, window_losses = 0, 0.0, []
 
-        # The budget is wall-clock time since training started (compilation included).
-        over_budget = self._all_workers_agree(
-            bool(budget_s) and time.perf_counter() - train_started >= budget_s)
+        over_budget = self._all_workers_agree(bool(budget_s) and budget_spent() >= budget_s)
         if over_budget:
           stop_reason = "time_budget"
         if tc.eval_every_steps and tc.eval_steps and step % tc.eval_every_steps == 0 \
@@ -444,7 +476,7 @@ class Trainer:
     bad_evals += 1
     return best, bad_evals, bad_evals >= spec.patience
 
-  def _report(self, step, total, window_losses, norms, tokens, seconds):
+  def _report(self, step, total, window_losses, norms, tokens, seconds, budget_left=None):
     loss = float(np.mean(window_losses))
     lr = float(self.optimizer.learning_rate)  # the schedule's value at the current step
     scalars = {"loss": loss, "learning_rate": lr, "grad_norm": float(np.mean(norms))}
@@ -454,6 +486,8 @@ class Trainer:
       steps_per_s = tokens / self.tokens_per_step / seconds
       scalars["tokens_per_second"] = tps
       eta = (total - step) / steps_per_s if steps_per_s else 0.0
+      if budget_left is not None:
+        eta = max(0.0, min(eta, budget_left))
       line += f"  tokens/s {tps:,.0f}  ETA {_format_seconds(eta)}"
       if self._flops_per_token and self._peak_flops:
         mfu = flops.model_flops_utilization(tps, self._flops_per_token, self._peak_flops,

@@ -21,15 +21,21 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
     decay_steps: step at which the decay reaches its floor (counted from step 0).
     decay: "cosine", "linear" or "constant".
     min_ratio: floor of the decay as a fraction of `peak`.
+    budget_progress: optional scalar float32 `tf.Variable`, the fraction of a wall-clock
+      training budget spent (`time_budget_progress`, kept up to date by the `Trainer`). The
+      decay then follows whichever is further along, steps or time, so that a budgeted run
+      reaches the floor when the budget ends on any machine. Warmup stays in steps (it is
+      about Adam's statistics, not time). Run-time state: not part of `get_config`.
   """
 
   def __init__(self, peak: float, warmup_steps: int, decay_steps: int, decay: str = "cosine",
-               min_ratio: float = 0.1):
+               min_ratio: float = 0.1, budget_progress: tf.Variable | None = None):
     self.peak = float(peak)
     self.warmup_steps = int(warmup_steps)
     self.decay_steps = int(decay_steps)
     self.decay = decay
     self.min_ratio = float(min_ratio)
+    self.budget_progress = budget_progress
 
   def __call__(self, step):
     step = tf.cast(step, tf.float32)
@@ -40,6 +46,8 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
       return warm
     span = float(max(self.decay_steps - self.warmup_steps, 1))
     progress = tf.clip_by_value((step - float(self.warmup_steps)) / span, 0.0, 1.0)
+    if self.budget_progress is not None:
+      progress = tf.maximum(progress, tf.cast(self.budget_progress, tf.float32))
     if self.decay == "cosine":
       shape = 0.5 * (1.0 + tf.cos(math.pi * progress))
     else:
@@ -52,13 +60,21 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
                 decay=self.decay, min_ratio=self.min_ratio)
 
 
-def learning_rate_schedule(train: ml_collections.ConfigDict,
-                           total_steps: int | None = None) -> WarmupDecay:
-  """The schedule of `config.train`; `total_steps` overrides where the decay ends."""
+def time_budget_progress() -> tf.Variable:
+  """The variable a budgeted run's schedule and `Trainer` share: the fraction of
+  `config.train.time_budget_minutes` spent. Create it inside `strategy.scope()`."""
+  return tf.Variable(0.0, trainable=False, dtype=tf.float32, name="time_budget_progress",
+                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+
+def learning_rate_schedule(train: ml_collections.ConfigDict, total_steps: int | None = None,
+                           budget_progress: tf.Variable | None = None) -> WarmupDecay:
+  """The schedule of `config.train`; `total_steps` overrides where the decay ends;
+  `budget_progress` (`time_budget_progress()`) lays the decay over the time budget too."""
   opt = train.optimizer
   decay_steps = total_steps or opt.decay_steps or train.steps
   return WarmupDecay(opt.learning_rate, opt.warmup_steps, decay_steps, opt.decay,
-                     opt.min_learning_rate_ratio)
+                     opt.min_learning_rate_ratio, budget_progress=budget_progress)
 
 
 def weight_decay_exclusions(variables, decay_norms_biases: bool = False,
@@ -89,14 +105,16 @@ class _PreReducedAdamW(keras.optimizers.AdamW):
     return grads_and_vars
 
 
-def build_optimizer(train: ml_collections.ConfigDict, variables,
-                    total_steps: int | None = None) -> keras.optimizers.Optimizer:
+def build_optimizer(train: ml_collections.ConfigDict, variables, total_steps: int | None = None,
+                    budget_progress: tf.Variable | None = None) -> keras.optimizers.Optimizer:
   """AdamW for `variables`; create and then `build` it inside `strategy.scope()`.
 
   Args:
     train: the `config.train` section.
     variables: the model's trainable variables.
     total_steps: where the learning-rate decay ends; default `config.train.steps`.
+    budget_progress: `time_budget_progress()` of a run with a time budget (give the same
+      variable to the `Trainer`): the decay then also ends with the budget.
 
   Returns:
     An AdamW, not yet built (a float16 loss-scale wrapper builds it), expecting all-reduced,
@@ -104,7 +122,7 @@ def build_optimizer(train: ml_collections.ConfigDict, variables,
   """
   opt = train.optimizer
   optimizer = _PreReducedAdamW(
-      learning_rate=learning_rate_schedule(train, total_steps),
+      learning_rate=learning_rate_schedule(train, total_steps, budget_progress),
       weight_decay=opt.weight_decay or None,
       beta_1=opt.beta_1, beta_2=opt.beta_2, epsilon=opt.epsilon, name="adamw")
   excluded = weight_decay_exclusions(variables, opt.decay_norms_biases, opt.decay_embeddings)

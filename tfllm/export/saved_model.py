@@ -133,7 +133,8 @@ def load_trained(model_dir: str):
   """The model, tokenizer and config a training run left in `model_dir`.
 
   The model comes from `tfllm.finetune.load_trained_model` (config.json, every weight of the
-  newest checkpoint, LoRA merged); the tokenizer from `model_dir/tokenizer/`.
+  newest checkpoint, LoRA merged), int8-quantized when the run's `finetune.quantize` says so;
+  the tokenizer from `model_dir/tokenizer/`.
 
   Returns:
     `(model, tokenizer, config)`.
@@ -144,6 +145,7 @@ def load_trained(model_dir: str):
   """
   from tfllm.data import tokenizers
   from tfllm.finetune.prepare import load_trained_model
+  from tfllm.finetune.quantization import quantize_int8
 
   if not model_dir or not os.path.isdir(model_dir):
     raise ExportError(f"model_dir={model_dir!r} does not exist; pass the directory a training "
@@ -157,6 +159,9 @@ def load_trained(model_dir: str):
     model, config = load_trained_model(model_dir)
   except (FileNotFoundError, ValueError) as error:
     raise ExportError(str(error)) from error
+  if config.finetune.quantize == "int8":
+    # Deterministic from the float weights: the same model the run evaluated and saved.
+    quantize_int8(model)
   return model, tokenizers.load_tokenizer(tokenizer_dir), config
 
 

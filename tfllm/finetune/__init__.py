@@ -3,7 +3,8 @@ quantization, distillation and the task metrics (entity F1, classification F1)."
 
 from tfllm.finetune.classification_f1 import ClassificationF1
 from tfllm.finetune.distillation import (TeacherStudent, distillation_loss,
-                                         distillation_objective, distillation_sums, load_teacher)
+                                         distillation_objective, distillation_sums, load_teacher,
+                                         teacher_student)
 from tfllm.finetune.entity_f1 import (EntityF1, entity_counts, entity_reports_from_results,
                                       entity_scores, format_entity_report, iob2_scheme)
 from tfllm.finetune.lora import lora_weights, load_lora_weights, merge_lora, save_lora_weights
@@ -32,6 +33,6 @@ __all__ = [
     "format_entity_report", "freeze_all_but_top", "iob2_scheme", "load_lora_weights",
     "load_quantized_weights", "load_teacher", "lora_target_layers", "lora_weights",
     "load_trained_model", "merge_lora", "minilm_l6_dir", "prepare_model", "quantization_mode", "quantize_int8",
-    "register_eval_metrics", "save_lora_weights", "save_quantized_weights",
+    "register_eval_metrics", "save_lora_weights", "save_quantized_weights", "teacher_student",
     "trainable_parameter_count",
 ]

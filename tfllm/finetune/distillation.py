@@ -107,3 +107,46 @@ def load_teacher(model_dir: str) -> Tuple[keras.Model, object]:
   """
   from tfllm.finetune.prepare import load_trained_model  # pylint: disable=import-outside-toplevel
   return load_trained_model(model_dir)
+
+
+def _describe(config) -> dict:
+  """What a teacher and its student must share: the task, its classes, the tokenizer."""
+  from tfllm.models.config import num_classes  # pylint: disable=import-outside-toplevel
+  task = config.task
+  return {"task.name": task.name,
+          "task.num_classes": num_classes(task) if task.name in (
+              "sequence_classification", "token_classification") else None,
+          "task.labels": list(task.labels),
+          "tokenizer": config.tokenizer.to_dict(),
+          "model.vocab_size": config.model.vocab_size}
+
+
+def teacher_student(student: keras.Model, config) -> Tuple[TeacherStudent, Callable]:
+  """The pair and the loss of a distillation run (`config.finetune.distill`).
+
+  Loads the teacher from `distill.teacher_model_dir` (inside the caller's `strategy.scope()`)
+  and checks that it does the student's task on the same classes and tokens.
+
+  Returns:
+    `(TeacherStudent(student, teacher), distillation_objective(temperature, alpha))`.
+
+  Raises:
+    FileNotFoundError: the teacher's model_dir has no config or checkpoint.
+    ValueError: a multi-task student, or a teacher of another task, label set or tokenizer.
+  """
+  from tfllm.models.build import example_features  # pylint: disable=import-outside-toplevel
+  distill = config.finetune.distill
+  if config.task.name == "multi_task":
+    raise ValueError("distillation trains single-task students; config.task.name='multi_task' "
+                     "is not supported with config.finetune.distill.teacher_model_dir")
+  teacher, teacher_config = load_teacher(distill.teacher_model_dir)
+  ours, theirs = _describe(config), _describe(teacher_config)
+  for key, value in ours.items():
+    if theirs[key] != value:
+      raise ValueError(f"the teacher in {distill.teacher_model_dir} has {key}={theirs[key]!r}, "
+                       f"the student {value!r}; a teacher must share the task, its labels and "
+                       "the tokenizer")
+  pair = TeacherStudent(student, teacher)
+  pair(example_features(config.task.name, config.model))
+  return pair, distillation_objective(distill.temperature, distill.alpha)
+

@@ -6,6 +6,8 @@ The model_dir holds what a run needs to resume and what export needs:
   checkpoints/        model + optimizer + step (`tfllm.training.checkpointing`)
   train/, eval/       TensorBoard summaries
   eval_metrics.json   the last evaluation's metrics and step
+  eval_metrics_int8.json, model.int8.weights.h5
+                      with `finetune.quantize=int8`: the quantized model's metrics, weights
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from tfllm.training.sampling import sample_continuation
 MODES = ("train", "eval", "train_and_eval")
 CONFIG_FILE = "config.json"
 EVAL_FILE = "eval_metrics.json"
+INT8_EVAL_FILE = "eval_metrics_int8.json"
+INT8_WEIGHTS_FILE = "model.int8.weights.h5"
 # Sections whose values shape the variables a checkpoint holds (and their meaning).
 _SHAPE_SECTIONS = ("model", "task", "tokenizer")
 
@@ -84,8 +88,8 @@ def check_model_dir_matches(config: ml_collections.ConfigDict, model_dir: str,
 def _flops_per_token(config, model) -> float:
   m = config.model
   head_dim = m.head_dim or m.hidden_dim // m.num_heads
-  return flops.training_flops_per_token(model.count_params(), m.num_layers, m.num_heads,
-                                        head_dim, config.data.sequence_length)
+  return flops.training_flops_per_token(flops.flops_parameter_count(model), m.num_layers,
+                                        m.num_heads, head_dim, config.data.sequence_length)
 
 
 def _peak_flops(config, strategy) -> Optional[float]:
@@ -158,6 +162,13 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
       log(f"fine-tuning ({config.finetune.strategy}) from "
           f"{config.finetune.init_checkpoint or 'scratch'}: "
           f"{prepared['trainable_parameters']:,} trainable parameters")
+    trained_model, objective = model, None
+    if config.finetune.distill.teacher_model_dir:
+      # The loss needs the teacher's logits; checkpoints and evaluation keep to the student.
+      model, objective = finetune.teacher_student(trained_model, config)
+      log(f"distilling from the teacher in {config.finetune.distill.teacher_model_dir} "
+          f"(temperature {config.finetune.distill.temperature}, "
+          f"alpha {config.finetune.distill.alpha})")
     # With a time budget the schedule decays over the budget as well as over the steps.
     budget_progress = (optimizer_lib.time_budget_progress()
                        if config.train.time_budget_minutes else None)
@@ -182,13 +193,13 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
       config, strategy, model, optimizer, model_dir, train_data, eval_data,
       metrics=metrics_lib.eval_metrics(config, tokenizer), is_chief=chief,
       worker_dir=worker_dir, jit_compile=_jit_setting(config),
-      flops_per_token=_flops_per_token(config, model),
+      flops_per_token=_flops_per_token(config, trained_model),
       peak_flops_per_device=_peak_flops(config, strategy), budget_progress=budget_progress,
-      log=log)
+      objective=objective, trained_model=trained_model, log=log)
   restored = trainer.restore()
   if restored:
     log(f"resumed from {restored} (step {int(trainer.step.numpy())})")
-  log(f"model: {model.count_params():,} parameters; strategy: {type(strategy).__name__} "
+  log(f"model: {trained_model.count_params():,} parameters; strategy: {type(strategy).__name__} "
       f"({strategy.num_replicas_in_sync} replicas); precision: {policy}; "
       f"XLA: {'on' if trainer.jit_compile else 'off'}")
 
@@ -214,10 +225,31 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
     if chief:
       write_atomically(os.path.join(model_dir, EVAL_FILE), json.dumps(
           dict(step=summary["step"], **summary["eval_metrics"]), indent=2, sort_keys=True))
+  if config.finetune.quantize and summary["eval_metrics"]:
+    summary["eval_metrics_int8"] = _evaluate_quantized(trainer, config, model_dir, chief, log)
   if config.task.name == "causal_lm" and config.train.sample_new_tokens and chief:
-    summary["sample"] = _sample(config, model, tokenizer, eval_data)
+    summary["sample"] = _sample(config, trained_model, tokenizer, eval_data)
     log(f"sample: {summary['sample']}")
   return summary
+
+
+def _evaluate_quantized(trainer, config, model_dir, chief, log) -> Dict[str, float]:
+  """Post-training int8 (`config.finetune.quantize`): the saved model, LoRA merged, quantized
+  and evaluated on the same batches; metrics in `eval_metrics_int8.json`, weights in
+  `model.int8.weights.h5` (Keras 3.15 cannot reload quantized attention from `.keras`)."""
+  from tfllm import finetune  # pylint: disable=g-import-not-at-top
+  with trainer.strategy.scope():
+    quantized, _ = finetune.load_trained_model(model_dir)
+    finetune.quantize_int8(quantized)
+  metrics = trainer.evaluate(model=quantized, summary_prefix="int8/")
+  step = int(trainer.step.numpy())
+  log(f"int8 validation at step {step}: "
+      + "  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
+  if chief:
+    write_atomically(os.path.join(model_dir, INT8_EVAL_FILE),
+                     json.dumps(dict(step=step, **metrics), indent=2, sort_keys=True))
+    finetune.save_quantized_weights(quantized, os.path.join(model_dir, INT8_WEIGHTS_FILE))
+  return metrics
 
 
 def _jit_setting(config) -> Optional[bool]:

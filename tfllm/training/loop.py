@@ -15,6 +15,7 @@ checkpoints, evaluation, summaries, the progress line, stop requests and the NaN
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import signal
@@ -123,6 +124,13 @@ class Trainer:
       optimizer's schedule reads; with `train.time_budget_minutes`, the trainer sets it to the
       fraction of the budget spent before each host call (the schedule's time resolution is
       one `steps_per_loop`), so that the learning rate reaches its floor with the budget.
+    objective: the training loss, `fn(logits, labels, sample_weight, global_weights) ->
+      scalar` where `global_weights` maps each head to its sum of sample weights over the
+      global batch (so that the loss is a global-batch mean under any strategy); default the
+      heads' cross-entropy weighted by `config.task` (a distillation run gives its own).
+    trained_model: the model training produces, which checkpoints hold and evaluation runs
+      (default `model`). A distillation run's `model` is the teacher-student pair that gives
+      the loss; its `trained_model` is the student, so its model_dir loads like any other.
     log: where progress lines go (chief only).
     clock: seconds since an arbitrary origin (tests replace it).
 
@@ -138,6 +146,8 @@ class Trainer:
                flops_per_token: Optional[float] = None,
                peak_flops_per_device: Optional[float] = None,
                budget_progress: Optional[tf.Variable] = None,
+               objective: Optional[Callable] = None,
+               trained_model: Optional[keras.Model] = None,
                log: Callable[[str], None] = print,
                clock: Callable[[], float] = time.perf_counter):
     self.config = config
@@ -163,13 +173,16 @@ class Trainer:
     # Host-side only (never read in a step): wall-clock seconds of the time budget spent.
     self.budget_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False,
                                       name="budget_seconds")
-    self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=self.step,
+    self._objective = objective or self._cross_entropy
+    self.trained_model = model if trained_model is None else trained_model
+    self.checkpoint = tf.train.Checkpoint(model=self.trained_model, optimizer=optimizer,
+                                          step=self.step,
                                           budget_seconds=self.budget_seconds)
     self.checkpointer = checkpointing.Checkpointer(
         self.checkpoint, model_dir, is_chief=is_chief, worker_dir=worker_dir,
         max_to_keep=self.train_config.keep_checkpoints)
     self._train_loop_fn = None
-    self._eval_step_fn = None
+    self._eval_step_fns: Dict[int, Callable] = {}
     self._any_worker_fn = None
     if is_chief:
       self._train_writer = tf.summary.create_file_writer(f"{model_dir}/train")
@@ -252,7 +265,7 @@ class Trainer:
     self.optimizer.apply(grads, variables)
     return loss, norm / scale
 
-  def _objective(self, logits, labels, sample_weight, global_weights):
+  def _cross_entropy(self, logits, labels, sample_weight, global_weights):
     logits, labels = losses.as_heads(logits), losses.as_heads(labels)
     weights = losses.as_heads(sample_weight) if sample_weight is not None else {}
     total = tf.constant(0.0)
@@ -279,16 +292,17 @@ class Trainer:
 
     return train_loop
 
-  def _replica_eval_step(self, batch):
+  def _replica_eval_step(self, model, batch):
     features, labels, sample_weight = batch
-    logits = self.model(features, training=False)
+    logits = model(features, training=False)
     sums = {}
     for metric in self.metrics:
       sums.update(metric.sums(features, logits, labels, sample_weight))
     return sums
 
-  def _build_eval_step(self):
-    replica_step = tf.function(self._replica_eval_step, jit_compile=self.jit_compile)
+  def _build_eval_step(self, model):
+    replica_step = tf.function(functools.partial(self._replica_eval_step, model),
+                               jit_compile=self.jit_compile)
 
     @tf.function
     def eval_step(batch):
@@ -299,16 +313,26 @@ class Trainer:
 
   # ---------------------------------------------------------------- evaluation
 
-  def evaluate(self, num_steps: Optional[int] = None) -> Dict[str, float]:
-    """Evaluates `num_steps` (default `eval_steps`) batches from the start of the eval split."""
+  def evaluate(self, num_steps: Optional[int] = None, model: Optional[keras.Model] = None,
+               summary_prefix: str = "") -> Dict[str, float]:
+    """Evaluates `num_steps` (default `eval_steps`) batches from the start of the eval split.
+
+    Args:
+      num_steps: batches to evaluate.
+      model: the model to evaluate (default `trained_model`), e.g. its int8-quantized copy;
+        it must take the same features and give logits of the same heads.
+      summary_prefix: prepended to the TensorBoard scalar names (e.g. "int8/").
+    """
     num_steps = self.train_config.eval_steps if num_steps is None else num_steps
     if self._eval_dataset_fn is None or not num_steps:
       return {}
-    if self._eval_step_fn is None:
-      self._eval_step_fn = self._build_eval_step()
+    model = self.trained_model if model is None else model
+    if id(model) not in self._eval_step_fns:
+      self._eval_step_fns[id(model)] = self._build_eval_step(model)
+    eval_step_fn = self._eval_step_fns[id(model)]
     totals: Dict[str, float] = {}
     for batch in self._distributed_dataset(self._eval_dataset_fn, take_steps=num_steps):
-      for key, value in self._eval_step_fn(batch).items():
+      for key, value in eval_step_fn(batch).items():
         totals[key] = totals.get(key, 0.0) + float(value)
     if not totals:
       raise TrainingError(f"the eval split gave no batch of "
@@ -319,7 +343,7 @@ class Trainer:
     step = int(self.step.numpy())
     with self._eval_writer.as_default(step=step):
       for key, value in results.items():
-        tf.summary.scalar(key, value)
+        tf.summary.scalar(summary_prefix + key, value)
     self._eval_writer.flush()
     return results
 

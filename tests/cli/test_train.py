@@ -173,5 +173,7 @@ def test_sigkill_and_relaunch_ends_where_an_uninterrupted_run_ends(tmp_path):
   a, b = _checkpoint_tensors(straight), _checkpoint_tensors(killed)
   assert a.keys() == b.keys()
   # Same ops, same data order (data.deterministic=True), same XLA program: bitwise equal.
+  # (budget_seconds is the wall-clock time spent training: it is the one value that may not.)
   for key in a:
-    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    if not key.startswith("budget_seconds/"):
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)

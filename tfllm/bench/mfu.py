@@ -12,15 +12,12 @@ that a process cannot see reliably.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from typing import Optional
 
 import keras
-import keras_hub
 import tensorflow as tf
 
-from tfllm.layers.embeddings import PositionEmbedding
 from tfllm.training import flops
 
 FORMULA = "FLOPs/token = 6*N + 12*L*H*Q*T (N: parameters without position embeddings)"
@@ -112,16 +109,7 @@ def device_peak(dtype: str = "float32", measure_cpu: bool = True,
   return Peak(None, f"no {dtype} peak known for {description}", description)
 
 
-def flops_parameter_count(model: keras.Model) -> int:
-  """N of the FLOPs formula: trainable and other weights, without position embeddings.
-
-  Position embeddings are a table lookup (no multiply-adds), so they do not count; a tied
-  token embedding counts once (it is also the output projection).
-  """
-  position_types = (PositionEmbedding, keras_hub.layers.PositionEmbedding)
-  position = sum(math.prod(w.shape) for layer in model._flatten_layers()
-                 if isinstance(layer, position_types) for w in layer.weights)
-  return int(model.count_params()) - position
+flops_parameter_count = flops.flops_parameter_count
 
 
 def training_flops_per_token(model: keras.Model, num_layers: int, num_heads: int,

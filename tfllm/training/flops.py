@@ -7,6 +7,7 @@ length (the second term is attention's score and value matmuls, which N does not
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 # Dense bf16/fp16 peak FLOP/s per device (vendor datasheets, without sparsity). CPUs are absent
@@ -32,6 +33,21 @@ def training_flops_per_token(num_params: int, num_layers: int, num_heads: int, h
                              sequence_length: int) -> float:
   """FLOPs of one training step per token: 6N + 12·L·H·Q·T."""
   return 6.0 * num_params + 12.0 * num_layers * num_heads * head_dim * sequence_length
+
+
+def flops_parameter_count(model) -> int:
+  """N of the FLOPs formula: the model's weights without position embedding tables.
+
+  Position embeddings are a table lookup (no multiply-adds), so they do not count; a tied
+  token embedding counts once (it is also the output projection). Recognizes tfllm's and
+  KerasHub's position embedding layers (the bench measures both).
+  """
+  import keras_hub  # pylint: disable=import-outside-toplevel
+  from tfllm.layers.embeddings import PositionEmbedding  # pylint: disable=import-outside-toplevel
+  position_types = (PositionEmbedding, keras_hub.layers.PositionEmbedding)
+  position = sum(math.prod(w.shape) for layer in model._flatten_layers()  # pylint: disable=protected-access
+                 if isinstance(layer, position_types) for w in layer.weights)
+  return int(model.count_params()) - position
 
 
 def peak_flops(device_description: str) -> Optional[float]:

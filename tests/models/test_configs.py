@@ -16,6 +16,8 @@ EXPECTED_PARAMETERS = {
     "gpt_small": 124_439_808,
     "bert_tiny": 1_511_360,
     "llama_tiny": 6_867_200,
+    "shakespeare_lm": 843_008,         # the default job (byte-level, context 128)
+    "gpt_tiny_shakespeare": 5_240_320,  # vocabulary set from the trained tokenizer at run time
 }
 
 

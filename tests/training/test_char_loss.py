@@ -183,6 +183,7 @@ def test_the_job_reports_per_character_loss_on_stdout_tensorboard_and_json(tmp_p
   assert final and "nats_per_char" in final[0] and "bits_per_char" in final[0]
   with open(tmp_path / "run" / job.EVAL_FILE) as f:
     saved = json.load(f)
+  assert saved["split"] == config.data.eval_split
   assert saved["bits_per_char"] == pytest.approx(saved["nats_per_char"] / math.log(2.0))
   # Byte-level and mostly 1-byte characters: a little above the per-token loss.
   assert saved["loss"] < saved["nats_per_char"] < 1.5 * saved["loss"]

@@ -24,7 +24,7 @@ HEAD_SCHEMA = MODEL_SCHEMAS["task"].entry_schemas["heads"]
 HEAD_DATA_SCHEMA = FINETUNE_SCHEMAS["finetune"].entry_schemas["head_data"]
 
 
-def _head_config(config, head_name):
+def head_config(config, head_name):
   """A single-task config for one head: its task section and data source."""
   # Entries as given in a config file: fill in the keys left at their defaults.
   head = dict(HEAD_SCHEMA.defaults(), **config.task.heads[head_name].to_dict())
@@ -81,7 +81,7 @@ def multitask_dataset(config, split_kind: str, tokenizer, input_context=None,
                 if input_context else config.train.global_batch_size)
   datasets, weights = [], []
   for head_name in config.task.heads:
-    sub = _head_config(config, head_name)
+    sub = head_config(config, head_name)
     split = sub.data[f"{split_kind}_split"]
     dataset = pipelines.make_dataset(sub, split, tokenizer, input_context=input_context,
                                      training=training)

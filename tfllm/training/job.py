@@ -5,7 +5,7 @@ The model_dir holds what a run needs to resume and what export needs:
   tokenizer/          the tokenizer (saved by `tfllm.data.tokenizers.get_tokenizer`)
   checkpoints/        model + optimizer + step (`tfllm.training.checkpointing`)
   train/, eval/       TensorBoard summaries
-  eval_metrics.json   the last evaluation's metrics and step
+  eval_metrics.json   the last evaluation's metrics, step and split
   eval_metrics_int8.json, model.int8.weights.h5
                       with `finetune.quantize=int8`: the quantized model's metrics, weights
 """
@@ -224,7 +224,8 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
       log(f"entity report{f' ({head})' if head else ''}:\n{table}")
     if chief:
       write_atomically(os.path.join(model_dir, EVAL_FILE), json.dumps(
-          dict(step=summary["step"], **summary["eval_metrics"]), indent=2, sort_keys=True))
+          dict(step=summary["step"], split=_eval_split(config), **summary["eval_metrics"]),
+          indent=2, sort_keys=True))
   if config.finetune.quantize and summary["eval_metrics"]:
     summary["eval_metrics_int8"] = _evaluate_quantized(trainer, config, model_dir, chief, log)
   if config.task.name == "causal_lm" and config.train.sample_new_tokens and chief:
@@ -247,9 +248,19 @@ def _evaluate_quantized(trainer, config, model_dir, chief, log) -> Dict[str, flo
       + "  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
   if chief:
     write_atomically(os.path.join(model_dir, INT8_EVAL_FILE),
-                     json.dumps(dict(step=step, **metrics), indent=2, sort_keys=True))
+                     json.dumps(dict(step=step, split=_eval_split(config), **metrics), indent=2,
+                                sort_keys=True))
     finetune.save_quantized_weights(quantized, os.path.join(model_dir, INT8_WEIGHTS_FILE))
   return metrics
+
+
+def _eval_split(config):
+  """The split an evaluation read (per head for a multi-task model), for the eval JSON files:
+  `--mode=eval --config.data.eval_split=test` replaces the validation figures."""
+  if config.task.name == "multi_task":
+    from tfllm.finetune.multitask_data import head_config  # pylint: disable=g-import-not-at-top
+    return {name: head_config(config, name).data.eval_split for name in config.task.heads}
+  return config.data.eval_split
 
 
 def _jit_setting(config) -> Optional[bool]:

@@ -29,6 +29,8 @@ import keras
 import keras_hub
 import tensorflow as tf
 
+from tfllm import model_dir as model_dir_lib
+
 WORD_PIECE_RESERVED = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _CONFIG_FILE = "tokenizer.json"
 _ASSETS = {"word_piece": "vocabulary.txt", "sentence_piece": "sentencepiece.model"}
@@ -341,7 +343,7 @@ def get_tokenizer(config, model_dir: Optional[str] = None):
   Returns:
     A keras-hub tokenizer; `tokenizer.vocabulary_size()` is the model's vocab size.
   """
-  saved = os.path.join(model_dir, "tokenizer") if model_dir else None
+  saved = model_dir_lib.tokenizer_dir(model_dir) if model_dir else None
   if saved and is_saved_tokenizer(saved):
     return load_tokenizer(saved)
   if config.tokenizer.vocabulary:

@@ -18,6 +18,7 @@ import keras
 import tensorflow as tf
 
 from tfllm import config as config_lib
+from tfllm import model_dir as model_dir_lib
 from tfllm.export import signatures as signatures_lib
 from tfllm.export import warmup as warmup_lib
 
@@ -150,8 +151,8 @@ def load_trained(model_dir: str):
   if not model_dir or not os.path.isdir(model_dir):
     raise ExportError(f"model_dir={model_dir!r} does not exist; pass the directory a training "
                       "run wrote")
-  tokenizer_dir = os.path.join(model_dir, "tokenizer")
-  if os.path.isfile(os.path.join(model_dir, "config.json")) and not (
+  tokenizer_dir = model_dir_lib.tokenizer_dir(model_dir)
+  if os.path.isfile(model_dir_lib.config_path(model_dir)) and not (
       tokenizers.is_saved_tokenizer(tokenizer_dir)):
     raise ExportError(f"{tokenizer_dir} holds no saved tokenizer; the export needs the "
                       "training vocabulary (tfllm.data.tokenizers.save_tokenizer)")

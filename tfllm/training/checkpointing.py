@@ -15,7 +15,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-CHECKPOINT_SUBDIR = "checkpoints"
+from tfllm.model_dir import CHECKPOINT_SUBDIR
 
 
 class CheckpointWriteError(RuntimeError):

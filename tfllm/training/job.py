@@ -1,13 +1,7 @@
 """`run(config, ...)`: one training/evaluation job, from a config to a trained model_dir.
 
-The model_dir holds what a run needs to resume and what export needs:
-  config.json         the resolved config (vocab size from the tokenizer), written at start
-  tokenizer/          the tokenizer (saved by `tfllm.data.tokenizers.get_tokenizer`)
-  checkpoints/        model + optimizer + step (`tfllm.training.checkpointing`)
-  train/, eval/       TensorBoard summaries
-  eval_metrics.json   the last evaluation's metrics, step and split
-  eval_metrics_int8.json, model.int8.weights.h5
-                      with `finetune.quantize=int8`: the quantized model's metrics, weights
+The model_dir it writes holds what a run needs to resume and what export needs
+(`tfllm.model_dir` names its files).
 """
 
 from __future__ import annotations
@@ -23,6 +17,7 @@ import tensorflow as tf
 
 from tfllm import config as config_lib
 from tfllm import distribute, precision
+from tfllm.model_dir import CONFIG_FILE, EVAL_FILE, INT8_EVAL_FILE, INT8_WEIGHTS_FILE
 from tfllm.training import checkpointing, flops
 from tfllm.training import metrics as metrics_lib
 from tfllm.training import optimizer as optimizer_lib
@@ -30,10 +25,6 @@ from tfllm.training.loop import Trainer
 from tfllm.training.sampling import sample_continuation
 
 MODES = ("train", "eval", "train_and_eval")
-CONFIG_FILE = "config.json"
-EVAL_FILE = "eval_metrics.json"
-INT8_EVAL_FILE = "eval_metrics_int8.json"
-INT8_WEIGHTS_FILE = "model.int8.weights.h5"
 # Sections whose values shape the variables a checkpoint holds (and their meaning).
 _SHAPE_SECTIONS = ("model", "task", "tokenizer")
 

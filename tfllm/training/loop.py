@@ -183,7 +183,7 @@ class Trainer:
         max_to_keep=self.train_config.keep_checkpoints)
     self._train_loop_fn = None
     self._eval_step_fns: Dict[int, Callable] = {}
-    self._any_worker_fn = None
+    self._mean_over_workers_fn = None
     if is_chief:
       self._train_writer = tf.summary.create_file_writer(f"{model_dir}/train")
       self._eval_writer = tf.summary.create_file_writer(f"{model_dir}/eval")
@@ -350,18 +350,20 @@ class Trainer:
   # ---------------------------------------------------------------- training
 
   def _mean_over_workers(self, value: float) -> float:
-    """The mean of `value` over all replicas of all workers: the same number on every worker."""
+    """The mean of `value` over all replicas of all workers: the same number on every worker.
+
+    (`tf.distribute.ReduceOp` has only SUM and MEAN.)"""
     if _num_workers(self.strategy) == 1:
       return value
-    if self._any_worker_fn is None:
+    if self._mean_over_workers_fn is None:
       @tf.function
       def mean_over_replicas(value):
         per_replica = self.strategy.run(lambda: tf.identity(value))
         return self.strategy.reduce("MEAN", per_replica, axis=None)
-      self._any_worker_fn = mean_over_replicas
-    return float(self._any_worker_fn(tf.constant(value, tf.float32)))
+      self._mean_over_workers_fn = mean_over_replicas
+    return float(self._mean_over_workers_fn(tf.constant(value, tf.float32)))
 
-  def _all_workers_agree(self, flag: bool) -> bool:
+  def _any_worker(self, flag: bool) -> bool:
     """True when `flag` is true on any worker (so that every worker stops at the same step)."""
     return self._mean_over_workers(1.0 if flag else 0.0) > 0
 
@@ -416,14 +418,22 @@ class Trainer:
       # Wall-clock time of training, compilation included, over this run and resumed ones.
       return budget_spent_before + self._clock() - train_started
 
-    if budget_s and budget_spent_before >= budget_s:
+    def budget_fraction() -> float:
+      # One collective a host call: the mean fraction over workers (their clocks differ by
+      # their start-up skew), so that every worker sets the same learning rate and stops
+      # after the same step.
+      if not budget_s:
+        return 0.0
+      fraction = self._mean_over_workers(budget_spent() / budget_s)
+      if self.budget_progress is not None:
+        self.budget_progress.assign(min(1.0, fraction))
+      return fraction
+
+    if budget_fraction() >= 1.0:
       stop_reason = "time_budget"  # resumed after the budget had ended: evaluate only
     with _StopSignal() as stop_signal:
       step = start_step
       while step < total and stop_reason == "steps":
-        if budget_s and self.budget_progress is not None:
-          self.budget_progress.assign(
-              self._mean_over_workers(min(1.0, budget_spent() / budget_s)))
         end = min(step + tc.steps_per_loop, total,
                   self._next_boundary(step, tc.checkpoint_every_steps, total),
                   self._next_boundary(step, tc.eval_every_steps if tc.eval_steps else 0, total),
@@ -455,7 +465,7 @@ class Trainer:
                        budget_left)
           window_tokens, window_seconds, window_losses = 0, 0.0, []
 
-        over_budget = self._all_workers_agree(bool(budget_s) and budget_spent() >= budget_s)
+        over_budget = budget_fraction() >= 1.0
         if over_budget:
           stop_reason = "time_budget"
         if tc.eval_every_steps and tc.eval_steps and step % tc.eval_every_steps == 0 \
@@ -472,7 +482,7 @@ class Trainer:
           last_saved = step
         if stop_reason != "steps":
           break
-        if self._all_workers_agree(stop_signal.received is not None):
+        if self._any_worker(stop_signal.received is not None):
           if last_saved != step:
             self.save()
           saved = os.path.join(checkpointing.checkpoint_dir(self.model_dir), f"ckpt-{step}")

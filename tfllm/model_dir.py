@@ -1,0 +1,30 @@
+"""What a tfllm model_dir holds, by name: one place for the layout every tool reads.
+
+  config.json         the resolved config (vocab size from the tokenizer), written at start
+  tokenizer/          the tokenizer (`tfllm.data.tokenizers.save_tokenizer`)
+  checkpoints/        model + optimizer + step (`tfllm.training.checkpointing`)
+  train/, eval/       TensorBoard summaries
+  eval_metrics.json   the last evaluation's metrics, step and split
+  eval_metrics_int8.json, model.int8.weights.h5
+                      with `finetune.quantize=int8`: the quantized model's metrics, weights
+
+Training (`tfllm.training.job`) writes it; resume, export, generation and distillation
+teachers (`tfllm.finetune.load_trained_model`) read it.
+"""
+
+import os
+
+CONFIG_FILE = "config.json"
+TOKENIZER_SUBDIR = "tokenizer"
+CHECKPOINT_SUBDIR = "checkpoints"
+EVAL_FILE = "eval_metrics.json"
+INT8_EVAL_FILE = "eval_metrics_int8.json"
+INT8_WEIGHTS_FILE = "model.int8.weights.h5"
+
+
+def config_path(model_dir: str) -> str:
+  return os.path.join(model_dir, CONFIG_FILE)
+
+
+def tokenizer_dir(model_dir: str) -> str:
+  return os.path.join(model_dir, TOKENIZER_SUBDIR)

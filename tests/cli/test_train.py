@@ -104,6 +104,8 @@ def test_train_resume_and_refuse_a_different_model_shape(tmp_path):
   assert longer.returncode == 0, longer.stderr
   assert "resumed from" in longer.stdout and "ckpt-20 (step 20)" in longer.stdout
   assert "trained to step 30" in longer.stdout
+  assert "resuming with changed settings: config.train.steps=30 (model_dir has 20)" \
+      in longer.stdout
 
 
 def test_nan_loss_stops_with_one_line_and_keeps_the_checkpoints(tmp_path):

@@ -208,6 +208,19 @@ def test_a_resumed_run_continues_the_same_budget(tmp_path):
   np.testing.assert_allclose(rates, [_cosine(0.5), _cosine(0.75)], rtol=1e-5)
 
 
+def test_a_run_resumed_after_its_budget_ended_only_evaluates_and_says_so(tmp_path):
+  first, _ = _with_fake_clock(_budget_config(1_000_000), tmp_path, 15.0)
+  assert first.train().stop_reason == "time_budget"
+  lines = []
+  resumed = make_trainer(_budget_config(1_000_000), tmp_path, log=lines.append)
+  resumed.restore()
+  resumed._train_loop_fn = lambda *args: pytest.fail("trained after the budget")  # pylint: disable=protected-access
+  result = resumed.train()
+  assert (result.stop_reason, result.step, result.train_seconds) == ("time_budget", 8, 0.0)
+  assert any("1-minute time budget" in line and "already spent" in line and "--model_dir" in line
+             for line in lines), lines
+
+
 def test_early_stopping_on_an_eval_metric(tmp_path):
   # A zero learning rate never improves the eval loss: stop after `patience` evaluations.
   config = tiny_config(steps=1000, steps_per_loop=2, eval_every_steps=2)

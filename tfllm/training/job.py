@@ -76,6 +76,16 @@ def check_model_dir_matches(config: ml_collections.ConfigDict, model_dir: str,
   return saved
 
 
+def changed_settings(config: ml_collections.ConfigDict, saved: Optional[dict]) -> list:
+  """The settings outside the model's shape (train, data, export, ...) that differ from the
+  `saved` config of a model_dir: a resumed run uses the new ones, so it says which."""
+  if not saved:
+    return []
+  new = json.loads(config_lib.to_json(config))
+  return [d for section in sorted(set(saved) | set(new)) if section not in _SHAPE_SECTIONS
+          for d in _differences(saved.get(section), new.get(section), f"config.{section}")]
+
+
 def _flops_per_token(config, model) -> float:
   m = config.model
   head_dim = m.head_dim or m.hidden_dim // m.num_heads
@@ -139,7 +149,7 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
   from tfllm.finetune.multitask_data import multitask_dataset  # pylint: disable=g-import-not-at-top
   tokenizer = tokenizers.get_tokenizer(config, model_dir if chief else worker_dir)
   config.model.vocab_size = int(tokenizer.vocabulary_size())
-  check_model_dir_matches(config, model_dir, ignore=())
+  saved_config = check_model_dir_matches(config, model_dir, ignore=())
   if chief:
     write_atomically(os.path.join(model_dir, CONFIG_FILE), config_lib.to_json(config))
 
@@ -190,6 +200,10 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
   restored = trainer.restore()
   if restored:
     log(f"resumed from {restored} (step {int(trainer.step.numpy())})")
+    changed = changed_settings(config, saved_config)
+    if changed:
+      more = f" (and {len(changed) - 3} more)" if len(changed) > 3 else ""
+      log(f"resuming with changed settings: {'; '.join(changed[:3])}{more}")
   log(f"model: {trained_model.count_params():,} parameters; strategy: {type(strategy).__name__} "
       f"({strategy.num_replicas_in_sync} replicas); precision: {policy}; "
       f"XLA: {'on' if trainer.jit_compile else 'off'}")

@@ -430,7 +430,10 @@ class Trainer:
       return fraction
 
     if budget_fraction() >= 1.0:
-      stop_reason = "time_budget"  # resumed after the budget had ended: evaluate only
+      stop_reason = "time_budget"
+      self._log(f"the {tc.time_budget_minutes:g}-minute time budget of {self.model_dir} was "
+                "already spent: evaluating only (train again with a new --model_dir, or a "
+                "larger config.train.time_budget_minutes)")
     with _StopSignal() as stop_signal:
       step = start_step
       while step < total and stop_reason == "steps":

@@ -28,3 +28,8 @@ def config_path(model_dir: str) -> str:
 
 def tokenizer_dir(model_dir: str) -> str:
   return os.path.join(model_dir, TOKENIZER_SUBDIR)
+
+
+def checkpoint_dir(model_dir: str) -> str:
+  """Where the chief keeps the checkpoints of `model_dir`."""
+  return os.path.join(model_dir, CHECKPOINT_SUBDIR)

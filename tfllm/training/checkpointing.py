@@ -15,16 +15,11 @@ from typing import Optional
 
 import tensorflow as tf
 
-from tfllm.model_dir import CHECKPOINT_SUBDIR
+from tfllm.model_dir import checkpoint_dir  # pylint: disable=unused-import (callers' name)
 
 
 class CheckpointWriteError(RuntimeError):
   """A checkpoint could not be written; the earlier ones are intact."""
-
-
-def checkpoint_dir(model_dir: str) -> str:
-  """Where the chief keeps the checkpoints of `model_dir`."""
-  return os.path.join(model_dir, CHECKPOINT_SUBDIR)
 
 
 def latest_checkpoint(model_dir: str) -> Optional[str]:

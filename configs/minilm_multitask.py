@@ -16,7 +16,7 @@ def get_config():
       "sentiment": dict(task="sequence_classification", labels=list(recipes.SENTIMENT_LABELS),
                         pooling="mean", dropout=0.1),
   }
-  config.data.sequence_length = 128
+  config.data.update(sequence_length=128, bucket_lengths=recipes.NER_BUCKETS)
   config.finetune.head_data = {
       "ner": dict(dataset="tfllm_conll2003", text_feature="tokens", label_feature="ner",
                   weight=14041 / (14041 + 8500)),

@@ -72,6 +72,8 @@ def _files(directory):
     (["--distribution_strategy=multi_worker_mirrored"], {"TF_CONFIG": "{not json"},
      r"TF_CONFIG"),
     (["--mode=eval"], {}, r"mode=eval needs a checkpoint"),
+    (["--config.data.bucket_lengths=(16,)"], {},
+     r"bucket_lengths=\(16,\) applies to sequence_classification and token_classification"),
 ])
 # (A global batch not divisible by the replicas, a disk full while checkpointing and a NaN
 # loss from bad data are checked in-process in tests/training/test_loop.py.)
@@ -79,7 +81,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, flags, env, pattern)
   model_dir = tmp_path / "run"
   result = run_cli(f"--model_dir={model_dir}", *flags, **env)
   assert_one_line_error(result, pattern)
-  assert not (model_dir / "checkpoints").exists()
+  assert not (model_dir / "checkpoints").exists() and not (model_dir / "config.json").exists()
 
 
 def test_train_resume_and_refuse_a_different_model_shape(tmp_path):

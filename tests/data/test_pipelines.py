@@ -233,6 +233,72 @@ def test_token_classification_keeps_whole_first_pieces_when_truncating(tagged):
     assert tags == example["ner"][:len(tags)]
 
 
+def test_evaluation_covers_the_whole_split_filling_the_last_batch_with_weight_0(tmp_path):
+  examples = _reviews(tmp_path, ["pos", "neg"] * 5 + ["pos"])   # 11 examples, batches of 4
+  config = make_config(dataset="tfrecord", files=str(tmp_path / "{split}.tfrecord"),
+                       text_feature="sentence", sequence_length=16)
+  config.task.update(dict(name="sequence_classification", labels=["neg", "pos"]))
+  dataset = pipelines.make_dataset(config, "train", BYTE, training=False)
+  assert dataset.element_spec[0]["token_ids"].shape == (4, 16)   # static for the compiled step
+  batches = _numpy(dataset)
+  assert len(batches) == 3
+  features, labels, weights = batches[-1]
+  assert weights.tolist() == [1, 1, 1, 0] and labels[:3].tolist() == [1, 0, 1]
+  assert (features["token_ids"][3] == SPECIAL["pad"]).all()
+  assert not features["padding_mask"][3].any()
+  assert sum(float(b[2].sum()) for b in batches) == len(examples)
+  # Training batches stay whole: the partial one is dropped, not padded.
+  assert all(b[2].tolist() == [1, 1, 1, 1] for b in _numpy(
+      pipelines.make_dataset(config, "train", BYTE, training=True), limit=8))
+
+
+def _example_rows(batches):
+  """Each example of `batches` with weight: (token ids without padding, tags, weights)."""
+  rows = []
+  for features, labels, weights in batches:
+    for ids, mask, tags, weight in zip(features["token_ids"], features["padding_mask"], labels,
+                                       weights):
+      if weight.any():
+        n = mask.sum()
+        rows.append((tuple(ids[:n]), tuple(tags[:n]), tuple(weight[:n])))
+  return sorted(rows)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_bucketing_by_length_pads_each_batch_to_its_bucket_and_keeps_every_example(tagged,
+                                                                                   training):
+  config, examples = tagged
+  config = make_config(**config.data.to_dict())
+  config.task.update(dict(name="token_classification", labels=["A", "B", "C"]))
+  static = _numpy(pipelines.make_dataset(config, "train", BYTE, training=False))
+  config.data.bucket_lengths = (24, 48)
+  dataset = pipelines.make_dataset(config, "train", BYTE, training=training)
+  batches = _numpy(dataset, limit=20 if training else None)
+  lengths = set()
+  for features, labels, weights in batches:
+    length = features["token_ids"].shape[1]
+    lengths.add(length)
+    assert length in (24, 48, 96) and labels.shape == weights.shape == (4, length)
+    longest = features["padding_mask"].sum(axis=1).max()
+    assert longest <= length and (length == 24 or longest > {48: 24, 96: 48}[length])
+    assert (features["word_ids"][~features["padding_mask"]] == -1).all()
+  assert len(lengths) >= 2                  # the sentences (1-11 words) span two buckets
+  if not training:                          # every example once, with its tags
+    assert _example_rows(batches) == _example_rows(static)
+    assert len(_example_rows(batches)) == len(examples)
+
+
+def test_bucketed_sequence_classification_keeps_scalar_labels(tmp_path):
+  _reviews(tmp_path, ["pos", "neg"] * 6)
+  config = make_config(dataset="tfrecord", files=str(tmp_path / "{split}.tfrecord"),
+                       text_feature="sentence", sequence_length=64, bucket_lengths=(16, 32))
+  config.task.update(dict(name="sequence_classification", labels=["neg", "pos"]))
+  batches = _numpy(pipelines.make_dataset(config, "train", BYTE, training=False))
+  assert {b[0]["token_ids"].shape[1] for b in batches} <= {16, 32, 64}
+  assert all(b[1].shape == b[2].shape == (4,) for b in batches)
+  assert sum(float(b[2].sum()) for b in batches) == 12
+
+
 def test_bad_input_errors(tmp_path, lm_config):
   config = make_config(**lm_config.data.to_dict())
   config.task.name = "causal_lm"
@@ -243,6 +309,17 @@ def test_bad_input_errors(tmp_path, lm_config):
   config.task.name = "multi_task"
   with pytest.raises(ValueError, match="task.name='multi_task' has no single input pipeline"):
     pipelines.make_dataset(config, "train", BYTE)
+  config.task.name = "causal_lm"
+  config.data.bucket_lengths = (8,)
+  with pytest.raises(ValueError, match=r"bucket_lengths=\(8,\) applies to sequence_class"):
+    pipelines.make_dataset(config, "train", BYTE)
+  config.task.update(dict(name="sequence_classification", labels=["neg", "pos"]))
+  for buckets in ((16,), (8, 4), (0, 8)):
+    config.data.bucket_lengths = buckets
+    with pytest.raises(ValueError, match="give increasing lengths from 1 to below "
+                                         "config.data.sequence_length=16"):
+      pipelines.make_dataset(config, "train", BYTE)
+  config.data.bucket_lengths = ()
   config.task.name = "masked_lm"
   word_piece_without_mask = tokenizers.load_vocabulary(
       str(_vocab(tmp_path, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a"])))

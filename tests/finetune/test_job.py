@@ -12,7 +12,8 @@ from tfllm import export, finetune, training
 
 
 def _short(config, tfds_dir, steps):
-  config.data.update(data_dir=tfds_dir, sequence_length=32, train_split="train[:128]",
+  config.data.update(data_dir=tfds_dir, sequence_length=32, bucket_lengths=(16,),
+                     train_split="train[:128]",
                      eval_split="validation[:64]")
   config.train.update(steps=steps, steps_per_loop=steps, eval_steps=4, global_batch_size=16,
                       checkpoint_every_steps=0, jit_compile="off")

@@ -14,7 +14,7 @@ from tfllm.training import losses
 @pytest.fixture
 def multitask_config(finetune_section, tfds_dir):
   config = load_recipe("minilm_multitask")
-  config.data.update(data_dir=tfds_dir, sequence_length=24)
+  config.data.update(data_dir=tfds_dir, sequence_length=24, bucket_lengths=())
   config.train.global_batch_size = 4
   config.finetune.head_data.ner.update(train_split="train[:40]", eval_split="validation[:8]")
   config.finetune.head_data.sentiment.update(train_split="train[:40]",
@@ -28,13 +28,18 @@ def _tokenizer(config):
 
 
 @pytest.mark.slow
-def test_training_batches_mix_heads_with_zero_weights_elsewhere(multitask_config):
+@pytest.mark.parametrize("buckets", [(), (12,)])
+def test_training_batches_mix_heads_with_zero_weights_elsewhere(multitask_config, buckets):
   config = multitask_config
+  config.data.bucket_lengths = buckets
   batches = list(multitask_dataset(config, "train", _tokenizer(config)).take(12))
   active = []
   for features, labels, weights in batches:
     assert set(features) == {"token_ids", "padding_mask", "word_ids"}
-    assert labels["ner"].shape == (4, 24) and labels["sentiment"].shape == (4,)
+    length = features["token_ids"].shape[1]
+    assert length in (24,) + buckets and features["word_ids"].shape == (4, length)
+    assert labels["ner"].shape == weights["ner"].shape == (4, length)
+    assert labels["sentiment"].shape == (4,)
     totals = {name: float(np.sum(w)) for name, w in weights.items()}
     assert sum(t > 0 for t in totals.values()) == 1, totals   # one head per batch
     active.append(max(totals, key=totals.get))

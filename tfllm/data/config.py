@@ -21,6 +21,10 @@ def _data_defaults():
       eval_split="validation",
       test_split="test",
       sequence_length=128,
+      # Classification tasks: lengths of the buckets that examples are batched by, so that
+      # a batch pads only to its bucket (e.g. (16, 32, 64)); () = every batch padded to
+      # sequence_length. Each bucket length compiles its own step: keep them few.
+      bucket_lengths=(),
       shuffle_buffer=10000,
       seed=0,
       deterministic=False,

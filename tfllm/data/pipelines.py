@@ -1,4 +1,4 @@
-"""tf.data input pipelines, one per task, with fully static shapes.
+"""tf.data input pipelines, one per task, with static shapes (unless bucketed by length).
 
 `make_dataset(config, split, tokenizer, input_context, training)` yields batches
 `(features, labels, sample_weight)` of `B` examples (the per-replica batch when an
@@ -26,6 +26,12 @@ config.data.sequence_length` tokens:
 
 Training pipelines shuffle (seeded by `data.seed`) and repeat; evaluation ones read the split
 once in order. Tokenization runs as TF ops inside the pipeline.
+
+Classification evaluation covers the whole split: the last partial batch is filled up to B
+with examples of weight 0. With `data.bucket_lengths` (classification only) examples are
+batched by length and each batch pads only to its bucket, so L varies between batches (one
+compiled step per bucket): CoNLL-2003 sentences are 16 word pieces at the median, and a batch
+padded to 128 spends most of its compute on padding.
 """
 
 from __future__ import annotations
@@ -284,7 +290,8 @@ def sequence_classification_dataset(config, source, tokenizer, batch_size, train
     features = {"token_ids": token_ids, "padding_mask": padding_mask}
     return features, labels, tf.ones(tf.shape(labels), tf.float32)
 
-  return examples.batch(batch_size, drop_remainder=True).map(
+  # Evaluation keeps the last partial batch (`make_dataset` pads it): every example counts.
+  return examples.batch(batch_size, drop_remainder=training).map(
       to_example, num_parallel_calls=AUTOTUNE, deterministic=_deterministic(config, training))
 
 
@@ -362,16 +369,97 @@ def token_classification_dataset(config, source, tokenizer, batch_size, training
     weights = tf.cast(pack_tags(first_piece), tf.float32)
     return features, pack_tags(piece_tags), weights
 
-  return examples.ragged_batch(batch_size, drop_remainder=True).map(
+  return examples.ragged_batch(batch_size, drop_remainder=training).map(
       to_example, num_parallel_calls=AUTOTUNE, deterministic=_deterministic(config, training))
 
 
+def fill_values(element_spec, pad_id: int):
+  """What pads each component of a classification example: the pad token for `token_ids`,
+  -1 for `word_ids`, zeros (False, weight 0) for the rest."""
+  features, labels, weight = element_spec
+
+  def fill(name, spec):
+    value = {"token_ids": pad_id, "word_ids": -1}.get(name, 0)
+    return tf.cast(tf.constant(value), spec.dtype)
+
+  return ({name: fill(name, spec) for name, spec in features.items()},
+          tf.nest.map_structure(lambda spec: fill("", spec), labels),
+          tf.nest.map_structure(lambda spec: fill("", spec), weight))
+
+
+def bucket_by_length(batches: tf.data.Dataset, bucket_lengths, sequence_length: int,
+                     batch_size: int, pad_id: int, drop_remainder: bool) -> tf.data.Dataset:
+  """Re-batches classification examples so that each batch pads only to its length bucket.
+
+  Args:
+    batches: `(features, labels, weight)` batches padded to `sequence_length`.
+    bucket_lengths: increasing lengths below `sequence_length`; an example of n tokens
+      (padding excluded) goes to the first bucket of length >= n, or to `sequence_length`.
+    batch_size, pad_id: examples a batch; the token that pads `token_ids`.
+    drop_remainder: drop each bucket's last partial batch (training) or keep it (evaluation).
+
+  Returns:
+    Batches of `batch_size` examples whose sequence axis is one of the bucket lengths.
+  """
+  def trim(features, labels, weight):
+    n = tf.reduce_sum(tf.cast(features["padding_mask"], tf.int32))
+    cut = lambda t: t[:n] if t.shape.rank == 1 and t.shape[0] == sequence_length else t
+    return tf.nest.map_structure(cut, (features, labels, weight))
+
+  examples = batches.unbatch()
+  fill = fill_values(examples.element_spec, pad_id)
+  # Boundaries are exclusive upper bounds; padding goes to a bucket's boundary minus one.
+  boundaries = [length + 1 for length in bucket_lengths] + [sequence_length + 1]
+  return examples.map(trim, num_parallel_calls=AUTOTUNE).bucket_by_sequence_length(
+      lambda features, labels, weight: tf.shape(features["token_ids"])[0],
+      bucket_boundaries=boundaries, bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
+      padding_values=fill, pad_to_bucket_boundary=True, drop_remainder=drop_remainder)
+
+
+def pad_partial_batches(batches: tf.data.Dataset, batch_size: int,
+                        pad_id: int) -> tf.data.Dataset:
+  """Pads a batch of fewer than `batch_size` examples with examples of weight 0.
+
+  Evaluation then covers the whole split with the static batch size the compiled step has.
+  """
+  fill = fill_values(batches.element_spec, pad_id)
+
+  def pad(*batch):
+    missing = batch_size - tf.shape(batch[0]["token_ids"])[0]
+
+    def pad_one(tensor, value):
+      paddings = [[0, missing]] + [[0, 0]] * (tensor.shape.rank - 1)
+      padded = tf.pad(tensor, paddings, constant_values=value)
+      return tf.ensure_shape(padded, [batch_size] + tensor.shape[1:])
+    return tf.nest.map_structure(pad_one, batch, fill)
+
+  return batches.map(pad, num_parallel_calls=AUTOTUNE)
+
+
+_CLASSIFICATION_TASKS = ("sequence_classification", "token_classification")
 _BUILDERS = {
     "causal_lm": causal_lm_dataset,
     "masked_lm": masked_lm_dataset,
     "sequence_classification": sequence_classification_dataset,
     "token_classification": token_classification_dataset,
 }
+
+
+def check_bucket_lengths(config) -> None:
+  """Raises ValueError unless `config.data.bucket_lengths` suits the task and length."""
+  buckets = tuple(config.data.bucket_lengths)
+  if not buckets:
+    return
+  task = config.task.name
+  if task not in _CLASSIFICATION_TASKS:
+    raise ValueError(f"config.data.bucket_lengths={buckets} applies to "
+                     f"{' and '.join(_CLASSIFICATION_TASKS)}; task {task} packs full-length "
+                     "blocks (set it to ())")
+  if (list(buckets) != sorted(set(buckets)) or buckets[0] < 1
+      or buckets[-1] >= config.data.sequence_length):
+    raise ValueError(f"config.data.bucket_lengths={buckets} is not accepted; give increasing "
+                     f"lengths from 1 to below config.data.sequence_length="
+                     f"{config.data.sequence_length}")
 
 
 def make_dataset(config, split: str, tokenizer, input_context=None,
@@ -399,7 +487,16 @@ def make_dataset(config, split: str, tokenizer, input_context=None,
   if config.data.sequence_length < 2:
     raise ValueError(f"config.data.sequence_length={config.data.sequence_length} is too "
                      "short; accepted: >= 2")
+  check_bucket_lengths(config)
+  buckets = tuple(config.data.bucket_lengths)
   batch_size = _batch_size(config, input_context)
   source = _examples(config, split, input_context, training)
   dataset = _BUILDERS[task](config, source, tokenizer, batch_size, training)
+  if task in _CLASSIFICATION_TASKS:
+    pad_id = special_token_ids(tokenizer)["pad"]
+    if buckets:
+      dataset = bucket_by_length(dataset, buckets, config.data.sequence_length, batch_size,
+                                 pad_id, drop_remainder=training)
+    if not training:
+      dataset = pad_partial_batches(dataset, batch_size, pad_id)
   return dataset.prefetch(AUTOTUNE).with_options(_options(config, training))

@@ -38,12 +38,15 @@ def head_config(config, head_name):
   return sub
 
 
-def _widen(head_name, heads, sequence_length, batch_size):
+def _widen(head_name, heads, batch_size):
   """Maps one head's `(features, labels, weight)` batch to the multi-task layout."""
-  def label_shape(task):
-    return [batch_size, sequence_length] if task == "token_classification" else [batch_size]
-
   def widen(features, labels, weight):
+    # The batch's own length: with `data.bucket_lengths` it is its bucket's.
+    sequence_length = tf.shape(features["token_ids"])[1]
+
+    def label_shape(task):
+      return [batch_size, sequence_length] if task == "token_classification" else [batch_size]
+
     features = dict(features)
     if "word_ids" not in features:
       features["word_ids"] = tf.fill([batch_size, sequence_length], -1)
@@ -85,7 +88,7 @@ def multitask_dataset(config, split_kind: str, tokenizer, input_context=None,
     split = sub.data[f"{split_kind}_split"]
     dataset = pipelines.make_dataset(sub, split, tokenizer, input_context=input_context,
                                      training=training)
-    widen = _widen(head_name, config.task.heads, config.data.sequence_length, batch_size)
+    widen = _widen(head_name, config.task.heads, batch_size)
     datasets.append(dataset.map(widen))
     weights.append(float(config.finetune.head_data[head_name].get("weight", 1.0)))
   if not training:

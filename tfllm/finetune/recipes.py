@@ -18,6 +18,9 @@ from tfllm.models.convert.hf_bert import VOCAB_FILE, hf_bert_backbone_kwargs
 
 CONLL_TAGS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
 SENTIMENT_LABELS = ("negative", "positive")
+# Batches pad to the bucket of their longest sentence (`data.bucket_lengths`): CoNLL-2003
+# sentences are 16 word pieces at the median, 56 at the 99th percentile.
+NER_BUCKETS = (16, 32, 64)
 
 
 def minilm_config(steps: int, global_batch_size: int = 32):
@@ -44,7 +47,7 @@ def conll2003_ner(config):
   config.task.update(name="token_classification", labels=list(CONLL_TAGS), dropout=0.1)
   config.data.update(dataset="tfllm_conll2003", text_feature="tokens", label_feature="ner",
                      train_split="train", eval_split="validation", test_split="test",
-                     sequence_length=128)
+                     sequence_length=128, bucket_lengths=NER_BUCKETS)
   return config
 
 
@@ -54,5 +57,5 @@ def movie_sentiment(config):
                      pooling="mean", dropout=0.1)
   config.data.update(dataset="tfllm_movie_sentiment", text_feature="text",
                      label_feature="label", train_split="train", eval_split="validation",
-                     test_split="test", sequence_length=64)
+                     test_split="test", sequence_length=64, bucket_lengths=(16, 32, 48))
   return config

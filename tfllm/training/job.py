@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import keras
 import ml_collections
@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from tfllm import config as config_lib
 from tfllm import distribute, precision
-from tfllm.model_dir import CONFIG_FILE, EVAL_FILE, INT8_EVAL_FILE, INT8_WEIGHTS_FILE
+from tfllm.model_dir import EVAL_FILE, INT8_EVAL_FILE, INT8_WEIGHTS_FILE, config_path
 from tfllm.training import checkpointing, flops
 from tfllm.training import metrics as metrics_lib
 from tfllm.training import optimizer as optimizer_lib
@@ -53,37 +53,38 @@ def _differences(old: Any, new: Any, path: str):
     yield f"{path}={new!r} (model_dir has {old!r})"
 
 
-def check_model_dir_matches(config: ml_collections.ConfigDict, model_dir: str,
-                            ignore=("model.vocab_size",)) -> Optional[dict]:
-  """Raises ValueError when `model_dir` holds a run of a different model shape.
+def compare_with_model_dir(config: ml_collections.ConfigDict, model_dir: str,
+                           ignore=("model.vocab_size",)) -> Optional[List[str]]:
+  """Compares `config` with the config saved in `model_dir`.
+
+  Args:
+    ignore: shape settings not compared (the vocabulary size before the tokenizer is built).
 
   Returns:
-    The saved config as a dict, or None when `model_dir` has none.
+    None when `model_dir` has no config; else the settings outside the model's shape (train,
+    data, export, ...) that differ: a resumed run uses the new ones, so it says which.
+
+  Raises:
+    ValueError: `model_dir` holds a run of a different model shape.
   """
-  path = os.path.join(model_dir, CONFIG_FILE)
+  path = config_path(model_dir)
   if not tf.io.gfile.exists(path):
     return None
   with tf.io.gfile.GFile(path) as f:
     saved = json.load(f)
   new = json.loads(config_lib.to_json(config))
-  diffs = [d for section in _SHAPE_SECTIONS
-           for d in _differences(saved.get(section, {}), new.get(section, {}), f"config.{section}")
-           if not any(d.startswith(f"config.{key}=") for key in ignore)]
-  if diffs:
-    more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
-    raise ValueError(f"model_dir {model_dir} holds a different model: {diffs[0]}{more}; use a "
-                     "new --model_dir or the saved config")
-  return saved
-
-
-def changed_settings(config: ml_collections.ConfigDict, saved: Optional[dict]) -> list:
-  """The settings outside the model's shape (train, data, export, ...) that differ from the
-  `saved` config of a model_dir: a resumed run uses the new ones, so it says which."""
-  if not saved:
-    return []
-  new = json.loads(config_lib.to_json(config))
-  return [d for section in sorted(set(saved) | set(new)) if section not in _SHAPE_SECTIONS
-          for d in _differences(saved.get(section), new.get(section), f"config.{section}")]
+  shape_diffs, other_diffs = [], []
+  for section in sorted(set(saved) | set(new)):
+    for diff in _differences(saved.get(section), new.get(section), f"config.{section}"):
+      if section not in _SHAPE_SECTIONS:
+        other_diffs.append(diff)
+      elif not any(diff.startswith(f"config.{key}=") for key in ignore):
+        shape_diffs.append(diff)
+  if shape_diffs:
+    more = f" (and {len(shape_diffs) - 1} more)" if len(shape_diffs) > 1 else ""
+    raise ValueError(f"model_dir {model_dir} holds a different model: {shape_diffs[0]}{more}; "
+                     "use a new --model_dir or the saved config")
+  return other_diffs
 
 
 def _flops_per_token(config, model) -> float:
@@ -134,24 +135,30 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
     raise ValueError("model_dir is empty; give the directory to train in")
   config = config_lib.validate(ml_collections.ConfigDict(config.to_dict()))
   strategy = distribute.get_strategy(strategy_name, tpu=tpu, num_gpus=num_gpus)
+  from tfllm.data import pipelines, tokenizers  # pylint: disable=g-import-not-at-top
+  if config.task.name != "multi_task":
+    pipelines.check_bucket_lengths(config)
+  if config.data.bucket_lengths and isinstance(strategy, tf.distribute.TPUStrategy):
+    raise ValueError(f"config.data.bucket_lengths={tuple(config.data.bucket_lengths)} gives "
+                     "batches of varying length, which TPUStrategy cannot compile; set it to () "
+                     "on TPUs")
   policy = precision.set_policy(mixed_precision, strategy=strategy)
   chief = distribute.is_chief(strategy)
   worker_dir = None if chief else distribute.worker_temp_dir(model_dir, strategy)
   log = log if chief else (lambda line: None)
 
-  check_model_dir_matches(config, model_dir)
+  compare_with_model_dir(config, model_dir)   # refuse a different model before any work
   if mode == "eval" and checkpointing.latest_checkpoint(model_dir) is None:
     raise ValueError(f"mode=eval needs a checkpoint; {checkpointing.checkpoint_dir(model_dir)} "
                      "has none")
 
-  from tfllm.data import pipelines, tokenizers  # pylint: disable=g-import-not-at-top
   from tfllm import models  # pylint: disable=g-import-not-at-top
   from tfllm.finetune.multitask_data import multitask_dataset  # pylint: disable=g-import-not-at-top
   tokenizer = tokenizers.get_tokenizer(config, model_dir if chief else worker_dir)
   config.model.vocab_size = int(tokenizer.vocabulary_size())
-  saved_config = check_model_dir_matches(config, model_dir, ignore=())
+  changed = compare_with_model_dir(config, model_dir, ignore=())
   if chief:
-    write_atomically(os.path.join(model_dir, CONFIG_FILE), config_lib.to_json(config))
+    write_atomically(config_path(model_dir), config_lib.to_json(config))
 
   from tfllm import finetune  # pylint: disable=g-import-not-at-top
   finetune.register_eval_metrics()
@@ -200,7 +207,6 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
   restored = trainer.restore()
   if restored:
     log(f"resumed from {restored} (step {int(trainer.step.numpy())})")
-    changed = changed_settings(config, saved_config)
     if changed:
       more = f" (and {len(changed) - 3} more)" if len(changed) > 3 else ""
       log(f"resuming with changed settings: {'; '.join(changed[:3])}{more}")

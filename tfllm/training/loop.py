@@ -204,11 +204,6 @@ class Trainer:
     """Restores the newest checkpoint of `model_dir` (model, optimizer, step), if any."""
     return self.checkpointer.restore_latest()
 
-  @property
-  def tokens_per_step(self) -> int:
-    return (self.train_config.global_batch_size * self.train_config.grad_accum_steps
-            * self.config.data.sequence_length)
-
   def _distributed_dataset(self, dataset_fn: Callable, skip_steps: int = 0,
                            take_steps: Optional[int] = None):
     batches_per_step = self.train_config.grad_accum_steps if skip_steps else 1
@@ -282,13 +277,16 @@ class Trainer:
     def train_loop(iterator, num_steps):
       step_losses = tf.TensorArray(tf.float32, size=num_steps)
       norms = tf.TensorArray(tf.float32, size=num_steps)
+      tokens = tf.constant(0.0)
       for i in tf.range(num_steps):
         micro_batches = tuple(next(iterator) for _ in range(accum))
         loss, norm = self.strategy.run(replica_step, args=(micro_batches,))
         step_losses = step_losses.write(i, self.strategy.reduce("SUM", loss, axis=None))
         norms = norms.write(i, self.strategy.reduce("MEAN", norm, axis=None))
+        tokens += self.strategy.reduce(
+            "SUM", self.strategy.run(_token_slots, args=(micro_batches,)), axis=None)
         self.step.assign_add(1)
-      return step_losses.stack(), norms.stack()
+      return step_losses.stack(), norms.stack(), tokens
 
     return train_loop
 
@@ -410,7 +408,7 @@ class Trainer:
     train_seconds, timed_tokens = 0.0, 0
     last_saved = start_step if self.checkpointer.latest else -1
     log_every = tc.log_every_steps or tc.steps_per_loop
-    window_tokens, window_seconds, window_losses = 0, 0.0, []
+    window_tokens, window_steps, window_seconds, window_losses = 0, 0, 0.0, []
 
     train_started = self._clock()
 
@@ -442,8 +440,9 @@ class Trainer:
                   self._next_boundary(step, tc.eval_every_steps if tc.eval_steps else 0, total),
                   self._next_boundary(step, log_every, total))
         started = self._clock()
-        step_losses, norms = self._train_loop_fn(iterator, tf.constant(end - step, tf.int32))
-        step_losses = step_losses.numpy()
+        step_losses, norms, tokens = self._train_loop_fn(iterator,
+                                                         tf.constant(end - step, tf.int32))
+        step_losses, tokens = step_losses.numpy(), int(tokens.numpy())
         seconds = self._clock() - started
         self.budget_seconds.assign(budget_spent())
         if not np.all(np.isfinite(step_losses)):
@@ -455,18 +454,19 @@ class Trainer:
         # The first host call traces and compiles: keep it out of the throughput figures.
         if step > start_step or end - step == total - start_step:
           train_seconds += seconds
-          timed_tokens += (end - step) * self.tokens_per_step
+          timed_tokens += tokens
           window_seconds += seconds
-          window_tokens += (end - step) * self.tokens_per_step
+          window_tokens += tokens
+          window_steps += end - step
         step = end
         all_losses.extend(float(x) for x in step_losses)
         window_losses.extend(float(x) for x in step_losses)
 
         if step % log_every == 0 or step == total:
           budget_left = budget_s - budget_spent() if budget_s else None
-          self._report(step, total, window_losses, norms.numpy(), window_tokens, window_seconds,
-                       budget_left)
-          window_tokens, window_seconds, window_losses = 0, 0.0, []
+          self._report(step, total, window_losses, norms.numpy(), window_tokens, window_steps,
+                       window_seconds, budget_left)
+          window_tokens, window_steps, window_seconds, window_losses = 0, 0, 0.0, []
 
         over_budget = budget_fraction() >= 1.0
         if over_budget:
@@ -513,14 +513,15 @@ class Trainer:
     bad_evals += 1
     return best, bad_evals, bad_evals >= spec.patience
 
-  def _report(self, step, total, window_losses, norms, tokens, seconds, budget_left=None):
+  def _report(self, step, total, window_losses, norms, tokens, steps, seconds,
+              budget_left=None):
     loss = float(np.mean(window_losses))
     lr = float(self.optimizer.learning_rate)  # the schedule's value at the current step
     scalars = {"loss": loss, "learning_rate": lr, "grad_norm": float(np.mean(norms))}
     line = f"step {step}/{total}  loss {loss:.4f}  lr {lr:.2e}"
     if seconds > 0:
       tps = tokens / seconds
-      steps_per_s = tokens / self.tokens_per_step / seconds
+      steps_per_s = steps / seconds
       scalars["tokens_per_second"] = tps
       eta = (total - step) / steps_per_s if steps_per_s else 0.0
       if budget_left is not None:
@@ -535,6 +536,13 @@ class Trainer:
       for key, value in scalars.items():
         tf.summary.scalar(key, value)
     self._log(line)
+
+
+def _token_slots(micro_batches) -> tf.Tensor:
+  """Token positions the model ran on in a replica's micro-batches, padding included: the
+  batch x length of `token_ids`, which varies with `data.bucket_lengths`."""
+  return tf.add_n([tf.cast(tf.size(features["token_ids"]), tf.float32)
+                   for features, _, _ in micro_batches])
 
 
 def _lost_peers(error: tf.errors.OpError, strategy: tf.distribute.Strategy) -> List[str]:

@@ -168,3 +168,19 @@ def test_modes_refuse_what_they_cannot_measure():
     bench.run(_config(), mode="predict", log=lambda line: None)
   with pytest.raises(ValueError, match="--compare=keras_hub is for train and generate"):
     bench.run(_config(), mode="attention", compare="keras_hub", log=lambda line: None)
+
+
+@pytest.mark.slow
+def test_serve_mode_times_a_token_classifier_and_then_its_export_as_it_is(tmp_path):
+  from tests.export.conftest import tiny_config  # pylint: disable=import-outside-toplevel
+  config = tiny_config("token_classification")
+  exported = bench.run(config, mode="serve", export_dir=str(tmp_path / "ner"), batch_size=2,
+                       repeats=2, log=lambda line: None)
+  assert exported["task"] == "token_classification"
+  assert exported["results"][2]["rows_per_s"] > 0
+  version = str(tmp_path / "ner" / "1")
+  as_is = bench.run(config, mode="serve", saved_model=version, batch_size=2, repeats=2,
+                    log=lambda line: None)
+  assert as_is["saved_model"] == version and as_is["results"][2]["p50_ms"] > 0
+  with pytest.raises(ValueError, match="is not a SavedModel directory"):
+    bench.run(config, mode="serve", saved_model=str(tmp_path / "ner"), log=lambda line: None)

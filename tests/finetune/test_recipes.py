@@ -20,15 +20,17 @@ from tfllm.training.loop import Trainer
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
 RECIPES = ("minilm_conll2003_ner", "minilm_movie_sentiment", "minilm_multitask",
-           "distill_bert_tiny")
+           "distill_bert_tiny", "distill_bert_tiny:ner")
 
 
 def load_recipe(name):
+  """`get_config()` of configs/NAME.py; `NAME:ARG` passes ARG as --config=FILE:ARG does."""
   minilm_dir()
+  name, *args = name.split(":")
   spec = importlib.util.spec_from_file_location(name, os.path.join(CONFIGS, f"{name}.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(*args)
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -40,9 +42,14 @@ def test_recipes_validate(name, finetune_section):
     assert (config.model.num_layers, config.model.hidden_dim) == (6, 384)
   else:
     assert (config.model.num_layers, config.model.hidden_dim) == (2, 128)
+    assert config.task.name == ("token_classification" if name.endswith(":ner")
+                                else "sequence_classification")
 
 
 def test_bad_finetune_values(finetune_section):
+  with pytest.raises(ValueError, match="distill_bert_tiny.py:pos is not known; accepted tasks: "
+                                       "sentiment, ner"):
+    load_recipe("distill_bert_tiny:pos")
   config = load_recipe("minilm_movie_sentiment")
   config.finetune.update(strategy="lora", lora_rank=0)
   with pytest.raises(ConfigError, match="config.finetune.lora_rank=0 must be >= 1"):

@@ -29,7 +29,7 @@ def run(config, mode: str = "train", compare: Optional[str] = None,
         peak_flops: float = 0.0, prompt_length: int = 16, new_tokens: int = 64,
         attention_block_size: int = 512, output: Optional[str] = None,
         plot: Optional[str] = None, export_dir: Optional[str] = None,
-        log: Callable[[str], None] = print) -> Dict:
+        saved_model: Optional[str] = None, log: Callable[[str], None] = print) -> Dict:
   """Runs one benchmark mode (with its sweeps), prints tables, writes JSON and a plot.
 
   Args:
@@ -52,6 +52,8 @@ def run(config, mode: str = "train", compare: Optional[str] = None,
     output: JSON path (None: not written).
     plot: PNG path for sweeps (None: next to `output` as `.png`, if `output` is set).
     export_dir: serve mode: where the model of `config` (random weights) is exported.
+    saved_model: serve mode: an exported classifier (a `tfllm-export` version directory)
+      timed as it is, instead of exporting `config`'s model.
     log: where tables and progress lines go.
 
   Returns:
@@ -67,7 +69,7 @@ def run(config, mode: str = "train", compare: Optional[str] = None,
   try:
     result = _run_mode(config, mode, compare, parsed, batch_size, steps, repeats, jit_compile,
                        mixed_precision, peak_flops, prompt_length, new_tokens,
-                       attention_block_size, export_dir, log)
+                       attention_block_size, export_dir, saved_model, log)
   finally:
     keras.mixed_precision.set_global_policy(previous_policy)
   if output:
@@ -90,7 +92,7 @@ def _peak(mixed_precision, peak_flops) -> mfu.Peak:
 
 def _run_mode(config, mode, compare, sweeps, batch_size, steps, repeats, jit_compile,
               mixed_precision, peak_flops, prompt_length, new_tokens, attention_block_size,
-              export_dir, log) -> Dict:
+              export_dir, saved_model, log) -> Dict:
   if mode == "train":
     return _train(config, compare, sweeps, batch_size, steps, repeats, jit_compile,
                   _peak(mixed_precision, peak_flops), log)
@@ -117,24 +119,31 @@ def _run_mode(config, mode, compare, sweeps, batch_size, steps, repeats, jit_com
     log(f"pipeline ({result['task']}): {result['tokens_per_s']:.0f} tokens/s "
         f"({result['batches']} batches of {result['batch_size']}x{result['sequence_length']})")
     return result
-  if not export_dir:
+  if not export_dir and not saved_model:
     raise ValueError("serve mode needs --export_dir, a directory the model of --config is "
-                     "exported to (random weights) and served from")
+                     "exported to (random weights) and served from, or --saved_model, an "
+                     "exported classifier to time as it is")
   latency = _optional_module("tfllm.export.latency", mode)
   batch_sizes = _only_sweep(sweeps, "batch_size", mode) or ([batch_size] if batch_size
                                                             else [1, 32])
-  if config.task.name == "causal_lm":
+  if saved_model:
+    _no_compare(compare, mode)
+    figures = latency.measure_saved_classifier(saved_model, batch_sizes=batch_sizes,
+                                               iterations=repeats)
+  elif config.task.name == "causal_lm":
     # Served generation in a TensorFlow-only process, with KerasHub's generate beside it.
     figures = latency.measure_generation(config, export_dir, prompt_length, new_tokens,
                                          batch_sizes, iterations=repeats)
-  elif config.task.name == "sequence_classification":
+  elif config.task.name in ("sequence_classification", "token_classification"):
     _no_compare(compare, mode)
     figures = latency.measure_classifier(config, export_dir, batch_sizes=batch_sizes,
                                          iterations=repeats)
   else:
-    raise ValueError(f"serve mode measures causal_lm and sequence_classification exports, "
+    raise ValueError(f"serve mode measures causal_lm and classifier exports, "
                      f"not task {config.task.name!r}")
-  result = dict(mode="serve", task=config.task.name, export_dir=export_dir, results=figures)
+  served = (dict(saved_model=saved_model) if saved_model
+            else dict(task=config.task.name, export_dir=export_dir))
+  result = dict(mode="serve", **served, results=figures)
   log(json.dumps(figures, indent=1, default=str))
   return result
 

@@ -52,6 +52,9 @@ def define_flags():
                        "block-wise variant.", lower_bound=1)
   flags.DEFINE_string("export_dir", None, "Serve mode: directory to export the --config "
                       "model (random weights) to and serve from.")
+  flags.DEFINE_string("saved_model", None, "Serve mode: an exported classifier (a "
+                      "tfllm-export version directory) to time as it is, e.g. a fine-tuned "
+                      "model; --config is then not used.")
 
 
 def main(argv):
@@ -82,6 +85,7 @@ def main(argv):
               peak_flops=FLAGS.peak_flops, prompt_length=FLAGS.prompt_length,
               new_tokens=FLAGS.new_tokens, attention_block_size=FLAGS.attention_block_size,
               output=FLAGS.output, plot=FLAGS.plot, export_dir=FLAGS.export_dir,
+              saved_model=FLAGS.saved_model,
               log=lambda line: print(line, flush=True))
     return 0
   except config_lib.ConfigError as error:

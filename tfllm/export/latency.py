@@ -187,8 +187,8 @@ def measure_generation(config, export_dir: str, prompt_length: int = 16,
 
 def measure_classifier(config, export_dir: str, words: int = 20, batch_sizes=(1, 32),
                        iterations: int = 50) -> dict:
-  """Served latency and examples/s of a sequence classifier built from `config` (random
-  weights, synthetic vocabulary), timed in a TensorFlow-only process.
+  """Served latency and examples/s of a sequence or token classifier built from `config`
+  (random weights, synthetic vocabulary), timed in a TensorFlow-only process.
 
   Returns:
     batch size -> {p50_ms, p99_ms, mean_ms, rows_per_s}.
@@ -203,7 +203,25 @@ def measure_classifier(config, export_dir: str, words: int = 20, batch_sizes=(1,
   model = build(config)
   tokenizer = synthetic_word_piece_tokenizer(config.model.vocab_size)
   path = export_saved_model(model, tokenizer, config, export_dir)
-  text = " ".join(f"w{i}" for i in range(words)).encode()
+  return measure_saved_classifier(path, words, batch_sizes, iterations)
+
+
+def measure_saved_classifier(path: str, words: int = 20, batch_sizes=(1, 32),
+                             iterations: int = 50) -> dict:
+  """Served latency and examples/s of an exported classifier (`serving_default(text)`) as it
+  is, e.g. a fine-tuned, LoRA-merged or int8 export, in a TensorFlow-only process.
+
+  Args:
+    path: the SavedModel (a version directory of `tfllm-export`).
+    words: words of the synthetic text each example sends.
+
+  Returns:
+    batch size -> {p50_ms, p99_ms, mean_ms, rows_per_s}.
+  """
+  if not os.path.exists(os.path.join(path, "saved_model.pb")):
+    raise ValueError(f"{path} is not a SavedModel directory (no saved_model.pb); give a "
+                     "version directory of tfllm-export, e.g. /tmp/serving/ner/1")
+  text = " ".join(f"word{i}" for i in range(words)).encode()
   return measure_served(path, "serving_default",
                         lambda batch: {"text": np.array([text] * batch, object)},
                         batch_sizes=batch_sizes, iterations=iterations)

@@ -13,6 +13,7 @@ from tests.models.test_convert import minilm_dir
 from tfllm import config as config_lib
 from tfllm import finetune, models
 from tfllm.config import ConfigError
+from tfllm.finetune.multitask_data import multitask_dataset
 from tfllm.models.convert import load_hf_bert
 from tfllm.training import metrics as metrics_lib
 from tfllm.training import optimizer as optimizer_lib
@@ -92,11 +93,14 @@ def short_run(config, tmp_path, steps, jit_compile=False):
   optimizer = optimizer_lib.build_optimizer(config.train, model.trainable_variables)
   optimizer.build(model.trainable_variables)
 
-  def data(split, training):
+  def data(split_kind, training):
+    if config.task.name == "multi_task":
+      return lambda context: multitask_dataset(config, split_kind, tokenizer, context, training)
+    split = config.data[f"{split_kind}_split"]
     return lambda context: pipelines.make_dataset(config, split, tokenizer, context, training)
 
   trainer = Trainer(config, strategy, model, optimizer, str(tmp_path),
-                    data(config.data.train_split, True), data(config.data.eval_split, False),
+                    data("train", True), data("eval", False),
                     metrics=metrics_lib.eval_metrics(config, tokenizer), jit_compile=jit_compile,
                     log=lambda line: None)
   before = trainer.evaluate()
@@ -122,6 +126,19 @@ def test_short_ner_fine_tuning_beats_untrained_head(finetune_section, tfds_dir, 
                      train_split="train[:640]", eval_split="validation[:160]")
   before, after = short_run(config, tmp_path, steps=40, jit_compile=True)
   assert after["entity/micro/f1"] > before["entity/micro/f1"] + 0.1, (before, after)
+
+
+@pytest.mark.slow
+def test_short_multitask_fine_tuning_improves_both_heads(finetune_section, tfds_dir, tmp_path):
+  config = load_recipe("minilm_multitask")
+  config.data.update(data_dir=tfds_dir, sequence_length=32, bucket_lengths=(16,))
+  for head in ("ner", "sentiment"):
+    # 5 + 5 eval batches of 16: short_run evaluates 10 batches, the heads one after the other.
+    config.finetune.head_data[head].update(train_split="train[:640]",
+                                           eval_split="validation[:80]")
+  before, after = short_run(config, tmp_path, steps=80)
+  assert after["ner/entity/micro/f1"] > before["ner/entity/micro/f1"] + 0.1, (before, after)
+  assert after["sentiment/accuracy"] > before["sentiment/accuracy"] + 0.05, (before, after)
 
 
 @pytest.mark.slow

@@ -12,5 +12,9 @@ from tfllm.finetune import recipes
 
 
 def get_config():
-  # About 3 epochs of the 14,041 training sentences at batch 32.
-  return recipes.conll2003_ner(recipes.minilm_config(steps=1300))
+  # 5 epochs of the 14,041 training sentences at batch 32. A small model takes a higher rate
+  # than BERT-base's 5e-5: 1e-4 for 5 epochs gave validation entity F1 0.911 (5e-5 for 3
+  # epochs: 0.901; docs/finetuning.md).
+  config = recipes.conll2003_ner(recipes.minilm_config(steps=2200))
+  config.train.optimizer.learning_rate = 1e-4
+  return config

@@ -109,6 +109,12 @@ def test_train_resume_and_refuse_a_different_model_shape(tmp_path):
   assert "resuming with changed settings: config.train.steps=30 (model_dir has 20)" \
       in longer.stdout
 
+  on_test = run_cli(f"--model_dir={model_dir}", "--config.train.steps=30", "--mode=eval",
+                    "--config.data.eval_split=test")
+  assert on_test.returncode == 0, on_test.stderr
+  assert "evaluation on test at step 30: accuracy" in on_test.stdout
+  assert json.loads((model_dir / "eval_metrics.json").read_text())["split"] == "test"
+
 
 def test_nan_loss_stops_with_one_line_and_keeps_the_checkpoints(tmp_path):
   model_dir = tmp_path / "run"

@@ -230,7 +230,7 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
   summary["checkpoint"] = trainer.checkpointer.latest
   if summary["eval_metrics"]:
     metrics_text = "  ".join(f"{k} {v:.4f}" for k, v in sorted(summary["eval_metrics"].items()))
-    log(f"validation at step {summary['step']}: {metrics_text}")
+    log(f"{_eval_label(config)} at step {summary['step']}: {metrics_text}")
     for head, table in finetune.entity_reports_from_results(summary["eval_metrics"]).items():
       log(f"entity report{f' ({head})' if head else ''}:\n{table}")
     if chief:
@@ -255,7 +255,7 @@ def _evaluate_quantized(trainer, config, model_dir, chief, log) -> Dict[str, flo
     finetune.quantize_int8(quantized)
   metrics = trainer.evaluate(model=quantized, summary_prefix="int8/")
   step = int(trainer.step.numpy())
-  log(f"int8 validation at step {step}: "
+  log(f"int8 {_eval_label(config)} at step {step}: "
       + "  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
   if chief:
     write_atomically(os.path.join(model_dir, INT8_EVAL_FILE),
@@ -272,6 +272,13 @@ def _eval_split(config):
     from tfllm.finetune.multitask_data import head_config  # pylint: disable=g-import-not-at-top
     return {name: head_config(config, name).data.eval_split for name in config.task.heads}
   return config.data.eval_split
+
+
+def _eval_label(config) -> str:
+  """What the results lines call the evaluation: "validation", or the split(s) it read."""
+  split = _eval_split(config)
+  names = sorted(set(split.values()) if isinstance(split, dict) else {split})
+  return "validation" if names == ["validation"] else f"evaluation on {', '.join(names)}"
 
 
 def _jit_setting(config) -> Optional[bool]:

@@ -302,7 +302,8 @@ class Trainer:
     replica_step = tf.function(functools.partial(self._replica_eval_step, model),
                                jit_compile=self.jit_compile)
 
-    @tf.function
+    # One trace for every batch length (length buckets); XLA still compiles one per shape.
+    @tf.function(reduce_retracing=True)
     def eval_step(batch):
       sums = self.strategy.run(replica_step, args=(batch,))
       return {k: self.strategy.reduce("SUM", v, axis=None) for k, v in sums.items()}

@@ -357,6 +357,17 @@ def test_masked_lm_served_equals_in_process(exports):
 # ---------------------------------------------------------------- layout and bad requests
 
 
+@pytest.mark.parametrize("task", ["causal_lm", "sequence_classification",
+                                  "token_classification", "masked_lm"])
+def test_saved_model_stores_each_weight_once(exports, task):
+  # keras-team/keras#23553: ExportArchive.track(model) stores every weight twice.
+  path, model, _, _ = exports[task]
+  reader = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
+  stored = sum(int(np.prod(shape)) for name, shape in reader.get_variable_to_shape_map().items()
+               if not name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH"))
+  assert model.count_params() <= stored <= model.count_params() + 16
+
+
 def test_versions_are_atomic_and_never_overwritten_silently(exports, tmp_path):
   _, model, tokenizer, config = exports["sequence_classification"]
   base = str(tmp_path / "serving")

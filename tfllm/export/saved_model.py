@@ -47,7 +47,10 @@ def _write_saved_model(path, model, tokenizer, config):
     function.get_concrete_function()
   tokenizer(tf.constant([""]))  # builds the layer (ExportArchive tracks only built layers)
   archive = keras.export.ExportArchive()
-  archive.track(model)
+  # Not `archive.track(model)`: the endpoints capture the model's variables themselves, and
+  # tracking the model too stores every weight twice (its keras.Variable wrappers beside the
+  # captured tf.Variables: keras-team/keras#23553, 2x the SavedModel on disk and in memory).
+  # The tokenizer is tracked for its vocabulary tables.
   archive.track(tokenizer)
   for name, function in functions.items():
     archive.add_endpoint(name, function)

@@ -451,7 +451,8 @@ def check_bucket_lengths(config) -> None:
   if not buckets:
     return
   task = config.task.name
-  if task not in _CLASSIFICATION_TASKS:
+  # multi_task: every head is a classification task (`multitask_data` checks them).
+  if task not in _CLASSIFICATION_TASKS + ("multi_task",):
     raise ValueError(f"config.data.bucket_lengths={buckets} applies to "
                      f"{' and '.join(_CLASSIFICATION_TASKS)}; task {task} packs full-length "
                      "blocks (set it to ())")
@@ -493,7 +494,7 @@ def make_dataset(config, split: str, tokenizer, input_context=None,
   source = _examples(config, split, input_context, training)
   dataset = _BUILDERS[task](config, source, tokenizer, batch_size, training)
   if task in _CLASSIFICATION_TASKS:
-    pad_id = special_token_ids(tokenizer)["pad"]
+    pad_id, = _special(tokenizer, "pad")
     if buckets:
       dataset = bucket_by_length(dataset, buckets, config.data.sequence_length, batch_size,
                                  pad_id, drop_remainder=training)

@@ -229,7 +229,12 @@ class Trainer:
     return tf.constant(1.0) if scale is None else tf.cast(scale, tf.float32)
 
   def _replica_train_step(self, micro_batches):
-    """One optimizer step on this replica's micro-batches; returns its share of the loss."""
+    """One optimizer step on this replica's micro-batches.
+
+    Returns:
+      `([its share of the loss, the token positions it ran], gradient norm)`: the first two
+      are summed over replicas in one reduction.
+    """
     context = tf.distribute.get_replica_context()
     variables = self.model.trainable_variables
     local_weights = {}
@@ -258,7 +263,10 @@ class Trainer:
     else:
       norm = tf.linalg.global_norm(grads)
     self.optimizer.apply(grads, variables)
-    return loss, norm / scale
+    # Positions run, padding included: batch x length varies with `data.bucket_lengths`.
+    tokens = tf.add_n([tf.cast(tf.size(features["token_ids"]), tf.float32)
+                       for features, _, _ in micro_batches])
+    return tf.stack([loss, tokens]), norm / scale
 
   def _cross_entropy(self, logits, labels, sample_weight, global_weights):
     logits, labels = losses.as_heads(logits), losses.as_heads(labels)
@@ -280,11 +288,11 @@ class Trainer:
       tokens = tf.constant(0.0)
       for i in tf.range(num_steps):
         micro_batches = tuple(next(iterator) for _ in range(accum))
-        loss, norm = self.strategy.run(replica_step, args=(micro_batches,))
-        step_losses = step_losses.write(i, self.strategy.reduce("SUM", loss, axis=None))
+        loss_and_tokens, norm = self.strategy.run(replica_step, args=(micro_batches,))
+        loss_and_tokens = self.strategy.reduce("SUM", loss_and_tokens, axis=None)
+        step_losses = step_losses.write(i, loss_and_tokens[0])
         norms = norms.write(i, self.strategy.reduce("MEAN", norm, axis=None))
-        tokens += self.strategy.reduce(
-            "SUM", self.strategy.run(_token_slots, args=(micro_batches,)), axis=None)
+        tokens += loss_and_tokens[1]
         self.step.assign_add(1)
       return step_losses.stack(), norms.stack(), tokens
 
@@ -537,13 +545,6 @@ class Trainer:
       for key, value in scalars.items():
         tf.summary.scalar(key, value)
     self._log(line)
-
-
-def _token_slots(micro_batches) -> tf.Tensor:
-  """Token positions the model ran on in a replica's micro-batches, padding included: the
-  batch x length of `token_ids`, which varies with `data.bucket_lengths`."""
-  return tf.add_n([tf.cast(tf.size(features["token_ids"]), tf.float32)
-                   for features, _, _ in micro_batches])
 
 
 def _lost_peers(error: tf.errors.OpError, strategy: tf.distribute.Strategy) -> List[str]:

@@ -89,3 +89,22 @@ def test_sampling_is_deterministic_and_greedy_follows_the_argmax():
   assert a == sample_continuation(model, [1], 6, 8, temperature=5.0, seed=3)
   with pytest.raises(ValueError, match="at least one token"):
     sample_continuation(model, [], 1, 8)
+
+
+def test_multi_task_evaluation_leaves_out_a_head_no_batch_reached():
+  from tfllm.finetune import ClassificationF1, EntityF1   # pylint: disable=g-import-not-at-top
+  task = tiny_config("multi_task").task
+  task.heads.sentiment.labels = ["neg", "pos"]
+  task.heads.tags.labels = ["O", "B-PER", "I-PER"]
+  # A sentiment batch: the tags head's labels carry weight 0 (multitask_data's layout).
+  logits = {"sentiment": tf.constant([[2.0, 0.0], [0.0, 2.0]]),
+            "tags": tf.zeros([2, 3, 3])}
+  labels = {"sentiment": tf.constant([0, 0]), "tags": tf.zeros([2, 3], tf.int32)}
+  weights = {"sentiment": tf.ones([2]), "tags": tf.zeros([2, 3])}
+  results = {}
+  for metric in (LossAndAccuracy(task), ClassificationF1(task), EntityF1(task)):
+    sums = {k: float(v) for k, v in metric.sums({}, logits, labels, weights).items()}
+    results.update(metric.result(sums))
+  assert results["sentiment/accuracy"] == 0.5 and "sentiment/class/macro/f1" in results
+  assert not [key for key in results if key.startswith("tags/")]
+  assert results["loss"] == pytest.approx(results["sentiment/loss"])

@@ -13,14 +13,16 @@ from tfllm.training.metrics import EvalMetric
 
 class ClassificationF1(EvalMetric):
   """Reports `class/<label>/{precision,recall,f1}` and `class/macro/f1` (prefixed by the head
-  name for multi-task models); labels are the config's names, else class ids.
+  name for multi-task models; a head that no evaluated batch reached is left out); labels are
+  the config's names, else class ids.
 
   Args:
     task: the `config.task` section.
   """
 
   def __init__(self, task):
-    if task.name == "multi_task":
+    self._multi = task.name == "multi_task"
+    if self._multi:
       heads = {name: head for name, head in task.heads.items()
                if head.task == "sequence_classification"}
       self._prefix = {name: f"{name}/" for name in heads}
@@ -54,6 +56,8 @@ class ClassificationF1(EvalMetric):
   def result(self, totals):
     out = {}
     for name, label_names in self._labels.items():
+      if self._multi and not sum(totals[f"{name}/class_true/{label}"] for label in label_names):
+        continue   # no batch of this head was evaluated (eval_steps ran out first)
       prefix = f"{self._prefix[name]}class/"
       f1s = []
       for label in label_names:

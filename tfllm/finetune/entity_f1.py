@@ -171,7 +171,8 @@ class EntityF1(EvalMetric):
   """Entity-level P/R/F1 of every token-classification head of a task config.
 
   Reports `entity/<type>/{precision,recall,f1}` and `entity/{micro,macro}/...` for a
-  single-task model, `<head>/entity/...` for each tagging head of a multi-task model.
+  single-task model, `<head>/entity/...` for each tagging head of a multi-task model (left
+  out when there is nothing to score: no evaluated batch of that head, or no entity).
 
   Args:
     task: the `config.task` section; tagging heads' `labels` must be IOB2 tags. Heads with
@@ -179,7 +180,8 @@ class EntityF1(EvalMetric):
   """
 
   def __init__(self, task):
-    if task.name == "multi_task":
+    self._multi = task.name == "multi_task"
+    if self._multi:
       heads = {name: head.labels for name, head in task.heads.items()
                if head.task == "token_classification"}
       self._prefix = {name: f"{name}/" for name in heads}
@@ -215,6 +217,8 @@ class EntityF1(EvalMetric):
     for name, (_, _, type_names) in self._schemes.items():
       counts = [[totals[f"{name}/entity_{kind}/{t}"] for t in type_names]
                 for kind in ("tp", "pred", "true")]
+      if self._multi and not sum(counts[1]) + sum(counts[2]):
+        continue   # nothing to score: no batch of this head was evaluated, or no entity
       reports[name] = entity_scores(type_names, *counts)
     return reports
 

@@ -38,7 +38,7 @@ class LossAndAccuracy(EvalMetric):
 
   Single-task models report `loss`, `accuracy` (and `perplexity`); multi-task models report
   `<head>/loss`, `<head>/accuracy` and `loss`, the loss-weighted sum of the head losses (the
-  training objective).
+  training objective). A head that no evaluated batch reached is left out (not reported as 0).
   """
 
   def __init__(self, task: ml_collections.ConfigDict):
@@ -66,6 +66,8 @@ class LossAndAccuracy(EvalMetric):
   def result(self, totals):
     out, total_loss = {}, 0.0
     for name, loss_weight in self._loss_weights.items():
+      if self._multi and not totals[f"{name}/weight"]:
+        continue   # no batch of this head was evaluated (eval_steps ran out first)
       weight = max(totals[f"{name}/weight"], 1e-12)
       loss = totals[f"{name}/ce"] / weight
       prefix = f"{name}/" if self._multi else ""

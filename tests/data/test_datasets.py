@@ -35,6 +35,10 @@ def test_conll2003_has_the_standard_sentence_counts_and_tags(tfds_dir):
   ner = builder.info.features["ner"].feature
   assert [t.decode() for t in example["tokens"]][:3] == ["EU", "rejects", "German"]
   assert [ner.int2str(t) for t in example["ner"]][:3] == ["B-ORG", "O", "B-MISC"]
+  # Reuters articles (the -DOCSTART- sections), numbered in order for document context.
+  for split, articles in {"train": 946, "validation": 216, "test": 231}.items():
+    documents = [int(e["document"]) for e in tfds.as_numpy(builder.as_dataset(split=split))]
+    assert documents == sorted(documents) and (documents[0], documents[-1]) == (0, articles - 1)
 
 
 @slow

@@ -299,6 +299,75 @@ def test_bucketed_sequence_classification_keeps_scalar_labels(tmp_path):
   assert sum(float(b[2].sum()) for b in batches) == 12
 
 
+def _sentences(lengths, documents):
+  """`with_document_context` input: sentence i has pieces 100 i, 100 i + 1, ..."""
+  rows = [[100 * i + j for j in range(n)] for i, n in enumerate(lengths)]
+  return rows, tf.data.Dataset.from_generator(
+      lambda: ((np.array(r, np.int32), np.arange(len(r), dtype=np.int32),
+                np.full(len(r), 2, np.int32), np.ones(len(r), np.int32), np.int64(d))
+               for r, d in zip(rows, documents)),
+      output_signature=tuple([tf.TensorSpec([None], tf.int32)] * 4
+                             + [tf.TensorSpec([], tf.int64)]))
+
+
+@pytest.mark.parametrize("context_tokens,max_tokens", [(6, 40), (6, 9), (50, 60), (1, 40)])
+def test_document_context_takes_the_nearest_pieces_of_the_same_document(context_tokens,
+                                                                       max_tokens):
+  lengths = [3, 5, 1, 4, 2, 7, 3, 3, 6, 2, 2, 1, 5]
+  documents = [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 2, 3]
+  rows, sentences = _sentences(lengths, documents)
+  out = list(pipelines.with_document_context(sentences, context_tokens, max_tokens)
+             .as_numpy_iterator())
+  assert len(out) == len(rows)
+  for i, (ids, word_ids, tags, first) in enumerate(out):
+    own = (word_ids >= 0)
+    start = int(np.argmax(own))
+    assert ids[own].tolist() == rows[i] and own[start:start + len(rows[i])].all()
+    assert (tags[~own] == 0).all() and (first[~own] == 0).all() and (tags[own] == 2).all()
+    before_all = [p for j in range(max(0, i - 8), i) if documents[j] == documents[i]
+                  for p in rows[j]]
+    after_all = [p for j in range(i + 1, min(len(rows), i + 9)) if documents[j] == documents[i]
+                 for p in rows[j]]
+    before, after = ids[:start].tolist(), ids[start + len(rows[i]):].tolist()
+    assert before == before_all[len(before_all) - len(before):]     # nearest, in order
+    assert after == after_all[:len(after)]
+    budget = min(context_tokens, max(max_tokens - len(rows[i]), 0))
+    assert len(before) + len(after) == min(budget, len(before_all) + len(after_all))
+    if len(before) < len(before_all) and len(after) < len(after_all):
+      assert abs(len(before) - len(after)) <= 1                     # split evenly
+  # A sentence alone in its document gets no context.
+  assert (out[11][1] >= 0).all() and (out[12][1] >= 0).all()
+
+
+def test_token_classification_with_document_context_scores_only_the_sentence(tagged,
+                                                                            tmp_path):
+  _, examples = tagged
+  documents = [i // 5 for i in range(len(examples))]
+  write_tfrecord(tmp_path / "train.tfrecord",
+                 [dict(e, document=d) for e, d in zip(examples, documents)])
+  config = make_config(dataset="tfrecord", files=str(tmp_path / "{split}.tfrecord"),
+                       text_feature="tokens", label_feature="ner", sequence_length=96)
+  config.task.update(dict(name="token_classification", labels=["A", "B", "C"]))
+  alone = _numpy(pipelines.make_dataset(config, "train", BYTE, training=False))
+  config.data.context_tokens = 40
+  batches = _numpy(pipelines.make_dataset(config, "train", BYTE, training=False))
+  recovered = [tags for batch in batches for tags in _words_back(*batch)]
+  assert recovered == [e["ner"] for e in examples]      # the same words, tags and weights
+  length = lambda batches: sum(int(b[0]["padding_mask"].sum()) for b in batches)  # noqa
+  context = sum(int(((b[0]["word_ids"] == -1) & b[0]["padding_mask"]).sum()) for b in batches)
+  assert length(batches) - length(alone) == context - 2 * len(examples) > 0
+  for features, _, _ in batches:                        # [CLS] context sentence context [SEP]
+    assert (features["token_ids"][:, 0] == SPECIAL["cls"]).all()
+  config.data.bucket_lengths = (32, 64)
+  for features, labels, weights in _numpy(
+      pipelines.make_dataset(config, "train", BYTE, training=True), limit=6):
+    assert features["token_ids"].shape[1] in (32, 64, 96) and weights.sum() > 0
+  config.data.document_feature = "article"
+  with pytest.raises(ValueError, match="config.data.document_feature='article' is not a "
+                                       "feature of 'tfrecord'"):
+    pipelines.make_dataset(config, "train", BYTE)
+
+
 def test_bad_input_errors(tmp_path, lm_config):
   config = make_config(**lm_config.data.to_dict())
   config.task.name = "causal_lm"
@@ -320,6 +389,11 @@ def test_bad_input_errors(tmp_path, lm_config):
                                          "config.data.sequence_length=16"):
       pipelines.make_dataset(config, "train", BYTE)
   config.data.bucket_lengths = ()
+  config.data.context_tokens = 32
+  with pytest.raises(ValueError, match="context_tokens=32 applies to token_classification, "
+                                       "not task sequence_classification"):
+    pipelines.make_dataset(config, "train", BYTE)
+  config.data.context_tokens = 0
   config.task.name = "masked_lm"
   word_piece_without_mask = tokenizers.load_vocabulary(
       str(_vocab(tmp_path, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a"])))

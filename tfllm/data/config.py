@@ -25,6 +25,13 @@ def _data_defaults():
       # a batch pads only to its bucket (e.g. (16, 32, 64)); () = every batch padded to
       # sequence_length. Each bucket length compiles its own step: keep them few.
       bucket_lengths=(),
+      # Token classification: each sentence is read with up to this many word pieces of the
+      # sentences around it in its document (half before, half after, more on one side when
+      # the other runs out; never past sequence_length); only the sentence's own words are
+      # tagged and scored. 0 = the sentence alone. Needs sentences in document order and an
+      # int `document_feature`.
+      context_tokens=0,
+      document_feature="document",   # int feature naming a sentence's document
       shuffle_buffer=10000,
       seed=0,
       deterministic=False,
@@ -57,7 +64,7 @@ SCHEMAS = {
     "data": SectionSchema(
         _data_defaults,
         choices={},
-        ranges={"sequence_length": (2, None), "shuffle_buffer": (1, None),
+        ranges={"sequence_length": (2, None), "context_tokens": (0, None), "shuffle_buffer": (1, None),
                 "mlm_probability": (0.0, 1.0), "max_predictions": (1, None)},
         check=_check_data),
     "tokenizer": SectionSchema(

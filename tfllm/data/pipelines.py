@@ -22,7 +22,9 @@ config.data.sequence_length` tokens:
   token_classification      features token_ids, padding_mask, word_ids int32 [B, L] (index of
                             the word a piece belongs to, -1 for special and pad tokens);
                             labels int32 [B, L] (the word's tag on its first piece);
-                            weight [B, L] (1 on first pieces, 0 elsewhere).
+                            weight [B, L] (1 on first pieces, 0 elsewhere). With
+                            `data.context_tokens`, pieces of the sentences around it in its
+                            document surround a sentence (word id -1, weight 0).
 
 Training pipelines shuffle (seeded by `data.seed`) and repeat; evaluation ones read the split
 once in order. Tokenization runs as TF ops inside the pipeline.
@@ -37,6 +39,7 @@ padded to 128 spends most of its compute on padding.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Optional, Tuple
 
 import keras_hub
@@ -88,10 +91,23 @@ def _options(config, training: bool) -> tf.data.Options:
   return options
 
 
-def _examples(config, split, input_context, training) -> sources.Source:
-  source = sources.load_source(config.data, split, input_context, shuffle=training,
-                               seed=config.data.seed)
-  examples = source.examples
+def _examples(config, split, input_context, training, in_order=None) -> sources.Source:
+  """The split's examples for one input pipeline, shuffled and repeated when training.
+
+  `in_order(source) -> tf.data.Dataset` transforms the examples while they are still in
+  source order (before shuffling): document context needs a sentence's neighbours.
+  """
+  # Document context reads neighbouring examples: the source keeps its order.
+  keep_order = bool(config.data.context_tokens)
+  if (keep_order and config.data.dataset == "tfrecord" and input_context
+      and input_context.num_input_pipelines > 1):
+    raise ValueError(f"config.data.context_tokens={config.data.context_tokens} needs whole "
+                     "documents in each input pipeline, but TFRecord records are sharded "
+                     f"round-robin over {input_context.num_input_pipelines} pipelines; use a "
+                     "TFDS dataset (contiguous shards) or context_tokens=0")
+  source = sources.load_source(config.data, split, input_context,
+                               shuffle=training and not keep_order, seed=config.data.seed)
+  examples = in_order(source) if in_order else source.examples
   if training:
     examples = examples.shuffle(config.data.shuffle_buffer, seed=config.data.seed,
                                 reshuffle_each_iteration=True).repeat()
@@ -340,16 +356,104 @@ def align_word_tags(pieces: tf.RaggedTensor, tags: tf.RaggedTensor):
   return piece_ids, word_ids, piece_tags, first_piece
 
 
-def token_classification_dataset(config, source, tokenizer, batch_size, training):
-  """Word tags aligned to word pieces, `[CLS] pieces [SEP]` (see module docstring)."""
-  cls, sep, pad = _special(tokenizer, "cls", "sep", "pad")
+# Sentences looked at on each side for document context; the token budget
+# (`data.context_tokens`) usually runs out first.
+_CONTEXT_SENTENCES = 8
+
+
+def with_document_context(sentences: tf.data.Dataset, context_tokens: int,
+                          max_tokens: int) -> tf.data.Dataset:
+  """Adds to each sentence the word pieces of the sentences around it in its document.
+
+  Args:
+    sentences: elements `(piece_ids, word_ids, piece_tags, first_piece, document)` in
+      document order: four int32 `[n]` vectors (as from `align_word_tags`) and the
+      sentence's document id (scalar).
+    context_tokens: pieces of context to add: the nearest ones before and after the
+      sentence, half on each side (more on one side when the other runs out), from its own
+      document only, within `_CONTEXT_SENTENCES` sentences.
+    max_tokens: a sentence and its context never exceed this many pieces (the sentence's own
+      pieces come first: a long sentence gets less context, or none).
+
+  Returns:
+    Elements `(piece_ids, word_ids, piece_tags, first_piece)`, one a sentence in the same
+    order: context pieces carry word id -1, tag 0 and first_piece 0, so they are read but
+    neither trained on nor scored.
+  """
+  window = _CONTEXT_SENTENCES
+  size = 2 * window + 1
+  spec = sentences.element_spec
+  # Empty sentences before the first and after the last let every sentence sit mid-window.
+  blank = tf.data.Dataset.from_tensors(tuple(
+      tf.zeros([0], s.dtype) if s.shape.rank else tf.constant(-1, s.dtype)
+      for s in spec)).repeat(window)
+  windows = blank.concatenate(sentences).concatenate(blank).window(
+      size, shift=1, drop_remainder=True).flat_map(
+          lambda *parts: tf.data.Dataset.zip(parts).ragged_batch(size))
+
+  def assemble(piece_ids, word_ids, piece_tags, first_piece, documents):
+    same = tf.equal(documents, documents[window])
+    before = tf.ragged.boolean_mask(piece_ids[:window], same[:window]).flat_values
+    after = tf.ragged.boolean_mask(piece_ids[window + 1:], same[window + 1:]).flat_values
+    own = piece_ids[window]
+    budget = tf.clip_by_value(max_tokens - tf.size(own), 0, context_tokens)
+    n_before, n_after = tf.size(before), tf.size(after)
+    take_before = tf.minimum(n_before, tf.maximum(budget // 2, budget - n_after))
+    take_after = tf.minimum(n_after, budget - take_before)
+
+    def around(middle, fill):
+      return tf.concat([tf.fill([take_before], fill), middle, tf.fill([take_after], fill)], 0)
+
+    return (tf.concat([before[n_before - take_before:], own, after[:take_after]], 0),
+            around(word_ids[window], -1), around(piece_tags[window], 0),
+            around(first_piece[window], 0))
+
+  return windows.map(assemble, num_parallel_calls=AUTOTUNE)
+
+
+def tagged_pieces(config, tokenizer, source: sources.Source) -> tf.data.Dataset:
+  """A token-classification split in source order, one element a sentence.
+
+  Returns:
+    Elements `(piece_ids, word_ids, piece_tags, first_piece)`, int32 `[n]` each (see
+    `align_word_tags`), with document context when `config.data.context_tokens` > 0.
+  """
+  pad, = _special(tokenizer, "pad")
   # Byte-level vocabularies have no unk (every word has bytes); pad stands in, never used.
   unk = special_token_ids(tokenizer).get("unk", pad)
   map_label = _label_mapper(config, source)
   text_name, label_name = source.text_feature, source.label_feature
-  examples = source.examples.map(
-      lambda example: (sources.as_words(example[text_name]), map_label(example[label_name])),
-      num_parallel_calls=AUTOTUNE, deterministic=_deterministic(config, training))
+  context, document_name = config.data.context_tokens, config.data.document_feature
+  if context:
+    sources.check_feature(document_name, list(source.examples.element_spec),
+                          "document_feature", repr(config.data.dataset))
+
+  def parts(example):
+    document = (tf.cast(_scalar(example[document_name]), tf.int64) if context
+                else tf.constant(0, tf.int64))
+    return sources.as_words(example[text_name]), map_label(example[label_name]), document
+
+  def tokenize(words, tags, documents):
+    pieces = word_pieces(tokenizer, words, unk)
+    return align_word_tags(pieces, tags) + (documents,)
+
+  # Order matters here (neighbours are context): deterministic maps. The last map also
+  # turns the unbatched rows (ragged specs of ragged rank 0) into plain tensors.
+  sentences = source.examples.map(parts).ragged_batch(_TOKENIZE_BATCH).map(
+      tokenize, num_parallel_calls=AUTOTUNE, deterministic=True).unbatch().map(
+          lambda *parts: parts if context else parts[:4])
+  if not context:
+    return sentences
+  # [CLS] and [SEP] take two of the sequence's tokens.
+  return with_document_context(sentences, context, config.data.sequence_length - 2)
+
+
+def token_classification_dataset(config, source, tokenizer, batch_size, training):
+  """`[CLS] pieces [SEP]` with word tags on first pieces (see module docstring).
+
+  `source.examples` are `tagged_pieces` elements (`make_dataset` reads them in order).
+  """
+  cls, sep, pad = _special(tokenizer, "cls", "sep", "pad")
   length = config.data.sequence_length
 
   def packer(start, end, pad_value):
@@ -360,16 +464,13 @@ def token_classification_dataset(config, source, tokenizer, batch_size, training
                                              pad_value=pad, return_padding_mask=True)
   pack_word_ids, pack_tags = packer(-1, -1, -1), packer(0, 0, 0)
 
-  def to_example(words, tags):
-    pieces = word_pieces(tokenizer, words, unk)
-    piece_ids, word_ids, piece_tags, first_piece = align_word_tags(pieces, tags)
+  def to_example(piece_ids, word_ids, piece_tags, first_piece):
     token_ids, padding_mask = pack_ids(piece_ids)
     features = {"token_ids": token_ids, "padding_mask": padding_mask,
                 "word_ids": pack_word_ids(word_ids)}
-    weights = tf.cast(pack_tags(first_piece), tf.float32)
-    return features, pack_tags(piece_tags), weights
+    return features, pack_tags(piece_tags), tf.cast(pack_tags(first_piece), tf.float32)
 
-  return examples.ragged_batch(batch_size, drop_remainder=training).map(
+  return source.examples.ragged_batch(batch_size, drop_remainder=training).map(
       to_example, num_parallel_calls=AUTOTUNE, deterministic=_deterministic(config, training))
 
 
@@ -463,6 +564,13 @@ def check_bucket_lengths(config) -> None:
                      f"{config.data.sequence_length}")
 
 
+def check_context_tokens(config) -> None:
+  """Raises ValueError unless `config.data.context_tokens` suits the task."""
+  if config.data.context_tokens and config.task.name != "token_classification":
+    raise ValueError(f"config.data.context_tokens={config.data.context_tokens} applies to "
+                     f"token_classification, not task {config.task.name} (set it to 0)")
+
+
 def make_dataset(config, split: str, tokenizer, input_context=None,
                  training: bool = True) -> tf.data.Dataset:
   """The input pipeline of `config.task.name` over `split`.
@@ -489,9 +597,12 @@ def make_dataset(config, split: str, tokenizer, input_context=None,
     raise ValueError(f"config.data.sequence_length={config.data.sequence_length} is too "
                      "short; accepted: >= 2")
   check_bucket_lengths(config)
+  check_context_tokens(config)
   buckets = tuple(config.data.bucket_lengths)
   batch_size = _batch_size(config, input_context)
-  source = _examples(config, split, input_context, training)
+  in_order = (functools.partial(tagged_pieces, config, tokenizer)
+              if task == "token_classification" else None)
+  source = _examples(config, split, input_context, training, in_order)
   dataset = _BUILDERS[task](config, source, tokenizer, batch_size, training)
   if task in _CLASSIFICATION_TASKS:
     pad_id, = _special(tokenizer, "pad")

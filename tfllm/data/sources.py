@@ -53,7 +53,8 @@ def _shard_position(input_context):
   return input_context.input_pipeline_id, input_context.num_input_pipelines
 
 
-def _check_feature(name: str, available: Sequence[str], what: str, where: str):
+def check_feature(name: str, available: Sequence[str], what: str, where: str):
+  """Raises ValueError naming `config.data.<what>` unless feature `name` is `available`."""
   if name not in available:
     raise ValueError(f"config.data.{what}={name!r} is not a feature of {where}; "
                      f"available features: {', '.join(sorted(available))}")
@@ -101,7 +102,7 @@ def _class_names(feature) -> Optional[Tuple[str, ...]]:
 def _load_tfds(data_config, split, input_context, shuffle, seed) -> Source:
   builder = _tfds_builder(data_config)
   features = builder.info.features
-  _check_feature(data_config.text_feature, list(features.keys()), "text_feature",
+  check_feature(data_config.text_feature, list(features.keys()), "text_feature",
                  f"TFDS dataset {data_config.dataset!r}")
   base = split.split("[")[0]
   if base not in builder.info.splits:
@@ -207,7 +208,7 @@ def _load_tfrecord(data_config, split, input_context, shuffle, seed) -> Source:
   paths = _split_files(data_config, split)
   spec = _record_spec(paths, data_config)
   where = f"the tf.Example records of {data_config.files!r}"
-  _check_feature(data_config.text_feature, list(spec), "text_feature", where)
+  check_feature(data_config.text_feature, list(spec), "text_feature", where)
   if spec[data_config.text_feature].dtype != tf.string:
     raise ValueError(f"config.data.text_feature={data_config.text_feature!r} holds "
                      f"{spec[data_config.text_feature].dtype.name} values in {where}; "

@@ -137,6 +137,7 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
   strategy = distribute.get_strategy(strategy_name, tpu=tpu, num_gpus=num_gpus)
   from tfllm.data import pipelines, tokenizers  # pylint: disable=g-import-not-at-top
   pipelines.check_bucket_lengths(config)
+  pipelines.check_context_tokens(config)
   if config.data.bucket_lengths and isinstance(strategy, tf.distribute.TPUStrategy):
     raise ValueError(f"config.data.bucket_lengths={tuple(config.data.bucket_lengths)} gives "
                      "batches of varying length, which TPUStrategy cannot compile; set it to () "

@@ -81,7 +81,26 @@ def synthetic_dataset_fn(config, offset: int = 0):
   return dataset_fn
 
 
-def make_trainer(config, model_dir, strategy=None, seed=0, train_fn=None, **kwargs):
+def finite_dataset_fn(config, shard_sizes, per_replica_batch=None):
+  """`input_context -> Dataset` of a finite split: pipeline i reads the next `shard_sizes[i]`
+  examples (contiguous, as TFDS even splits are), in per-replica batches; sizes that are not
+  multiples of the per-replica batch leave replicas (and workers) with unequal batch counts.
+  `per_replica_batch` overrides the one of `train.global_batch_size`."""
+  global_batch = config.train.global_batch_size
+
+  def dataset_fn(context: tf.distribute.InputContext):
+    assert len(shard_sizes) == context.num_input_pipelines
+    start = 10**7 + sum(shard_sizes[:context.input_pipeline_id])
+    dataset = tf.data.Dataset.range(start, start + shard_sizes[context.input_pipeline_id])
+    return dataset.map(lambda i: _example(config.task.name, i)).batch(
+        per_replica_batch or context.get_per_replica_batch_size(global_batch),
+        drop_remainder=True)
+
+  return dataset_fn
+
+
+def make_trainer(config, model_dir, strategy=None, seed=0, train_fn=None, eval_fn=None,
+                 **kwargs):
   """A Trainer over the tiny model and synthetic data, everything built in the scope."""
   strategy = strategy or tf.distribute.OneDeviceStrategy("/cpu:0")
   keras.utils.set_random_seed(seed)
@@ -99,7 +118,8 @@ def make_trainer(config, model_dir, strategy=None, seed=0, train_fn=None, **kwar
   kwargs.setdefault("jit_compile", {"on": True, "off": False}.get(config.train.jit_compile))
   kwargs.setdefault("log", lambda line: None)
   return Trainer(config, strategy, model, optimizer, str(model_dir),
-                 train_fn or synthetic_dataset_fn(config), synthetic_dataset_fn(config, 10**7),
+                 train_fn or synthetic_dataset_fn(config),
+                 eval_fn or synthetic_dataset_fn(config, 10**7),
                  metrics=metrics_lib.eval_metrics(config), **kwargs)
 
 

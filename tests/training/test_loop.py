@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.training.helpers import make_trainer, tiny_config, two_cpu_mirrored
+from tests.training.helpers import finite_dataset_fn, make_trainer, tiny_config, two_cpu_mirrored
 from tfllm.training import checkpointing
 from tfllm.training.loop import DivergedError, StopRequested, TrainingError
 
@@ -38,6 +38,19 @@ def test_one_device_and_mirrored_give_the_same_loss_trajectory(tmp_path):
   np.testing.assert_allclose(one.losses, mirrored.losses, atol=1e-4, rtol=0)
   assert one.losses[-1] < one.losses[0] - 0.1  # it learns
   np.testing.assert_allclose(one.eval_metrics["loss"], mirrored.eval_metrics["loss"], atol=1e-4)
+
+
+def test_mirrored_evaluation_counts_every_batch_of_an_uneven_split(tmp_path):
+  # 20 examples in per-replica batches of 4: 5 batches over 2 replicas leave the last step
+  # with one replica's batch only, which tf.distribute would drop (4 examples unevaluated).
+  results = []
+  for name, strategy, batch in (("one", None, 4), ("mirrored", two_cpu_mirrored(), 8)):
+    config = tiny_config("token_classification", global_batch_size=batch)
+    trainer = make_trainer(config, tmp_path / name, strategy=strategy,
+                           eval_fn=finite_dataset_fn(config, [20]))
+    results.append(trainer.evaluate(num_steps=1000))
+  np.testing.assert_allclose(results[0]["loss"], results[1]["loss"], atol=1e-5, rtol=0)
+  assert results[0]["accuracy"] == pytest.approx(results[1]["accuracy"])
 
 
 def test_jit_compiled_steps_match_the_graph_steps_on_one_device(tmp_path):

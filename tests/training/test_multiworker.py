@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.training.helpers import make_trainer, tiny_config
+from tests.training.helpers import finite_dataset_fn, make_trainer, tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "launch"))
@@ -39,17 +39,24 @@ def test_two_workers_match_one_device_and_only_the_chief_writes(tmp_path):
   # examples; only the all-reduce's summation order differs (float32 rounding, ~1e-7 per
   # step): 1e-4 on a loss of ~4 over 20 steps catches any real difference (data, scaling).
   config = tiny_config(steps=20, steps_per_loop=5, checkpoint_every_steps=10, eval_steps=0)
-  one = make_trainer(config, tmp_path / "one").train()
+  trainer = make_trainer(config, tmp_path / "one",
+                         eval_fn=finite_dataset_fn(config, [20], per_replica_batch=4))
+  one = trainer.train()
+  one_eval = trainer.evaluate(num_steps=1000)
 
   model_dir = tmp_path / "mwms"
   out = tmp_path / "mwms.npz"
   lines = []
   code = local_multiworker.launch_local(
-      _worker_command(model_dir, "--steps=20", f"--out={out}"), num_workers=2,
+      _worker_command(model_dir, "--steps=20", f"--out={out}", "--eval_shards=12,8"),
+      num_workers=2,
       env=_env(tmp_path), timeout=300, write=lines.append)
   assert code == 0, "\n".join(lines)
   mwms = np.load(out)
   np.testing.assert_allclose(one.losses, mwms["losses"], atol=1e-4, rtol=0)
+  # The eval split's 20 examples, 12 on one worker (3 batches of 4) and 8 on the other (2):
+  # all 5 batches count, none twice (the worker that runs out first steps on weight 0).
+  np.testing.assert_allclose(one_eval["loss"], mwms["eval_loss"], atol=1e-4, rtol=0)
   # Only the chief printed progress and wrote files; the other worker's copy was removed.
   assert any(line.startswith("[worker 0] step 20/20") for line in lines)
   assert not any(line.startswith("[worker 1] step") for line in lines)

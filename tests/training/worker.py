@@ -1,7 +1,7 @@
 """One training process of the multi-process tests: the tiny model on synthetic data.
 
   python -m tests.training.worker --strategy=multi_worker_mirrored --model_dir=DIR \
-      --steps=20 --out=result.npz
+      --steps=20 --out=result.npz [--eval_shards=12,8]
 
 Resumes from `model_dir`; the chief writes the step losses and final weights to `--out`.
 Errors are one line on stderr and exit code 1, as in `tfllm-train`.
@@ -24,6 +24,8 @@ def main() -> int:
   parser.add_argument("--steps_per_loop", type=int, default=5)
   parser.add_argument("--checkpoint_every_steps", type=int, default=10)
   parser.add_argument("--out", default="")
+  parser.add_argument("--eval_shards", default="",
+                      help="evaluate after training on a finite split: examples per worker")
   args = parser.parse_args()
 
   from tfllm import distribute  # pylint: disable=g-import-not-at-top
@@ -31,19 +33,23 @@ def main() -> int:
       "one_device", "mirrored") else None, worker_timeout_s=60)
   import numpy as np  # pylint: disable=g-import-not-at-top
   # pylint: disable=g-import-not-at-top
-  from tests.training.helpers import make_trainer, tiny_config
+  from tests.training.helpers import finite_dataset_fn, make_trainer, tiny_config
   chief = distribute.is_chief(strategy)
   config = tiny_config(steps=args.steps, steps_per_loop=args.steps_per_loop,
                        checkpoint_every_steps=args.checkpoint_every_steps, eval_steps=0)
   trainer = make_trainer(config, args.model_dir, strategy=strategy, is_chief=chief,
                          worker_dir=None if chief else distribute.worker_temp_dir(
                              args.model_dir, strategy),
-                         log=lambda line: print(line, flush=True))
+                         log=lambda line: print(line, flush=True),
+                         eval_fn=finite_dataset_fn(config, [int(n) for n in args.eval_shards.split(
+                             ",")]) if args.eval_shards else None)
   restored = trainer.restore()
   print(f"restored {restored} at step {int(trainer.step.numpy())}", flush=True)
   result = trainer.train()
+  evaluation = trainer.evaluate(num_steps=1000) if args.eval_shards else {}
   if chief and args.out:
     np.savez(args.out, losses=np.array(result.losses), step=result.step,
+             eval_loss=evaluation.get("loss", np.nan),
              start_step=result.step - len(result.losses),
              **{f"w{i}": v.numpy() for i, v in enumerate(trainer.model.weights)})
   return 0

@@ -31,6 +31,9 @@ import tensorflow as tf
 from tfllm.training import checkpointing, flops, losses
 from tfllm.training.metrics import EvalMetric
 
+# An eval step's total sample weight: 0 once every replica is past its data.
+_EVALUATED_WEIGHT = "_evaluated/weight"
+
 
 class TrainingError(RuntimeError):
   """Training stopped on a condition the user must act on (the message says which)."""
@@ -205,12 +208,28 @@ class Trainer:
     return self.checkpointer.restore_latest()
 
   def _distributed_dataset(self, dataset_fn: Callable, skip_steps: int = 0,
-                           take_steps: Optional[int] = None):
+                           take_steps: Optional[int] = None, fill: bool = False):
+    """The strategy's distributed dataset of `dataset_fn`'s per-replica batches.
+
+    Args:
+      dataset_fn: `InputContext -> tf.data.Dataset` of `(features, labels, sample_weight)`.
+      skip_steps, take_steps: steps to skip (resuming) and to take.
+      fill: with several replicas, follow each pipeline's batches by endless weight-0 copies
+        of its first batch. tf.distribute ends the iteration at the first step that some
+        replica has no batch for, so a finite split whose batch count is not a multiple of
+        the replicas (or that runs out on one worker first) would lose its last batches;
+        `evaluate` stops at the first step that carries no weight instead.
+    """
     batches_per_step = self.train_config.grad_accum_steps if skip_steps else 1
 
     def per_worker(context: tf.distribute.InputContext):
       dataset = dataset_fn(context)
       replicas_here = context.num_replicas_in_sync // context.num_input_pipelines
+      if fill and context.num_replicas_in_sync > 1:
+        weightless = dataset.take(1).map(
+            lambda features, labels, weight: (features, labels, tf.nest.map_structure(
+                tf.zeros_like, weight)))
+        dataset = dataset.concatenate(weightless.cache().repeat())
       # The distributed iterator is not checkpointable (STACK-NOTES): resume by skipping the
       # per-replica batches that this pipeline fed to the steps already taken.
       if skip_steps:
@@ -301,7 +320,8 @@ class Trainer:
   def _replica_eval_step(self, model, batch):
     features, labels, sample_weight = batch
     logits = model(features, training=False)
-    sums = {}
+    sums = {_EVALUATED_WEIGHT: tf.add_n([tf.reduce_sum(tf.cast(w, tf.float32))
+                                         for w in tf.nest.flatten(sample_weight)])}
     for metric in self.metrics:
       sums.update(metric.sums(features, logits, labels, sample_weight))
     return sums
@@ -338,8 +358,12 @@ class Trainer:
       self._eval_step_fns[id(model)] = self._build_eval_step(model)
     eval_step_fn = self._eval_step_fns[id(model)]
     totals: Dict[str, float] = {}
-    for batch in self._distributed_dataset(self._eval_dataset_fn, take_steps=num_steps):
-      for key, value in eval_step_fn(batch).items():
+    for batch in self._distributed_dataset(self._eval_dataset_fn, take_steps=num_steps,
+                                           fill=True):
+      sums = eval_step_fn(batch)
+      if not float(sums.pop(_EVALUATED_WEIGHT)):
+        break   # every replica of every worker is past its data (only fill batches left)
+      for key, value in sums.items():
         totals[key] = totals.get(key, 0.0) + float(value)
     if not totals:
       raise TrainingError(f"the eval split gave no batch of "

@@ -187,3 +187,17 @@ def test_sigkill_and_relaunch_ends_where_an_uninterrupted_run_ends(tmp_path):
   for key in a:
     if not key.startswith("budget_seconds/"):
       np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_an_error_inside_a_traced_function_is_named_in_its_one_line():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tfllm.cli.flags import one_line  # pylint: disable=g-import-not-at-top
+
+  @tf.function
+  def step(x):
+    return x + undefined_name  # noqa: F821  pylint: disable=undefined-variable
+
+  with pytest.raises(NameError) as error:
+    step(tf.constant(1.0))
+  assert str(error.value).splitlines()[0] == "in user code:"
+  assert one_line(error.value) == "NameError: name 'undefined_name' is not defined"

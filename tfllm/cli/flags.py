@@ -106,7 +106,13 @@ def _did_you_mean(error: BaseException) -> str:
 
 
 def one_line(error: BaseException) -> str:
-  """An exception as one line: its message's first line (TF op errors carry long traces)."""
+  """An exception as one line: its message's first line (TF op errors carry long traces).
+
+  An error raised while AutoGraph traces a `tf.function` reads "in user code:", then the
+  stack, then the error itself: that last line is the one that says what went wrong.
+  """
   text = getattr(error, "message", None) or str(error) or type(error).__name__
   lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
-  return lines[0] if lines else type(error).__name__
+  if not lines:
+    return type(error).__name__
+  return lines[-1] if lines[0] == "in user code:" else lines[0]

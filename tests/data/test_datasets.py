@@ -151,3 +151,16 @@ def test_tfds_even_splits_give_input_contexts_disjoint_covering_shards(tfds_dir)
   assert not set(shards[0]) & set(shards[1])
   assert len(shards[0]) + len(shards[1]) == _counts(
       tfds.builder("tfllm_movie_sentiment", data_dir=tfds_dir))["validation"]
+
+
+@slow
+def test_tfds_split_arithmetic_reads_splits_together_and_names_an_unknown_one(tfds_dir):
+  builder = _prepared("tfllm_movie_sentiment", tfds_dir)
+  counts = _counts(builder)
+  config = make_config(data_dir=tfds_dir, dataset="tfllm_movie_sentiment")
+  source = sources.load_source(config.data, "train+validation")
+  assert source.num_examples == counts["train"] + counts["validation"]
+  assert sum(1 for _ in source.examples) == source.num_examples
+  with pytest.raises(ValueError, match="split 'train\\+dev': 'dev' is not a split of TFDS "
+                     "dataset 'tfllm_movie_sentiment'; available splits: test, train, "):
+    sources.load_source(config.data, "train+dev")

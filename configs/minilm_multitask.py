@@ -12,7 +12,8 @@ def get_config():
   config = recipes.minilm_config(steps=2000)
   config.task.name = "multi_task"
   config.task.heads = {
-      "ner": dict(task="token_classification", labels=list(recipes.CONLL_TAGS), dropout=0.1),
+      "ner": dict(task="token_classification", labels=list(recipes.CONLL_TAGS), dropout=0.1,
+                  decoding="iob2_viterbi"),
       "sentiment": dict(task="sequence_classification", labels=list(recipes.SENTIMENT_LABELS),
                         pooling="mean", dropout=0.1),
   }

@@ -5,6 +5,7 @@ The fresh-process tests are marked slow (each starts a TensorFlow process); CI r
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from tfllm.export import latency, tf_only, warmup
 from tfllm.export import signatures as signatures_lib
 from tfllm.models import generation
 from tests.export.conftest import NER_TAGS, VOCABULARY
+from tests.finetune.test_tag_decoding import reference_viterbi
 
 CLS, SEP, PAD, MASK = (VOCABULARY.index(t) for t in ("[CLS]", "[SEP]", "[PAD]", "[MASK]"))
 SEQUENCE_LENGTH = 16
@@ -245,7 +247,7 @@ def _bio_entities(tags):
   return entities
 
 
-def _tagger_expected(model, tokenizer, texts):
+def _tagger_expected(model, tokenizer, texts, decoding="argmax"):
   unk = VOCABULARY.index("[UNK]")
   rows, firsts, words_kept = [], [], []
   for text in texts:
@@ -261,8 +263,12 @@ def _tagger_expected(model, tokenizer, texts):
     words_kept.append(text.decode().split()[:len(first)])
   token_ids = np.array(rows, np.int32)
   logits = model({"token_ids": token_ids, "padding_mask": token_ids != PAD}).numpy()
-  tags = [[NER_TAGS[int(logits[r, f + 1].argmax())] for f in first]
-          for r, first in enumerate(firsts)]
+  word_logits = [logits[r, [f + 1 for f in first]] for r, first in enumerate(firsts)]
+  if decoding == "iob2_viterbi":
+    tags = [[NER_TAGS[t] for t in reference_viterbi(tf.nn.log_softmax(w).numpy(), NER_TAGS)]
+            if len(w) else [] for w in word_logits]
+  else:
+    tags = [[NER_TAGS[int(t)] for t in w.argmax(-1)] for w in word_logits]
   return words_kept, tags
 
 
@@ -295,6 +301,24 @@ def test_token_classifier_served_equals_in_process(exports):
   assert bad["num_words"].tolist()[:2] == [0, 0]
   assert empty["num_words"].shape == (0,)
   assert big["tags"].shape[0] == 256
+
+
+@pytest.mark.slow
+def test_token_classifier_serves_iob2_viterbi_decoding(exports, tmp_path):
+  _, model, tokenizer, config = exports["token_classification"]
+  config = copy.deepcopy(config)
+  config.task.decoding = "iob2_viterbi"
+  path = export.export_saved_model(model, tokenizer, config, str(tmp_path / "viterbi"))
+  texts = SENTENCES + [b"paris paris john and mary and london the film was good"]
+  result = latency.run_tf_only(path, calls=[("serving_default", {"text": strings(texts)})],
+                               timeout=300)
+  served_tags, = result["outputs"]
+  _, tags = _tagger_expected(model, tokenizer, texts, "iob2_viterbi")
+  _, argmax_tags = _tagger_expected(model, tokenizer, texts)
+  assert tags != argmax_tags   # the little test model's argmax spells invalid IOB2 here
+  for row in range(len(texts)):
+    n = served_tags["num_words"][row]
+    assert [t.decode() for t in served_tags["tags"][row][:n]] == tags[row]
 
 
 def test_entity_spans_decode_bio():

@@ -27,7 +27,9 @@ import tensorflow as tf
 
 from tfllm.data import pipelines
 from tfllm.data.tokenizers import special_token_ids
+from tfllm.finetune.tag_decoding import decode_word_tags
 from tfllm.models import generation
+from tfllm.models.config import tag_decoding
 
 TEXT = tf.TensorSpec([None], tf.string)
 # Method name that lets TF Serving's Classify API (and Predict) use `serve_examples`.
@@ -276,14 +278,16 @@ def entity_spans(tag_ids, num_words, type_of, begins):
 
 
 class TokenClassifierSignatures(_Signatures):
-  """Whitespace words -> word pieces (as in training) -> one tag a word (its first piece's)
-  and the entities the tags spell. Words past the sequence length are dropped."""
+  """Whitespace words -> word pieces (as in training) -> one tag a word (its first piece's,
+  decoded as `config.task.decoding` says) and the entities the tags spell. Words past the
+  sequence length are dropped."""
 
   def __init__(self, model, tokenizer, config):
     super().__init__(model, tokenizer, config)
     cls, sep, pad = self._special("cls", "sep", "pad")
     self.unk = self.special.get("unk", pad)
     self.tags = label_names(config)
+    self.decoding = tag_decoding(config.task)
     self.type_of, self.begins, self.entity_types = tag_spans(self.tags)
     length = self.sequence_length
     self.pack_ids = keras_hub.layers.StartEndPacker(
@@ -300,7 +304,7 @@ class TokenClassifierSignatures(_Signatures):
     token_ids, padding_mask = self.pack_ids(piece_ids)
     first = self.pack_first(tf.cast(first_piece, tf.int32)) > 0
     logits = self._forward({"token_ids": token_ids, "padding_mask": padding_mask})
-    piece_tags = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    piece_tags = decode_word_tags(logits, first, self.tags, self.decoding)
     word_tags = tf.ragged.boolean_mask(piece_tags, first)
     num_words = tf.cast(word_tags.row_lengths(), tf.int32)
     kept_words = tf.ragged.boolean_mask(

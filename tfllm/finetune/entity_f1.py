@@ -15,44 +15,16 @@ cumulative-sum operations. The counts add up over replicas and batches (`EntityF
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, Mapping, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
+from tfllm.finetune.iob2 import BEGIN, OUTSIDE, iob2_scheme
+from tfllm.finetune.tag_decoding import decode_word_tags
+from tfllm.models.config import tag_decoding
 from tfllm.training import losses
 from tfllm.training.metrics import EvalMetric
-
-OUTSIDE, BEGIN, INSIDE = 0, 1, 2
-
-
-def iob2_scheme(labels: Sequence[str]) -> Tuple[List[int], List[int], List[str]]:
-  """Parses IOB2 tag names.
-
-  Args:
-    labels: tag names in label-id order, e.g. `["O", "B-PER", "I-PER", ...]`.
-
-  Returns:
-    `(prefixes, types, type_names)`: per label id its prefix (`OUTSIDE`, `BEGIN`, `INSIDE`)
-    and entity type index (-1 for `O`), and the sorted entity type names.
-
-  Raises:
-    ValueError: a label that is not `O`, `B-<type>` or `I-<type>`.
-  """
-  parsed = []
-  for label in labels:
-    if label == "O":
-      parsed.append((OUTSIDE, None))
-    elif len(label) > 2 and label[:2] in ("B-", "I-"):
-      parsed.append((BEGIN if label[0] == "B" else INSIDE, label[2:]))
-    else:
-      raise ValueError(f"tag {label!r} is not an IOB2 tag; accepted: 'O', 'B-<type>', "
-                       "'I-<type>'")
-  type_names = sorted({t for _, t in parsed if t is not None})
-  prefixes = [p for p, _ in parsed]
-  types = [-1 if t is None else type_names.index(t) for _, t in parsed]
-  return prefixes, types, type_names
-
 
 def _chunk_codes(prefix, entity_type):
   """Per word: chunk start, chunk continuation, and a code 0 (out), 1 (continue), 2 + type
@@ -182,15 +154,18 @@ class EntityF1(EvalMetric):
   def __init__(self, task):
     self._multi = task.name == "multi_task"
     if self._multi:
-      heads = {name: head.labels for name, head in task.heads.items()
+      heads = {name: head for name, head in task.heads.items()
                if head.task == "token_classification"}
       self._prefix = {name: f"{name}/" for name in heads}
     else:
-      heads = {losses.SINGLE_HEAD: task.labels}
+      heads = {losses.SINGLE_HEAD: task}
       self._prefix = {losses.SINGLE_HEAD: ""}
     # A tagging head without tag names (labels) is scored by token accuracy alone: entity
     # chunks need the IOB2 names, and numeric tags (e.g. a user's own tag ids) have none.
-    self._schemes = {name: iob2_scheme(labels) for name, labels in heads.items() if labels}
+    self._schemes = {name: iob2_scheme(section.labels) for name, section in heads.items()
+                     if section.labels}
+    self._decoding = {name: (list(section.labels), tag_decoding(section))
+                      for name, section in heads.items()}
 
   @classmethod
   def from_config(cls, config, tokenizer=None):
@@ -202,10 +177,10 @@ class EntityF1(EvalMetric):
     weights = losses.as_heads(sample_weight) if sample_weight is not None else {}
     out = {}
     for name, (prefixes, types, type_names) in self._schemes.items():
-      predicted_ids = tf.argmax(logits[name], axis=-1, output_type=tf.int32)
-      counts = entity_counts(labels[name], predicted_ids,
-                             losses.head_weights(labels[name], weights.get(name)), prefixes,
-                             types, len(type_names))
+      head_weights = losses.head_weights(labels[name], weights.get(name))
+      predicted_ids = decode_word_tags(logits[name], head_weights > 0, *self._decoding[name])
+      counts = entity_counts(labels[name], predicted_ids, head_weights, prefixes, types,
+                             len(type_names))
       for kind, values in zip(("tp", "pred", "true"), counts):
         for i, type_name in enumerate(type_names):
           out[f"{name}/entity_{kind}/{type_name}"] = values[i]

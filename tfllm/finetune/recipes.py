@@ -44,7 +44,10 @@ def minilm_config(steps: int, global_batch_size: int = 32):
 
 def conll2003_ner(config):
   """Sets `config` up for CoNLL-2003 NER (token classification, IOB2 tags); returns it."""
-  config.task.update(name="token_classification", labels=list(CONLL_TAGS), dropout=0.1)
+  # IOB2-constrained decoding: +1.0 point of test entity F1 over per-word argmax with the
+  # MiniLM recipe (docs/finetuning.md).
+  config.task.update(name="token_classification", labels=list(CONLL_TAGS), dropout=0.1,
+                     decoding="iob2_viterbi")
   config.data.update(dataset="tfllm_conll2003", text_feature="tokens", label_feature="ner",
                      train_split="train", eval_split="validation", test_split="test",
                      sequence_length=128, bucket_lengths=NER_BUCKETS)

@@ -15,6 +15,8 @@ TASKS = ("causal_lm", "masked_lm", "sequence_classification", "token_classificat
          "multi_task")
 HEAD_TASKS = ("masked_lm", "sequence_classification", "token_classification")
 POOLINGS = ("first", "mean")
+# How a tagging head's logits become word tags (tfllm.finetune.tag_decoding).
+DECODINGS = ("argmax", "iob2_viterbi")
 
 
 def _model_defaults():
@@ -84,6 +86,7 @@ def _head_defaults():
       pooling="first",
       dropout=0.1,
       loss_weight=1.0,
+      decoding="argmax",
   )
 
 
@@ -94,6 +97,30 @@ def _check_head_labels(section, task, path):
     if section.labels and section.num_classes and section.num_classes != len(section.labels):
       raise ConfigError(f"config.{path}.num_classes={section.num_classes} does not match the "
                         f"{len(section.labels)} labels given")
+  _check_decoding(section, task, path)
+
+
+def tag_decoding(section) -> str:
+  """`decoding` of a task or head section: "argmax" where a model dir's config.json was
+  written before the key existed, so older model dirs evaluate and export as before."""
+  return section.get("decoding", "argmax")
+
+
+def _check_decoding(section, task, path):
+  decoding = tag_decoding(section)
+  if decoding == "argmax":
+    return
+  if task != "token_classification":
+    raise ConfigError(f"config.{path}.decoding={decoding!r} decodes tags; a {task} head takes "
+                      "only 'argmax'")
+  if not section.labels:
+    raise ConfigError(f"config.{path}.decoding={decoding!r} needs IOB2 tag names in "
+                      f"config.{path}.labels (e.g. ['O', 'B-PER', 'I-PER'])")
+  from tfllm.finetune.iob2 import iob2_scheme  # pylint: disable=import-outside-toplevel
+  try:
+    iob2_scheme(section.labels)
+  except ValueError as e:
+    raise ConfigError(f"config.{path}.decoding={decoding!r} needs IOB2 tags: {e}") from None
 
 
 def _task_defaults():
@@ -103,6 +130,7 @@ def _task_defaults():
       num_classes=0,
       pooling="first",             # sequence classification: first token or mean over padding
       dropout=0.1,
+      decoding="argmax",           # token classification: "argmax" per word or "iob2_viterbi"
       heads={},                    # multi_task: head name -> head section (see _head_defaults)
   )
 
@@ -110,6 +138,8 @@ def _task_defaults():
 def _check_task(section):
   if section.name in ("sequence_classification", "token_classification"):
     _check_head_labels(section, section.name, "task")
+  else:
+    _check_decoding(section, section.name, "task")
   if section.name == "multi_task":
     if not section.heads:
       raise ConfigError("config.task.heads is empty; a multi_task model needs at least one head")
@@ -131,12 +161,12 @@ SCHEMAS = {
         check=_check_model),
     "task": SectionSchema(
         _task_defaults,
-        choices={"name": TASKS, "pooling": POOLINGS},
+        choices={"name": TASKS, "pooling": POOLINGS, "decoding": DECODINGS},
         ranges={"num_classes": (0, None), "dropout": (0.0, 1.0)},
         check=_check_task,
         entry_schemas={"heads": SectionSchema(
             _head_defaults,
-            choices={"task": HEAD_TASKS, "pooling": POOLINGS},
+            choices={"task": HEAD_TASKS, "pooling": POOLINGS, "decoding": DECODINGS},
             ranges={"num_classes": (0, None), "dropout": (0.0, 1.0),
                     "loss_weight": (0.0, None)})}),
 }

@@ -53,6 +53,11 @@ def _differences(old: Any, new: Any, path: str):
     yield f"{path}={new!r} (model_dir has {old!r})"
 
 
+def _is_decoding(diff: str) -> bool:
+  # How tags are decoded is chosen at evaluation and export; the weights do not depend on it.
+  return diff.split("=", 1)[0].endswith(".decoding")
+
+
 def compare_with_model_dir(config: ml_collections.ConfigDict, model_dir: str,
                            ignore=("model.vocab_size",)) -> Optional[List[str]]:
   """Compares `config` with the config saved in `model_dir`.
@@ -76,7 +81,7 @@ def compare_with_model_dir(config: ml_collections.ConfigDict, model_dir: str,
   shape_diffs, other_diffs = [], []
   for section in sorted(set(saved) | set(new)):
     for diff in _differences(saved.get(section), new.get(section), f"config.{section}"):
-      if section not in _SHAPE_SECTIONS:
+      if section not in _SHAPE_SECTIONS or _is_decoding(diff):
         other_diffs.append(diff)
       elif not any(diff.startswith(f"config.{key}=") for key in ignore):
         shape_diffs.append(diff)

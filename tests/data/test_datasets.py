@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -164,3 +166,26 @@ def test_tfds_split_arithmetic_reads_splits_together_and_names_an_unknown_one(tf
   with pytest.raises(ValueError, match="split 'train\\+dev': 'dev' is not a split of TFDS "
                      "dataset 'tfllm_movie_sentiment'; available splits: test, train, "):
     sources.load_source(config.data, "train+dev")
+
+
+_LOAD_VALIDATION = """
+import sys
+from tests.data.conftest import make_config
+from tfllm.data import sources
+config = make_config(data_dir=sys.argv[1], dataset="tfllm_movie_sentiment")
+print(sources.load_source(config.data, "validation").num_examples)
+"""
+
+
+@slow
+def test_processes_preparing_one_data_dir_together_all_get_the_dataset(tmp_path):
+  # The workers of a job on one machine start on the same empty data_dir at once.
+  root = os.path.join(os.path.dirname(__file__), "..", "..")
+  processes = [subprocess.Popen([sys.executable, "-c", _LOAD_VALIDATION, str(tmp_path)],
+                                cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for _ in range(3)]
+  outputs = [process.communicate(timeout=600) for process in processes]
+  for process, (out, err) in zip(processes, outputs):
+    assert process.returncode == 0, err[-2000:]
+  assert {out.split()[-1] for out, _ in outputs} == {
+      str(_counts(tfds.builder("tfllm_movie_sentiment", data_dir=str(tmp_path)))["validation"])}

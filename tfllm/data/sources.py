@@ -12,9 +12,12 @@ the input pipelines of a job see disjoint data that covers the split.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import glob
 import logging
+import os
 import re
 from typing import Optional, Sequence, Tuple
 
@@ -60,6 +63,28 @@ def check_feature(name: str, available: Sequence[str], what: str, where: str):
                      f"available features: {', '.join(sorted(available))}")
 
 
+@contextlib.contextmanager
+def preparation_lock(dataset_dir: str):
+  """Holds an exclusive lock on `<dataset_dir>.lock` while a builder prepares `dataset_dir`.
+
+  The workers of a job on one machine (or test processes) may start on the same empty
+  data_dir together; without the lock each would fetch and write the dataset, and the last
+  to rename its copy into place fails. Object-store paths (`gs://...`) have no file locks:
+  prepare those once beforehand (`tfds build`), as for any multi-machine job.
+  """
+  path = os.fspath(dataset_dir)
+  if "://" in path:
+    yield
+    return
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".lock", "a", encoding="utf-8") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _tfds_builder(data_config):
   """The TFDS builder named by `data_config.dataset`, prepared when it is one of tfllm's."""
   if data_config.dataset in TFLLM_BUILDERS:
@@ -72,8 +97,11 @@ def _tfds_builder(data_config):
         f"config.data.dataset={data_config.dataset!r} is not a TFDS dataset; use one of "
         f"{', '.join(TFLLM_BUILDERS)}, 'text_files', 'tfrecord', or a registered TFDS name"
     ) from error
-  if data_config.dataset in TFLLM_BUILDERS:
-    builder.download_and_prepare()
+  if data_config.dataset in TFLLM_BUILDERS and not builder.is_prepared():
+    with preparation_lock(builder.data_dir):
+      # Another process may have prepared it while this one waited: a new builder sees it.
+      builder = tfds.builder(data_config.dataset, data_dir=data_dir)
+      builder.download_and_prepare()
   elif not builder.is_prepared():
     # Preparing a catalog dataset would go to the internet, which fails here only after
     # minutes of retries (STACK-NOTES): ask for it to be prepared beforehand instead.

@@ -108,3 +108,12 @@ def test_multi_task_evaluation_leaves_out_a_head_no_batch_reached():
   assert results["sentiment/accuracy"] == 0.5 and "sentiment/class/macro/f1" in results
   assert not [key for key in results if key.startswith("tags/")]
   assert results["loss"] == pytest.approx(results["sentiment/loss"])
+  # A tags batch whose sentences have no entity (all O): the head was evaluated, so it is
+  # reported (F1 0 of 0 entities), and now the sentiment head is the one left out.
+  weights = {"sentiment": tf.zeros([2]), "tags": tf.ones([2, 3])}
+  results = {}
+  for metric in (LossAndAccuracy(task), ClassificationF1(task), EntityF1(task)):
+    sums = {k: float(v) for k, v in metric.sums({}, logits, labels, weights).items()}
+    results.update(metric.result(sums))
+  assert results["tags/entity/micro/support"] == 0 and "tags/accuracy" in results
+  assert not [key for key in results if key.startswith("sentiment/")]

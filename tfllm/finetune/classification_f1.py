@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from tfllm.models.config import num_classes
 from tfllm.training import losses
-from tfllm.training.metrics import EvalMetric
+from tfllm.training.metrics import EvalMetric, head_evaluated
 
 
 class ClassificationF1(EvalMetric):
@@ -47,6 +47,7 @@ class ClassificationF1(EvalMetric):
       weight = losses.head_weights(labels[name], weights.get(name))[..., None]
       true = tf.one_hot(tf.cast(labels[name], tf.int32), depth) * weight
       pred = tf.one_hot(tf.argmax(logits[name], axis=-1, output_type=tf.int32), depth) * weight
+      out[f"{name}/class_weight"] = tf.reduce_sum(weight)
       for kind, values in (("tp", tf.reduce_sum(true * pred, 0)),
                            ("pred", tf.reduce_sum(pred, 0)), ("true", tf.reduce_sum(true, 0))):
         for i, label in enumerate(label_names):
@@ -56,8 +57,8 @@ class ClassificationF1(EvalMetric):
   def result(self, totals):
     out = {}
     for name, label_names in self._labels.items():
-      if self._multi and not sum(totals[f"{name}/class_true/{label}"] for label in label_names):
-        continue   # no batch of this head was evaluated (eval_steps ran out first)
+      if self._multi and not head_evaluated(totals, f"{name}/class_weight"):
+        continue
       prefix = f"{self._prefix[name]}class/"
       f1s = []
       for label in label_names:

@@ -24,7 +24,7 @@ from tfllm.finetune.iob2 import BEGIN, OUTSIDE, iob2_scheme
 from tfllm.finetune.tag_decoding import decode_word_tags
 from tfllm.models.config import tag_decoding
 from tfllm.training import losses
-from tfllm.training.metrics import EvalMetric
+from tfllm.training.metrics import EvalMetric, head_evaluated
 
 def _chunk_codes(prefix, entity_type):
   """Per word: chunk start, chunk continuation, and a code 0 (out), 1 (continue), 2 + type
@@ -144,7 +144,7 @@ class EntityF1(EvalMetric):
 
   Reports `entity/<type>/{precision,recall,f1}` and `entity/{micro,macro}/...` for a
   single-task model, `<head>/entity/...` for each tagging head of a multi-task model (left
-  out when there is nothing to score: no evaluated batch of that head, or no entity).
+  out when no evaluated batch reached that head).
 
   Args:
     task: the `config.task` section; tagging heads' `labels` must be IOB2 tags. Heads with
@@ -181,6 +181,7 @@ class EntityF1(EvalMetric):
       predicted_ids = decode_word_tags(logits[name], head_weights > 0, *self._decoding[name])
       counts = entity_counts(labels[name], predicted_ids, head_weights, prefixes, types,
                              len(type_names))
+      out[f"{name}/entity_weight"] = tf.reduce_sum(tf.cast(head_weights, tf.float32))
       for kind, values in zip(("tp", "pred", "true"), counts):
         for i, type_name in enumerate(type_names):
           out[f"{name}/entity_{kind}/{type_name}"] = values[i]
@@ -192,8 +193,8 @@ class EntityF1(EvalMetric):
     for name, (_, _, type_names) in self._schemes.items():
       counts = [[totals[f"{name}/entity_{kind}/{t}"] for t in type_names]
                 for kind in ("tp", "pred", "true")]
-      if self._multi and not sum(counts[1]) + sum(counts[2]):
-        continue   # nothing to score: no batch of this head was evaluated, or no entity
+      if self._multi and not head_evaluated(totals, f"{name}/entity_weight"):
+        continue
       reports[name] = entity_scores(type_names, *counts)
     return reports
 

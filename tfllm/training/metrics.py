@@ -33,6 +33,15 @@ class EvalMetric:
     raise NotImplementedError
 
 
+def head_evaluated(totals: Mapping[str, float], weight_key: str) -> bool:
+  """Whether an evaluation reached a head: its total weight `totals[weight_key]` is above 0.
+
+  Multi-task metrics leave out a head that no evaluated batch reached (eval_steps ran out
+  before any of its batches) rather than report 0 for it.
+  """
+  return totals.get(weight_key, 0.0) > 0
+
+
 class LossAndAccuracy(EvalMetric):
   """Weighted mean cross-entropy and accuracy per head; perplexity = exp(loss) for LMs.
 
@@ -66,8 +75,8 @@ class LossAndAccuracy(EvalMetric):
   def result(self, totals):
     out, total_loss = {}, 0.0
     for name, loss_weight in self._loss_weights.items():
-      if self._multi and not totals[f"{name}/weight"]:
-        continue   # no batch of this head was evaluated (eval_steps ran out first)
+      if self._multi and not head_evaluated(totals, f"{name}/weight"):
+        continue
       weight = max(totals[f"{name}/weight"], 1e-12)
       loss = totals[f"{name}/ce"] / weight
       prefix = f"{name}/" if self._multi else ""

@@ -91,8 +91,17 @@ def test_sampling_is_deterministic_and_greedy_follows_the_argmax():
     sample_continuation(model, [], 1, 8)
 
 
-def test_multi_task_evaluation_leaves_out_a_head_no_batch_reached():
+def _results(task, logits, labels, weights):
+  """Every multi-task metric's results of one batch, as the eval loop computes them."""
   from tfllm.finetune import ClassificationF1, EntityF1   # pylint: disable=g-import-not-at-top
+  metrics = (LossAndAccuracy(task), ClassificationF1(task), EntityF1(task))
+  totals = {}
+  for metric in metrics:
+    totals.update({k: float(v) for k, v in metric.sums({}, logits, labels, weights).items()})
+  return {key: value for metric in metrics for key, value in metric.result(totals).items()}
+
+
+def test_multi_task_evaluation_leaves_out_a_head_no_batch_reached():
   task = tiny_config("multi_task").task
   task.heads.sentiment.labels = ["neg", "pos"]
   task.heads.tags.labels = ["O", "B-PER", "I-PER"]
@@ -101,19 +110,13 @@ def test_multi_task_evaluation_leaves_out_a_head_no_batch_reached():
             "tags": tf.zeros([2, 3, 3])}
   labels = {"sentiment": tf.constant([0, 0]), "tags": tf.zeros([2, 3], tf.int32)}
   weights = {"sentiment": tf.ones([2]), "tags": tf.zeros([2, 3])}
-  results = {}
-  for metric in (LossAndAccuracy(task), ClassificationF1(task), EntityF1(task)):
-    sums = {k: float(v) for k, v in metric.sums({}, logits, labels, weights).items()}
-    results.update(metric.result(sums))
+  results = _results(task, logits, labels, weights)
   assert results["sentiment/accuracy"] == 0.5 and "sentiment/class/macro/f1" in results
   assert not [key for key in results if key.startswith("tags/")]
   assert results["loss"] == pytest.approx(results["sentiment/loss"])
   # A tags batch whose sentences have no entity (all O): the head was evaluated, so it is
   # reported (F1 0 of 0 entities), and now the sentiment head is the one left out.
   weights = {"sentiment": tf.zeros([2]), "tags": tf.ones([2, 3])}
-  results = {}
-  for metric in (LossAndAccuracy(task), ClassificationF1(task), EntityF1(task)):
-    sums = {k: float(v) for k, v in metric.sums({}, logits, labels, weights).items()}
-    results.update(metric.result(sums))
+  results = _results(task, logits, labels, weights)
   assert results["tags/entity/micro/support"] == 0 and "tags/accuracy" in results
   assert not [key for key in results if key.startswith("sentiment/")]

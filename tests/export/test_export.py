@@ -310,9 +310,14 @@ def test_token_classifier_serves_iob2_viterbi_decoding(exports, tmp_path):
   config.task.decoding = "iob2_viterbi"
   path = export.export_saved_model(model, tokenizer, config, str(tmp_path / "viterbi"))
   texts = SENTENCES + [b"paris paris john and mary and london the film was good"]
-  result = latency.run_tf_only(path, calls=[("serving_default", {"text": strings(texts)})],
+  result = latency.run_tf_only(path, calls=[("serving_default", {"text": strings(texts)}),
+                                            ("serving_default", {"text": strings(BAD_TEXTS)}),
+                                            ("serving_default", {"text": strings([])})],
                                timeout=300)
-  served_tags, = result["outputs"]
+  served_tags, bad, empty = result["outputs"]
+  assert bad["num_words"].tolist()[:2] == [0, 0]
+  assert not isinstance(empty, str), empty[-3000:]
+  assert empty["num_words"].shape == (0,)
   _, tags = _tagger_expected(model, tokenizer, texts, "iob2_viterbi")
   _, argmax_tags = _tagger_expected(model, tokenizer, texts)
   assert tags != argmax_tags   # the little test model's argmax spells invalid IOB2 here

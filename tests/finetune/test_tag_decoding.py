@@ -95,10 +95,12 @@ def _tagger_batch(seed, batch=8, length=20):
   return logits, mask
 
 
-def test_decoded_word_tags_are_the_best_valid_sequence_at_the_word_positions():
+@pytest.mark.parametrize("trim", [False, True])
+def test_decoded_word_tags_are_the_best_valid_sequence_at_the_word_positions(trim):
   logits, mask = _tagger_batch(1)
-  decode = tf.function(decode_word_tags, jit_compile=True)
-  decoded = decode(logits, mask, LABELS, "iob2_viterbi").numpy()
+  # XLA needs static shapes (the eval step); trimming to the longest row is for serving.
+  decode = tf.function(decode_word_tags, jit_compile=not trim)
+  decoded = decode(logits, mask, LABELS, "iob2_viterbi", trim=trim).numpy()
   argmax = logits.argmax(-1)
   some_argmax_invalid = False
   for row in range(len(logits)):
@@ -113,6 +115,7 @@ def test_decoded_word_tags_are_the_best_valid_sequence_at_the_word_positions():
       assert decoded[row, words].tolist() == argmax[row, words].tolist()
     np.testing.assert_array_equal(decoded[row, ~mask[row]], argmax[row, ~mask[row]])
   assert some_argmax_invalid   # the batch exercises the constraint
+  assert mask.sum(1).max() < mask.shape[1] - 2   # and trimming drops steps
   np.testing.assert_array_equal(decode_word_tags(logits, mask, LABELS, "argmax"), argmax)
   with pytest.raises(ValueError, match="decoding 'crf' is not known; accepted: argmax, "
                      "iob2_viterbi"):
@@ -186,3 +189,19 @@ def test_decoding_is_not_part_of_a_model_dirs_shape(tmp_path):
   config.task.labels = LABELS[:3]
   with pytest.raises(ValueError, match="holds a different model: config.task.labels"):
     job.compare_with_model_dir(config, str(tmp_path))
+
+
+@pytest.mark.parametrize("trim", [False, True])
+def test_batches_of_unknown_size_with_one_word_or_no_row_decode(trim):
+  # A serving signature: the batch size is unknown when traced, and a request may hold only
+  # one-word texts (one Viterbi step when trimmed) or no text at all.
+  decode = tf.function(
+      lambda logits, mask: decode_word_tags(logits, mask, LABELS, "iob2_viterbi", trim=trim),
+      input_signature=[tf.TensorSpec([None, 6, len(LABELS)]), tf.TensorSpec([None, 6], tf.bool)])
+  logits = np.log(np.full((2, 6, len(LABELS)), 0.1, np.float32))
+  logits[:, 1, 2] = np.log(0.5)   # I-PER most likely, B-PER next: a sentence starts with B-PER
+  logits[:, 1, 1] = np.log(0.3)
+  mask = np.zeros((2, 6), bool)
+  mask[:, 1] = True
+  assert decode(logits, mask).numpy()[:, 1].tolist() == [1, 1]
+  assert decode(logits[:0], mask[:0]).shape == (0, 6)

@@ -304,7 +304,7 @@ class TokenClassifierSignatures(_Signatures):
     token_ids, padding_mask = self.pack_ids(piece_ids)
     first = self.pack_first(tf.cast(first_piece, tf.int32)) > 0
     logits = self._forward({"token_ids": token_ids, "padding_mask": padding_mask})
-    piece_tags = decode_word_tags(logits, first, self.tags, self.decoding)
+    piece_tags = decode_word_tags(logits, first, self.tags, self.decoding, trim=True)
     word_tags = tf.ragged.boolean_mask(piece_tags, first)
     num_words = tf.cast(word_tags.row_lengths(), tf.int32)
     kept_words = tf.ragged.boolean_mask(

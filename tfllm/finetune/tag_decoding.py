@@ -53,7 +53,8 @@ def viterbi_decode(scores: tf.Tensor, lengths: tf.Tensor, transitions,
   """The highest-scoring tag sequence of each row.
 
   Args:
-    scores: float `[batch, steps, num_tags]` per-step tag scores (log-probabilities).
+    scores: float `[batch, steps, num_tags]` per-step tag scores (log-probabilities),
+      `steps >= 1`.
     lengths: int `[batch]`, the number of leading steps of each row to decode.
     transitions: `[num_tags, num_tags]` score of each (previous, next) tag pair.
     start: `[num_tags]` score of each tag as the first one.
@@ -62,7 +63,10 @@ def viterbi_decode(scores: tf.Tensor, lengths: tf.Tensor, transitions,
     int32 `[batch, steps]`: the best sequence over the first `lengths` steps; the steps after
     repeat the row's last tag (callers mask them).
   """
-  scores = tf.cast(scores, tf.float32)
+  num_steps = tf.shape(scores)[1]
+  # One more step, never active: the scans below then run over at least one element (a scan
+  # over none fails to stack when the batch size is unknown, as in a serving signature).
+  scores = tf.pad(tf.cast(scores, tf.float32), [[0, 0], [0, 1], [0, 0]])
   transitions = tf.cast(transitions, tf.float32)
   num_tags = tf.shape(scores)[-1]
   steps = tf.transpose(scores, [1, 0, 2])                       # [steps, batch, tags]
@@ -89,11 +93,11 @@ def viterbi_decode(scores: tf.Tensor, lengths: tf.Tensor, transitions,
 
   earlier = tf.scan(backward, backpointers, initializer=last_tag, reverse=True)
   tags = tf.concat([earlier, last_tag[None]], axis=0)            # [steps, batch]
-  return tf.transpose(tags)
+  return tf.transpose(tags)[:, :num_steps]
 
 
 def decode_word_tags(logits: tf.Tensor, word_mask: tf.Tensor, labels: Sequence[str],
-                     decoding: str) -> tf.Tensor:
+                     decoding: str, trim: bool = False) -> tf.Tensor:
   """Tag ids of a tagging head's words, decoded as `decoding` says.
 
   Args:
@@ -102,6 +106,9 @@ def decode_word_tags(logits: tf.Tensor, word_mask: tf.Tensor, labels: Sequence[s
       a row's words are the True positions in order, wherever they sit.
     labels: the tag names (read by `iob2_viterbi`).
     decoding: one of `DECODINGS`.
+    trim: run the Viterbi steps over the batch's longest word count only, not all `seq`
+      positions: much faster for short sentences in long windows (serving), but a shape
+      that depends on the data, which an XLA-compiled step does not take.
 
   Returns:
     int32 `[batch, seq]`: decoded tags at the word positions, the argmax elsewhere.
@@ -120,6 +127,12 @@ def decode_word_tags(logits: tf.Tensor, word_mask: tf.Tensor, labels: Sequence[s
   order = tf.argsort(tf.cast(~word_mask, tf.int32), axis=1, stable=True)
   word_scores = tf.gather(tf.nn.log_softmax(tf.cast(logits, tf.float32)), order, batch_dims=1)
   lengths = tf.reduce_sum(tf.cast(word_mask, tf.int32), axis=1)
-  decoded = viterbi_decode(word_scores, lengths, transitions, start)
+  if trim:
+    seq = tf.shape(word_scores)[1]
+    steps = tf.reduce_max(tf.concat([lengths, [1]], axis=0))   # >= 1, also for no rows
+    decoded = viterbi_decode(word_scores[:, :steps], lengths, transitions, start)
+    decoded = tf.pad(decoded, [[0, 0], [0, seq - steps]])
+  else:
+    decoded = viterbi_decode(word_scores, lengths, transitions, start)
   at_positions = tf.gather(decoded, tf.argsort(order, axis=1), batch_dims=1)
   return tf.where(word_mask, at_positions, argmax)

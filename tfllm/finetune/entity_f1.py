@@ -26,6 +26,7 @@ from tfllm.models.config import tag_decoding
 from tfllm.training import losses
 from tfllm.training.metrics import EvalMetric, head_evaluated
 
+
 def _chunk_codes(prefix, entity_type):
   """Per word: chunk start, chunk continuation, and a code 0 (out), 1 (continue), 2 + type
   (start of a chunk of that type). Inputs `[b, n]`, the last column an `O` sentinel."""

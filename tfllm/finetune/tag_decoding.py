@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from tfllm.finetune.iob2 import INSIDE, OUTSIDE, iob2_scheme
 from tfllm.models.config import DECODINGS
+
 _FORBIDDEN = -1e9
 
 

@@ -133,10 +133,10 @@ def _load_tfds(data_config, split, input_context, shuffle, seed) -> Source:
   check_feature(data_config.text_feature, list(features.keys()), "text_feature",
                  f"TFDS dataset {data_config.dataset!r}")
   # TFDS split arithmetic: "train+validation", "train[:10%]+validation[:50]".
-  unknown = [part for part in split.split("+")
-             if part.split("[")[0].strip() not in builder.info.splits]
+  unknown = [base for base in (part.split("[")[0].strip() for part in split.split("+"))
+             if base not in builder.info.splits]
   if unknown:
-    raise ValueError(f"split {split!r}: {unknown[0].split('[')[0].strip()!r} is not a split of "
+    raise ValueError(f"split {split!r}: {unknown[0]!r} is not a split of "
                      f"TFDS dataset {data_config.dataset!r}; "
                      f"available splits: {', '.join(sorted(builder.info.splits.keys()))}")
   num_examples = _num_examples(builder, split)

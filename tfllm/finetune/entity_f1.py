@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfllm.finetune.iob2 import BEGIN, OUTSIDE, iob2_scheme
-from tfllm.finetune.tag_decoding import decode_word_tags
+from tfllm.finetune.tag_decoding import decode_word_tags, words_first_order
 from tfllm.models.config import tag_decoding
 from tfllm.training import losses
 from tfllm.training.metrics import EvalMetric, head_evaluated
@@ -57,7 +57,7 @@ def entity_counts(true_ids: tf.Tensor, pred_ids: tf.Tensor, weights: tf.Tensor,
   type_table = tf.constant(types, tf.int32)
   valid = tf.cast(weights, tf.float32) > 0
   # Words to the front of each row, in order; the rest (and one sentinel column) become O.
-  order = tf.argsort(tf.cast(~valid, tf.int32), axis=1, stable=True)
+  order = words_first_order(valid)
   valid = tf.gather(valid, order, batch_dims=1)
 
   def codes(ids):
@@ -163,10 +163,10 @@ class EntityF1(EvalMetric):
       self._prefix = {losses.SINGLE_HEAD: ""}
     # A tagging head without tag names (labels) is scored by token accuracy alone: entity
     # chunks need the IOB2 names, and numeric tags (e.g. a user's own tag ids) have none.
-    self._schemes = {name: iob2_scheme(section.labels) for name, section in heads.items()
-                     if section.labels}
-    self._decoding = {name: (list(section.labels), tag_decoding(section))
-                      for name, section in heads.items()}
+    heads = {name: section for name, section in heads.items() if section.labels}
+    self._schemes = {name: iob2_scheme(section.labels) for name, section in heads.items()}
+    self._labels = {name: list(section.labels) for name, section in heads.items()}
+    self._decoding = {name: tag_decoding(section) for name, section in heads.items()}
 
   @classmethod
   def from_config(cls, config, tokenizer=None):
@@ -179,7 +179,8 @@ class EntityF1(EvalMetric):
     out = {}
     for name, (prefixes, types, type_names) in self._schemes.items():
       head_weights = losses.head_weights(labels[name], weights.get(name))
-      predicted_ids = decode_word_tags(logits[name], head_weights > 0, *self._decoding[name])
+      predicted_ids = decode_word_tags(logits[name], head_weights > 0, self._labels[name],
+                                       self._decoding[name])
       counts = entity_counts(labels[name], predicted_ids, head_weights, prefixes, types,
                              len(type_names))
       out[f"{name}/entity_weight"] = tf.reduce_sum(tf.cast(head_weights, tf.float32))

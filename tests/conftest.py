@@ -2,6 +2,10 @@
 
 The CPU is split into two logical devices so that `MirroredStrategy` tests run on a machine
 without GPUs; this must happen before anything touches the runtime (STACK-NOTES).
+
+It also loads the reference-test plugin (`tests/reference_check.py`): skipped reference tests
+are listed at the end of a run, and `--require-reference=NAME,...` fails a run that skipped
+them.
 """
 
 import os
@@ -12,6 +16,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+from tests.reference_check import pytest_addoption, pytest_configure  # noqa: E402,F401
 
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(

@@ -9,13 +9,15 @@ import json
 import os
 import subprocess
 import sys
+import time
+import types
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tfllm import config as config_lib
-from tfllm.bench import keras_hub_models, mfu, sweep
+from tfllm.bench import keras_hub_models, measure, mfu, sweep
 from tfllm.bench import run as bench
 from tfllm.bench import train
 from tfllm.models.config import model_preset
@@ -184,3 +186,118 @@ def test_serve_mode_times_a_token_classifier_and_then_its_export_as_it_is(tmp_pa
   assert as_is["saved_model"] == version and as_is["results"][2]["p50_ms"] > 0
   with pytest.raises(ValueError, match="is not a SavedModel directory"):
     bench.run(config, mode="serve", saved_model=str(tmp_path / "ner"), log=lambda line: None)
+
+
+# A fake clock for the timed figures: `measure` reads only this clock, and it moves only when a
+# training step runs, by that candidate's seconds per step. Each figure then has one right value.
+FAKE_SECONDS_PER_STEP = {"tfllm": 0.25, "keras_hub": 0.5}
+
+
+@pytest.fixture
+def fake_step_clock(monkeypatch):
+  """Makes every train step "take" FAKE_SECONDS_PER_STEP[candidate]; returns the list of
+  `(candidate name, token_ids shape, labels shape)` of each step function made."""
+  now = [0.0]
+  made = []
+  make_train_step = train.make_train_step
+
+  def timed_step_maker(candidate, labels, jit_compile, **kwargs):
+    step = make_train_step(candidate, labels, jit_compile, **kwargs)
+    made.append((candidate.name, tuple(candidate.features["token_ids"].shape),
+                 tuple(labels.shape)))
+
+    def timed_step():
+      now[0] += FAKE_SECONDS_PER_STEP[candidate.name]
+      return step()
+
+    return timed_step
+
+  monkeypatch.setattr(train, "make_train_step", timed_step_maker)
+  monkeypatch.setattr(measure, "time", types.SimpleNamespace(
+      perf_counter=lambda: now[0], process_time=time.process_time))
+  return made
+
+
+def _train_flops_per_token(layers, length, vocab=100, positions=32, hidden=32, heads=4,
+                           intermediate=64):
+  """6N + 12*L*H*Q*T for `_config()`'s GPT-2 shape, N by hand without position embeddings."""
+  n = _gpt2_parameters(vocab, positions, hidden, layers, intermediate) - positions * hidden
+  return 6 * n + 12 * layers * heads * (hidden // heads) * length
+
+
+def test_train_figures_follow_from_the_steps_timed_side_by_side(tmp_path, fake_step_clock):
+  steps, repeats, peak = 2, 3, 1e11
+  output = str(tmp_path / "train.json")
+  bench.run(_config(), mode="train", compare="keras_hub", steps=steps, repeats=repeats,
+            jit_compile=False, peak_flops=peak, output=output, log=lambda line: None)
+  saved = json.loads(open(output).read())
+  # Both sides built and timed on the same batch shape: [batch 2, sequence 16].
+  assert fake_step_clock == [("tfllm", (2, 16), (2, 16)), ("keras_hub", (2, 16), (2, 16))]
+  assert (saved["batch_size"], saved["sequence_length"], saved["steps"], saved["repeats"]) == (
+      2, 16, steps, repeats)
+  assert saved["shape"] == dict(num_layers=2, hidden_dim=32, num_heads=4, head_dim=8,
+                                intermediate_dim=64, vocab_size=100, attention_block_size=0)
+  assert saved["peak"] == dict(flops_per_second=peak, source="given", device="CPU")
+  assert saved["formula"] == mfu.FORMULA
+  for name, entry in saved["models"].items():
+    seconds = FAKE_SECONDS_PER_STEP[name]
+    # A round times exactly `steps` steps (no warm-up): seconds per step as the clock moved.
+    assert entry["step_seconds"] == dict(min=seconds, median=seconds, max=seconds, n=repeats)
+    tokens_per_second = 2 * 16 / seconds   # tokens of a step / its timed seconds
+    assert entry["tokens_per_second"]["median"] == pytest.approx(tokens_per_second, rel=1e-12)
+    assert entry["parameters"] == _gpt2_parameters(100, 32, 32, 2, 64)
+    assert entry["flops_parameters"] == entry["parameters"] - 32 * 32
+    assert entry["flops_per_token"] == _train_flops_per_token(layers=2, length=16)
+    assert entry["mfu"]["median"] == pytest.approx(
+        tokens_per_second * entry["flops_per_token"] / peak, rel=1e-12)
+    assert entry["memory"]["peak_bytes"] > 0 and entry["step_cpu_seconds"]["n"] == repeats
+  # tfllm's steps take half KerasHub's: tfllm/keras_hub tokens/s is 2 in every round.
+  ratio = saved["ratios"]["tokens_per_second tfllm/keras_hub"]
+  assert ratio == dict(min=2.0, median=2.0, max=2.0, n=repeats)
+  assert set(saved["ratios"]) == {"tokens_per_second tfllm/keras_hub",
+                                  "cpu time per step keras_hub/tfllm"}
+
+
+def test_sweep_points_are_measured_at_their_values(tmp_path, fake_step_clock):
+  output = str(tmp_path / "sweep.json")
+  saved = bench.run(_config(), mode="train", sweeps=["seq_len=16,8", "num_layers=1,3"],
+                    steps=1, repeats=1, jit_compile=False, peak_flops=1e11, output=output,
+                    log=lambda line: None)
+  assert json.loads(open(output).read())["sweeps"] == json.loads(json.dumps(saved["sweeps"]))
+  by_length, by_layers = saved["sweeps"]
+  assert [shape for _, shape, _ in fake_step_clock] == [(2, 8), (2, 16), (2, 16), (2, 16)]
+  assert by_length["name"] == "seq_len" and by_layers["name"] == "num_layers"
+  for point, length in zip(by_length["points"], [8, 16]):
+    assert point["value"] == point["result"]["sequence_length"] == length
+    assert point["tokens_per_second"]["median"] == pytest.approx(2 * length / 0.25)
+    assert point["result"]["models"]["tfllm"]["flops_per_token"] == _train_flops_per_token(
+        layers=2, length=length)
+  for point, layers in zip(by_layers["points"], [1, 3]):
+    assert point["value"] == point["result"]["shape"]["num_layers"] == layers
+    tfllm = point["result"]["models"]["tfllm"]
+    assert tfllm["parameters"] == _gpt2_parameters(100, 32, 32, layers, 64)
+    assert tfllm["flops_per_token"] == _train_flops_per_token(layers=layers, length=16)
+    assert point["mfu"] == tfllm["mfu"]
+  # Step time does not grow on this clock: the fits find the constant and nothing else.
+  for summary in (by_length, by_layers):
+    fit = summary["step_time_fit"]
+    np.testing.assert_allclose([fit["a"], fit["b"], fit["c"]], [0.25, 0.0, 0.0], atol=1e-9)
+
+
+def test_generate_figures_follow_from_the_timed_seconds(monkeypatch):
+  now = [0.0]
+
+  def clock():   # each timed call "takes" 1.5 s: its start and end reads are 1.5 s apart
+    now[0] += 1.5
+    return now[0]
+
+  monkeypatch.setattr(measure, "time", types.SimpleNamespace(perf_counter=clock,
+                                                             process_time=time.process_time))
+  result = bench.run(_config(), mode="generate", sweeps=["batch_size=2,3"], prompt_length=4,
+                     new_tokens=5, repeats=1, jit_compile=False, log=lambda line: None)
+  assert set(result["batch_sizes"]) == {"2", "3"}
+  for batch, entry in result["batch_sizes"].items():
+    figures = entry["tfllm"]
+    assert figures["seconds_per_call"]["median"] == pytest.approx(1.5)
+    assert figures["new_tokens_per_second"]["median"] == pytest.approx(int(batch) * 5 / 1.5)
+    assert figures["seconds_per_token"]["median"] == pytest.approx(1.5 / 5)

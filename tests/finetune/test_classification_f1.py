@@ -8,6 +8,7 @@ import tensorflow as tf
 from tfllm.finetune import ClassificationF1
 
 
+@pytest.mark.reference("sklearn")
 @pytest.mark.parametrize("multi_task", [False, True])
 def test_matches_sklearn_over_batches(multi_task):
   metrics = pytest.importorskip("sklearn.metrics", reason="comparison needs scikit-learn "

@@ -59,6 +59,7 @@ def _assert_same_as_seqeval(true_tags, pred_tags, ours):
       assert ours_value == pytest.approx(values[metric], abs=1e-6), (key, metric)
 
 
+@pytest.mark.reference("seqeval")
 def test_seqeval_readme_example():
   true_tags = [["O", "O", "O", "B-MISC", "I-MISC", "I-MISC", "O"], ["B-PER", "I-PER", "O"]]
   pred_tags = [["O", "O", "B-MISC", "I-MISC", "I-MISC", "I-MISC", "O"], ["B-PER", "I-PER", "O"]]
@@ -67,6 +68,7 @@ def test_seqeval_readme_example():
   _assert_same_as_seqeval(true_tags, pred_tags, ours)
 
 
+@pytest.mark.reference("seqeval")
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_random_predictions_match_seqeval(jit_compile):
   rng = np.random.default_rng(1)
@@ -79,6 +81,7 @@ def test_random_predictions_match_seqeval(jit_compile):
   _assert_same_as_seqeval(true_tags, pred_tags, ours)
 
 
+@pytest.mark.reference("seqeval")
 def test_entity_at_row_end_and_adjacent_chunks():
   # Chunks touching the row's last word, and B- right after a chunk (two adjacent entities).
   true_tags = [["B-PER", "B-PER", "I-PER"], ["O", "B-LOC", "I-LOC"], ["I-ORG", "I-ORG"]]
@@ -88,6 +91,7 @@ def test_entity_at_row_end_and_adjacent_chunks():
   assert ours["PER"]["precision"] == 0.0 and ours["LOC"]["f1"] == 1.0
 
 
+@pytest.mark.reference("seqeval")
 def test_eval_metric_sums_add_up_over_batches():
   task = ml_collections.ConfigDict(dict(name="token_classification", labels=LABELS))
   metric = EntityF1(task)

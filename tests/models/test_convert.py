@@ -156,7 +156,7 @@ SENTENCES = ["The quick brown fox jumps over the lazy dog.",
              "Peter Blackburn, Brussels 1996-08-22"]
 
 
-@pytest.mark.reference
+@pytest.mark.reference("minilm")
 def test_minilm_matches_transformers_bert_model():
   torch = pytest.importorskip("torch", reason="reference test needs torch (pip install "
                               "torch==2.13.0 transformers)")

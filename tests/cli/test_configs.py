@@ -21,7 +21,7 @@ import pydoc_data
 import pytest
 from absl import flags
 
-from tests.cli.test_train import assert_one_line_error
+from tests.cli.test_train import _env, assert_one_line_error
 from tests.models.test_convert import minilm_dir
 from tfllm.cli import flags as tfllm_flags
 from tfllm.config import ConfigError
@@ -36,7 +36,7 @@ PYDOC_TOPICS = os.path.join(os.path.dirname(pydoc_data.__file__), "topics.py")
 # The default job cut to 2 steps of a 1-layer model on a small local text (no TFDS, no XLA).
 TWO_STEPS = ("--config=shakespeare_lm", "--config.train.time_budget_minutes=0",
              "--config.train.steps=2", "--config.train.steps_per_loop=1",
-             "--config.train.eval_steps=1", "--config.train.sample_new_tokens=2",
+             "--config.train.eval_steps=1", "--config.train.sample_new_tokens=0",
              "--config.train.global_batch_size=2", "--config.train.jit_compile=off",
              "--config.model.num_layers=1", "--config.data.sequence_length=16",
              "--config.data.dataset=text_files", f"--config.data.files={PYDOC_TOPICS}",
@@ -49,12 +49,6 @@ def parse_config_flag(argv, default="shakespeare_lm"):
   tfllm_flags.define_config_flag(default, flag_values=flag_values, sys_argv=argv)
   flag_values(argv)
   return flag_values.config
-
-
-def _env():
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-  env.pop("TF_CONFIG", None)
-  return env
 
 
 def run_app(module, *flag_args, cwd):

@@ -9,12 +9,10 @@ from __future__ import annotations
 import sys
 
 from absl import app
-from absl import flags
 
 from tfllm import config as config_lib
 from tfllm.cli import flags as tfllm_flags
 
-FLAGS = flags.FLAGS
 PROGRAM = "tfllm-summary"
 
 

@@ -3,7 +3,7 @@
 # the TPU, copy the run directory back, delete the VM (also when a step fails).
 #
 #   launch/tpu_vm.sh --name=tfllm-v4 --zone=us-central2-b --accelerator_type=v4-8 \
-#       --version=tpu-vm-tf-2.21.0-pjrt -- --config=configs/shakespeare_lm.py
+#       --version=tpu-vm-tf-2.21.0-pjrt -- --config=shakespeare_lm
 #
 # Arguments after `--` go to tfllm-train. --dry_run prints the commands instead of running
 # them. Needs an authenticated gcloud with a project that has Cloud TPU quota; the VM image

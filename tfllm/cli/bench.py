@@ -1,6 +1,6 @@
 """tfllm-bench: throughput, MFU and memory of tfllm models, side by side with KerasHub.
 
-  tfllm-bench --mode=train --config=configs/gpt_tiny.py --compare=keras_hub --output=train.json
+  tfllm-bench --mode=train --config=gpt_tiny --compare=keras_hub --output=train.json
   tfllm-bench --mode=generate --compare=keras_hub --sweep=batch_size=1,8
   tfllm-bench --mode=train --sweep=seq_len=128,256,512 --sweep=num_layers=2,4,8 --output=s.json
   tfllm-bench --mode=attention --sweep=seq_len=4096,8192 --attention_block_size=512
@@ -29,7 +29,7 @@ MODES = ("train", "generate", "attention", "pipeline", "serve")  # tfllm.bench.r
 
 
 def define_flags():
-  tfllm_flags.define_config_flag(tfllm_flags.repo_config_path("gpt_tiny"))
+  tfllm_flags.define_config_flag("gpt_tiny")
   flags.DEFINE_enum("mode", "train", list(MODES), "What to measure.")
   flags.DEFINE_enum("compare", None, ["keras_hub"],
                     "Also time KerasHub's model of the same shape (train, generate).")

@@ -1,6 +1,7 @@
 """`tfllm-summary`: build the model a config describes and print its layers and size.
 
-    tfllm-summary --config=configs/gpt_small.py --config.model.num_layers=6
+    tfllm-summary --config=gpt_small --config.model.num_layers=6
+    tfllm-summary --config=/path/my_config.py
 """
 
 from __future__ import annotations
@@ -8,30 +9,29 @@ from __future__ import annotations
 import sys
 
 from absl import app
-from ml_collections import config_flags
 
 from tfllm import config as config_lib
+from tfllm.cli import flags as tfllm_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "tfllm config file (configs/*.py).",
-                                          lock_config=True)
+PROGRAM = "tfllm-summary"
 
 
 def main(argv):
   del argv
   from tfllm import models  # after flag parsing: keeps --help fast
-  config = _CONFIG.value
-  if config is None:
-    sys.exit("tfllm-summary: --config is required, e.g. --config=configs/gpt_tiny.py")
   try:
+    config = tfllm_flags.load_config()
     model = models.build(config)
   except config_lib.ConfigError as error:
-    sys.exit(f"tfllm-summary: {error}")
+    print(f"{PROGRAM}: error: {tfllm_flags.one_line(error)}", file=sys.stderr)
+    sys.exit(2)
   model.summary(expand_nested=True)
   print(f"{config.task.name}: {model.count_params():,} parameters")
 
 
 def run_main():
-  app.run(main)
+  tfllm_flags.define_flags_one_line_errors(PROGRAM, lambda: tfllm_flags.define_config_flag(None))
+  app.run(main, flags_parser=tfllm_flags.flags_parser(PROGRAM))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """tfllm-train: train and evaluate a model under a tf.distribute strategy.
 
-With no flags it runs the default job, `configs/shakespeare_lm.py`: a character-level GPT on
-the Shakespeare plays for 10 minutes, validation loss per token and per character, a sample.
+With no flags it runs the default job, the shipped config `shakespeare_lm`: a character-level
+GPT on the Shakespeare plays for 10 minutes, validation loss per token and per character, a
+sample. `--list_configs` lists the shipped configs; `--config` takes one's name or the path
+of a config file of your own.
 
-  tfllm-train --config=configs/gpt_tiny.py --config.train.steps=2000
+  tfllm-train --config=gpt_tiny --config.train.steps=2000
       --model_dir=/tmp/gpt_tiny --distribution_strategy=mirrored
+  tfllm-train --config=/path/my_config.py --model_dir=/tmp/mine
 
 Exit codes: 0 done; 1 an error (one line on stderr); 2 bad flags or config; 143 stopped by
 SIGTERM after saving a checkpoint (rerun with the same --model_dir to resume).
@@ -31,7 +34,9 @@ EXIT_ERROR, EXIT_SIGTERM = 1, 143
 
 
 def define_flags():
-  tfllm_flags.define_config_flag(tfllm_flags.repo_config_path("shakespeare_lm"))
+  tfllm_flags.define_config_flag("shakespeare_lm")
+  flags.DEFINE_boolean("list_configs", False, "Print the shipped configs (name and summary, "
+                       "one a line) and exit.")
   tfllm_flags.define_model_dir_flag("Directory for checkpoints, summaries, tokenizer and "
                                     "config.json; an existing one resumes. Default: a new "
                                     "temporary directory.")
@@ -46,6 +51,9 @@ def main(argv):
     print(f"{PROGRAM}: error: unexpected arguments {argv[1:]}; flags look like --name=value",
           file=sys.stderr)
     return 2
+  if FLAGS.list_configs:
+    print(tfllm_flags.shipped_configs_listing())
+    return 0
   if not FLAGS["verbosity"].present:
     # Library INFO logs (TFDS, tokenizer training) only with --verbosity=0 or more.
     logging.set_verbosity(logging.WARNING)

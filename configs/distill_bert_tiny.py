@@ -1,15 +1,15 @@
 """Distillation: a BERT-Tiny-shaped student (2 layers, width 128, 2 heads, randomly
 initialized, MiniLM's vocabulary) learns movie sentiment from a fine-tuned MiniLM teacher.
 
-  tfllm-train --config=configs/minilm_movie_sentiment.py --model_dir=/tmp/minilm_sentiment
-  tfllm-train --config=configs/distill_bert_tiny.py --model_dir=/tmp/tiny_sentiment \
+  tfllm-train --config=minilm_movie_sentiment --model_dir=/tmp/minilm_sentiment
+  tfllm-train --config=distill_bert_tiny --model_dir=/tmp/tiny_sentiment \
       --config.finetune.distill.teacher_model_dir=/tmp/minilm_sentiment
 
 The loss is alpha * T^2 * KL(teacher || student at temperature T) + (1 - alpha) * hard-label
 cross-entropy (`tfllm.finetune.distillation`). For CoNLL-2003 NER, name the task after the
 file (the teacher: a model_dir of configs/minilm_conll2003_ner.py):
 
-  tfllm-train --config=configs/distill_bert_tiny.py:ner --model_dir=/tmp/tiny_ner \
+  tfllm-train --config=distill_bert_tiny:ner --model_dir=/tmp/tiny_ner \
       --config.finetune.distill.teacher_model_dir=/tmp/minilm_ner
 """
 

@@ -1,4 +1,4 @@
-"""The default `tfllm-train` job: `gpt_tiny` on the Shakespeare plays in ~10 minutes of CPU.
+"""`gpt_tiny` on the Shakespeare plays with a WordPiece tokenizer, in ~10 minutes of CPU.
 
 `configs/gpt_tiny.py`'s model (4 layers, width 256, WordPiece 8,000, context 128) with the
 training recipe sized for a 2-core CPU: at most 7 minutes of training (`time_budget_minutes`;
@@ -6,7 +6,7 @@ tokenizer training, compilation, evaluation and the sample take the rest of the 
 validation perplexity on 20 batches and a sampled continuation.
 
   tfllm-train                       # this job
-  tfllm-train --config=configs/gpt_tiny_shakespeare.py --config.train.time_budget_minutes=0
+  tfllm-train --config=gpt_tiny_shakespeare --config.train.time_budget_minutes=0
 """
 
 import importlib.util

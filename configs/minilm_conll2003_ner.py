@@ -1,7 +1,7 @@
 """CoNLL-2003 NER: the pretrained MiniLM-L6 (BERT, 6 x 384, uncased) with a tagging head.
 
-  tfllm-train --config=configs/minilm_conll2003_ner.py --model_dir=/tmp/minilm_ner
-  tfllm-train --config=configs/minilm_conll2003_ner.py --model_dir=/tmp/minilm_ner \
+  tfllm-train --config=minilm_conll2003_ner --model_dir=/tmp/minilm_ner
+  tfllm-train --config=minilm_conll2003_ner --model_dir=/tmp/minilm_ner \
       --mode=eval --config.data.eval_split=test
 
 Tags are decoded as the best valid IOB2 sequence (config.task.decoding="iob2_viterbi"). The

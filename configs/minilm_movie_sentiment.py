@@ -1,7 +1,7 @@
 """Movie-snippet sentiment (positive / negative): the pretrained MiniLM-L6 with a mean-pooled
 classification head.
 
-  tfllm-train --config=configs/minilm_movie_sentiment.py --model_dir=/tmp/minilm_sentiment
+  tfllm-train --config=minilm_movie_sentiment --model_dir=/tmp/minilm_sentiment
 """
 
 from tfllm.finetune import recipes

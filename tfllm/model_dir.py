@@ -85,6 +85,22 @@ def remove(path: str) -> None:
     pass
 
 
+def _stage_and_rename(path: str, fill: Callable[[str], None]) -> str:
+  """`fill(staged)` writes a staged file beside `path`, which is then renamed to `path`."""
+  path = os.fspath(path)
+  directory = os.path.dirname(path)
+  if directory:
+    tf.io.gfile.makedirs(directory)
+  staged = staging_path(directory, os.path.basename(path))
+  try:
+    fill(staged)
+    tf.io.gfile.rename(staged, path, overwrite=True)
+  except BaseException:
+    remove(staged)
+    raise
+  return path
+
+
 def write_atomically(path: str, data: Union[str, bytes]) -> str:
   """Writes `data` to `path` on any TF filesystem: a staged file renamed into place.
 
@@ -94,19 +110,10 @@ def write_atomically(path: str, data: Union[str, bytes]) -> str:
   Returns:
     `path`.
   """
-  path = os.fspath(path)
-  directory = os.path.dirname(path)
-  if directory:
-    tf.io.gfile.makedirs(directory)
-  staged = staging_path(directory, os.path.basename(path))
-  try:
+  def fill(staged):
     with tf.io.gfile.GFile(staged, "wb") as f:
       f.write(data.encode("utf-8") if isinstance(data, str) else data)
-    tf.io.gfile.rename(staged, path, overwrite=True)
-  except BaseException:
-    remove(staged)
-    raise
-  return path
+  return _stage_and_rename(path, fill)
 
 
 def copy_atomically(source: str, path: str) -> str:
@@ -115,18 +122,8 @@ def copy_atomically(source: str, path: str) -> str:
   Returns:
     `path`.
   """
-  path = os.fspath(path)
-  directory = os.path.dirname(path)
-  if directory:
-    tf.io.gfile.makedirs(directory)
-  staged = staging_path(directory, os.path.basename(path))
-  try:
-    tf.io.gfile.copy(source, staged, overwrite=True)
-    tf.io.gfile.rename(staged, path, overwrite=True)
-  except BaseException:
-    remove(staged)
-    raise
-  return path
+  return _stage_and_rename(path, lambda staged: tf.io.gfile.copy(source, staged,
+                                                                 overwrite=True))
 
 
 def write_with_local_writer(path: str, write: Callable[[str], None]) -> str:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from typing import Dict, List, Optional
+
+from tfllm import model_dir as model_dir_lib
 
 
 def _range(stats: Optional[Dict], scale: float = 1.0, digits: int = 1) -> str:
@@ -117,21 +117,6 @@ def sweep_table(sweep: Dict) -> str:
 
 
 def write_json(result: Dict, path: str) -> str:
-  """Writes `result` to `path` (through a temporary file and a rename)."""
-  # tfllm.training.job.write_atomically does the same, but importing the training job here
-  # would make the benchmark depend on the whole trainer stack.
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-  try:
-    with os.fdopen(handle, "w") as f:
-      f.write(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 is for secrets, not results
-    os.replace(temporary, path)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.remove(temporary)
-    raise
-  return path
+  """Writes `result` to `path` (any TF filesystem; a staged file renamed into place)."""
+  return model_dir_lib.write_atomically(
+      path, json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")

@@ -10,11 +10,11 @@ machine); medians are reported beside it.
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
+
+from tfllm import model_dir as model_dir_lib
 
 # Sweep name -> config keys it sets.
 SWEEP_KEYS = {
@@ -125,15 +125,8 @@ def plot_sweeps(sweeps: List[Dict], path: str) -> str:
     row[1].set_xlabel(sweep["name"])
     row[1].set_ylabel(f"peak memory (MiB, {sweep['points'][0].get('memory_kind', '')})")
   figure.tight_layout()
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  handle, temporary = tempfile.mkstemp(suffix=".png", dir=directory)
-  os.close(handle)
   try:
-    figure.savefig(temporary, dpi=100)
-    os.replace(temporary, path)
+    return model_dir_lib.write_with_local_writer(
+        path, lambda local: figure.savefig(local, dpi=100, format="png"))
   finally:
     plt.close(figure)
-    if os.path.exists(temporary):
-      os.remove(temporary)
-  return path

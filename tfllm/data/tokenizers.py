@@ -21,8 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from typing import Dict, Optional
 
 import keras
@@ -139,47 +137,42 @@ def _write_tokenizer(tokenizer, directory: str):
   if kind == "word_piece":
     options["asset"] = _ASSETS[kind]
     options["strip_accents"] = bool(tokenizer.strip_accents)
-    with open(os.path.join(directory, _ASSETS[kind]), "w", encoding="utf-8") as f:
+    with tf.io.gfile.GFile(os.path.join(directory, _ASSETS[kind]), "w") as f:
       f.write("\n".join(tokenizer.get_vocabulary()) + "\n")
   elif kind == "sentence_piece":
     options["asset"] = _ASSETS[kind]
-    with open(os.path.join(directory, _ASSETS[kind]), "wb") as f:
+    with tf.io.gfile.GFile(os.path.join(directory, _ASSETS[kind]), "wb") as f:
       f.write(_sentence_piece_proto(tokenizer))
   options["special_token_ids"] = special_token_ids(tokenizer)
   options["vocabulary_size"] = int(tokenizer.vocabulary_size())
-  with open(os.path.join(directory, _CONFIG_FILE), "w", encoding="utf-8") as f:
-    json.dump(options, f, indent=2, sort_keys=True)
+  with tf.io.gfile.GFile(os.path.join(directory, _CONFIG_FILE), "w") as f:
+    f.write(json.dumps(options, indent=2, sort_keys=True))
 
 
 def save_tokenizer(tokenizer, directory: str) -> str:
-  """Writes `tokenizer` to `directory` atomically (a temp dir renamed into place).
+  """Writes `tokenizer` to `directory` (any TF filesystem) through a staged directory.
 
-  A tokenizer already in `directory` is replaced only once the new one is complete.
+  A tokenizer already in `directory` is replaced only once the new one is complete;
+  `tokenizer.json`, which `is_saved_tokenizer` looks for, arrives last
+  (`tfllm.model_dir.publish_directory`).
 
   Returns:
     `directory`.
   """
-  directory = os.path.abspath(directory)
-  parent = os.path.dirname(directory)
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=".tokenizer-", dir=parent)
+  directory = os.fspath(directory).rstrip("/")
+  staging = model_dir_lib.staging_path(os.path.dirname(directory),
+                                       os.path.basename(directory))
+  tf.io.gfile.makedirs(staging)
   try:
     _write_tokenizer(tokenizer, staging)
-    if os.path.exists(directory):
-      retired = tempfile.mkdtemp(prefix=".tokenizer-old-", dir=parent)
-      os.rename(directory, os.path.join(retired, "tokenizer"))
-      os.rename(staging, directory)
-      shutil.rmtree(retired, ignore_errors=True)
-    else:
-      os.rename(staging, directory)
+    model_dir_lib.publish_directory(staging, directory, last=(_CONFIG_FILE,))
   finally:
-    if os.path.exists(staging):
-      shutil.rmtree(staging, ignore_errors=True)
+    model_dir_lib.remove(staging)
   return directory
 
 
 def is_saved_tokenizer(directory: str) -> bool:
-  return bool(directory) and os.path.isfile(os.path.join(directory, _CONFIG_FILE))
+  return bool(directory) and tf.io.gfile.exists(os.path.join(directory, _CONFIG_FILE))
 
 
 def load_tokenizer(directory: str):
@@ -189,10 +182,10 @@ def load_tokenizer(directory: str):
     ValueError: `directory` holds no saved tokenizer or an unknown kind.
   """
   path = os.path.join(directory, _CONFIG_FILE)
-  if not os.path.isfile(path):
+  if not tf.io.gfile.exists(path):
     raise ValueError(f"{directory!r} holds no saved tokenizer (no {_CONFIG_FILE})")
-  with open(path, encoding="utf-8") as f:
-    options = json.load(f)
+  with tf.io.gfile.GFile(path) as f:
+    options = json.loads(f.read())
   kind = options.get("type")
   if kind == "byte":
     return ByteLevelTokenizer(lowercase=options.get("lowercase", False))

@@ -1,17 +1,18 @@
 """`export_saved_model`: a TF Serving model version, written atomically.
 
 Layout (what TF Serving watches): `<export_dir>/<version>/saved_model.pb`, `variables/`,
-`assets/` and `assets.extra/tf_serving_warmup_requests`. The version is written under a
-hidden temporary name inside `export_dir` and renamed into place, so a server polling
-`export_dir` never sees a half-written version, and an existing version is replaced only when
-`overwrite=True` (then the old one is moved aside first and deleted after the rename).
+`assets/` and `assets.extra/tf_serving_warmup_requests`. `export_dir` may be any TF
+filesystem path (`gs://bucket/models/name`). The version is written under a staged name
+inside `export_dir` (`.tmp-<version>-...`, which TF Serving ignores: not an integer) and then
+published (`tfllm.model_dir.publish_directory`): on a local disk one rename, so a server
+polling `export_dir` never sees a half-written version; on `gs://` file by file with
+`saved_model.pb` last (docs/distributed.md, "Model dirs and exports on gs://"). An existing
+version is replaced only when `overwrite=True`.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from typing import Optional
 
 import keras
@@ -29,9 +30,11 @@ class ExportError(ValueError):
 
 def existing_versions(export_dir: str):
   """Integer versions present in `export_dir` (sorted), ignoring anything else."""
-  if not os.path.isdir(export_dir):
+  if not tf.io.gfile.isdir(export_dir):
     return []
-  return sorted(int(name) for name in os.listdir(export_dir) if name.isdigit())
+  # gfile lists gs:// subdirectories with a trailing "/".
+  names = (name.rstrip("/") for name in tf.io.gfile.listdir(export_dir))
+  return sorted(int(name) for name in names if name.isdigit())
 
 
 def next_version(export_dir: str) -> int:
@@ -70,13 +73,13 @@ def _set_method_names(path, method_names):
   from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-direct-tensorflow-import
   pb_path = os.path.join(path, "saved_model.pb")
   saved_model = saved_model_pb2.SavedModel()
-  with open(pb_path, "rb") as f:
+  with tf.io.gfile.GFile(pb_path, "rb") as f:
     saved_model.ParseFromString(f.read())
   for meta_graph in saved_model.meta_graphs:
     for name, method in method_names.items():
       if name in meta_graph.signature_def:
         meta_graph.signature_def[name].method_name = method
-  with open(pb_path, "wb") as f:
+  with tf.io.gfile.GFile(pb_path, "wb") as f:
     f.write(saved_model.SerializeToString())
 
 
@@ -102,34 +105,33 @@ def export_saved_model(model, tokenizer, config, export_dir: str, version: Optio
       non-negative integer.
   """
   config_lib.validate(config)
-  export_dir = os.path.abspath(export_dir)
+  export_dir = os.fspath(export_dir).rstrip("/")
+  if model_dir_lib.is_local(export_dir):
+    export_dir = os.path.abspath(export_dir)
   if version is None:
     version = next_version(export_dir)
   if isinstance(version, bool) or not isinstance(version, int) or version < 0:
     raise ExportError(f"version={version!r} is not accepted; TF Serving versions are integers "
                       ">= 0")
   target = os.path.join(export_dir, str(version))
-  if os.path.exists(target) and not overwrite:
+  if tf.io.gfile.exists(target) and not overwrite:
     raise ExportError(f"{target} already exists; choose another version or pass overwrite")
-  os.makedirs(export_dir, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_dir)
-  retired = None
+  tf.io.gfile.makedirs(export_dir)
+  saved_model_dir = model_dir_lib.staging_path(export_dir, str(version))
   try:
-    saved_model_dir = os.path.join(staging, "model")
     serving = _write_saved_model(saved_model_dir, model, tokenizer, config)
     extra = os.path.join(saved_model_dir, "assets.extra")
-    os.makedirs(extra, exist_ok=True)
+    tf.io.gfile.makedirs(extra)
     if config.export.warmup:
       warmup_lib.write_warmup_requests(os.path.join(extra, warmup_lib.WARMUP_FILE),
                                        serving.warmup_inputs())
-    with open(os.path.join(extra, "tfllm_config.json"), "w", encoding="utf-8") as f:
+    with tf.io.gfile.GFile(os.path.join(extra, "tfllm_config.json"), "w") as f:
       f.write(config_lib.to_json(config))
-    if os.path.exists(target):
-      retired = os.path.join(staging, "retired")
-      os.rename(target, retired)
-    os.rename(saved_model_dir, target)
+    # TF Serving loads a version from its saved_model.pb: it arrives last where files move
+    # one by one.
+    model_dir_lib.publish_directory(saved_model_dir, target, last=("saved_model.pb",))
   finally:
-    shutil.rmtree(staging, ignore_errors=True)
+    model_dir_lib.remove(saved_model_dir)
   return target
 
 
@@ -151,11 +153,11 @@ def load_trained(model_dir: str):
   from tfllm.finetune.prepare import load_trained_model
   from tfllm.finetune.quantization import quantize_int8
 
-  if not model_dir or not os.path.isdir(model_dir):
+  if not model_dir or not tf.io.gfile.isdir(model_dir):
     raise ExportError(f"model_dir={model_dir!r} does not exist; pass the directory a training "
                       "run wrote")
   tokenizer_dir = model_dir_lib.tokenizer_dir(model_dir)
-  if os.path.isfile(model_dir_lib.config_path(model_dir)) and not (
+  if tf.io.gfile.exists(model_dir_lib.config_path(model_dir)) and not (
       tokenizers.is_saved_tokenizer(tokenizer_dir)):
     raise ExportError(f"{tokenizer_dir} holds no saved tokenizer; the export needs the "
                       "training vocabulary (tfllm.data.tokenizers.save_tokenizer)")

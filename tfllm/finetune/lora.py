@@ -8,13 +8,15 @@ checkpoint it rebuilds the fine-tuned model; for MiniLM it is about 1% of the fu
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from typing import Dict
 
 import keras
 import numpy as np
+import tensorflow as tf
 
+from tfllm import model_dir as model_dir_lib
 from tfllm.finetune.strategies import lora_enabled, lora_target_layers
 
 _LORA_VARIABLES = ("lora_kernel_a", "lora_kernel_b")
@@ -54,23 +56,18 @@ def lora_weights(model: keras.Model) -> Dict[str, np.ndarray]:
 
 
 def save_lora_weights(model: keras.Model, path: str) -> str:
-  """Writes the adapter weights to `path` (`.npz`), atomically; returns the path written."""
+  """Writes the adapter weights to `path` (`.npz`, any TF filesystem) atomically.
+
+  Returns:
+    The path written.
+  """
   path = os.fspath(path)
   if not path.endswith(".npz"):
     raise ValueError(f"LoRA weights path {path!r} must end with .npz")
   weights = lora_weights(model)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, temp = tempfile.mkstemp(suffix=".npz", dir=directory)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **weights)
-    os.replace(temp, path)
-  except BaseException:
-    if os.path.exists(temp):
-      os.remove(temp)
-    raise
-  return path
+  data = io.BytesIO()
+  np.savez(data, **weights)
+  return model_dir_lib.write_atomically(path, data.getvalue())
 
 
 def load_lora_weights(model: keras.Model, path: str) -> None:
@@ -83,7 +80,9 @@ def load_lora_weights(model: keras.Model, path: str) -> None:
     ValueError: a variable missing from the file, one the model lacks, or a shape mismatch.
   """
   _require_lora(model)
-  with np.load(os.fspath(path)) as stored:
+  with tf.io.gfile.GFile(os.fspath(path), "rb") as f:
+    data = io.BytesIO(f.read())
+  with np.load(data) as stored:
     stored = {key: stored[key] for key in stored.files}
   keys = variable_keys(model)
   variables = {keys[id(v)]: v for v in model.trainable_variables}

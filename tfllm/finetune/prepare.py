@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import importlib.resources
 import importlib.util
-import os
 from typing import Any, Dict, Tuple
 
 import keras
+import tensorflow as tf
 
 from tfllm import model_dir as model_dir_lib
 from tfllm.finetune.lora import merge_lora
@@ -68,10 +68,10 @@ def load_trained_model(model_dir: str) -> Tuple[keras.Model, Any]:
   from tfllm import models
   from tfllm.training import checkpointing
   path = model_dir_lib.config_path(model_dir)
-  if not os.path.isfile(path):
+  if not tf.io.gfile.exists(path):
     raise FileNotFoundError(f"{path} is missing; model_dir={model_dir!r} is not a tfllm "
                             "training directory (train it with tfllm-train)")
-  with open(path, encoding="utf-8") as f:
+  with tf.io.gfile.GFile(path) as f:
     config = config_lib.from_json(f.read())
   model = models.build(config)
   apply_strategy(model, config.finetune)

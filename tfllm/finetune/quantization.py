@@ -15,6 +15,7 @@ import warnings
 
 import keras
 
+from tfllm import model_dir as model_dir_lib
 from tfllm.finetune.strategies import lora_enabled
 
 
@@ -49,24 +50,21 @@ def quantize_int8(model: keras.Model) -> keras.Model:
 
 
 def save_quantized_weights(model: keras.Model, path: str) -> str:
-  """Writes a quantized model's weights to `path` (`*.weights.h5`) atomically."""
+  """Writes a quantized model's weights to `path` (`*.weights.h5`, any TF filesystem) atomically.
+
+  Keras' h5 writer needs a local file: written locally, then copied into place.
+  """
   path = os.fspath(path)
   if not path.endswith(".weights.h5"):
     raise ValueError(f"quantized weights path {path!r} must end with .weights.h5")
   if not quantization_mode(model):
     raise ValueError(f"{model.name!r} is not quantized; call quantize_int8 first")
-  temp = f"{path}.partial.weights.h5"
-  try:
-    model.save_weights(temp)
-    os.replace(temp, path)
-  finally:
-    if os.path.exists(temp):
-      os.remove(temp)
-  return path
+  return model_dir_lib.write_with_local_writer(path, model.save_weights)
 
 
 def load_quantized_weights(model: keras.Model, path: str) -> keras.Model:
   """Quantizes a freshly built float `model` (same architecture) and loads `path` into it."""
   quantize_int8(model)
-  model.load_weights(os.fspath(path))
+  with model_dir_lib.local_copy(path) as local:
+    model.load_weights(local)
   return model

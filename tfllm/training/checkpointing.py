@@ -10,12 +10,12 @@ raises `CheckpointWriteError` naming the last good checkpoint.
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Optional
 
 import tensorflow as tf
 
 from tfllm.model_dir import checkpoint_dir  # pylint: disable=unused-import (callers' name)
+from tfllm.model_dir import remove
 
 
 class CheckpointWriteError(RuntimeError):
@@ -101,7 +101,7 @@ class Checkpointer:
           f"last good checkpoint: {last}") from error
     finally:
       if not self.is_chief:
-        shutil.rmtree(self.directory, ignore_errors=True)
+        remove(self.directory)
     return path
 
   def _remove_partial(self, step: int):

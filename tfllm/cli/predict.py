@@ -1,9 +1,9 @@
 """tfllm-predict: batch inference through the served signatures, JSONL out.
 
   tfllm-predict --model_dir=/tmp/tfllm_default --input=prompts.txt --output=out.jsonl
-  tfllm-predict --saved_model=/tmp/tfllm_serving/shakespeare/1 --input=prompts.jsonl \
+  tfllm-predict --saved_model=/tmp/tfllm_serving/shakespeare/1 --input=prompts.jsonl
       --output=out.jsonl [--text_field=text] [--max_new_tokens=64 --temperature=0.8 ...]
-  tfllm-predict --model_dir=/tmp/minilm_sentiment --input=tfds:tfllm_movie_sentiment/test \
+  tfllm-predict --model_dir=/tmp/minilm_sentiment --input=tfds:tfllm_movie_sentiment/test
       --data_dir=~/tensorflow_datasets --output=test.jsonl
 
 Exactly one of `--model_dir` (a training run; its signatures are built in memory) and

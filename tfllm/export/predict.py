@@ -69,13 +69,13 @@ class Item:
   id: Any = None
 
 
+SKIP_REASONS = ("empty", "invalid UTF-8")
+
+
 @dataclasses.dataclass(frozen=True)
 class Skip:
-  """An input left out: `reason` is "empty" or "invalid UTF-8"."""
+  """An input left out: `reason` is one of SKIP_REASONS."""
   reason: str
-
-
-SKIP_REASONS = ("empty", "invalid UTF-8")
 
 
 @dataclasses.dataclass
@@ -334,6 +334,14 @@ def _read_json(path: str) -> Dict[str, Any]:
     return json.load(f)
 
 
+def _versions(export_dir: str) -> List[str]:
+  """Names of the integer version folders in `export_dir` (oldest first; [] if none)."""
+  if not tf.io.gfile.isdir(export_dir):
+    return []
+  names = (name.rstrip("/") for name in tf.io.gfile.listdir(export_dir))
+  return sorted((name for name in names if name.isdigit()), key=int)
+
+
 def _check_model_source(model_dir: Optional[str], saved_model: Optional[str]) -> None:
   if bool(model_dir) == bool(saved_model):
     raise config_lib.ConfigError(
@@ -343,9 +351,7 @@ def _check_model_source(model_dir: Optional[str], saved_model: Optional[str]) ->
     raise config_lib.ConfigError(f"model_dir={model_dir!r} does not exist; pass the "
                                  "directory a training run wrote")
   if saved_model and not tf.io.gfile.exists(os.path.join(saved_model, "saved_model.pb")):
-    versions = sorted((name.rstrip("/") for name in tf.io.gfile.listdir(saved_model)
-                       if name.rstrip("/").isdigit()), key=int) if tf.io.gfile.isdir(
-                           saved_model) else []
+    versions = _versions(saved_model)
     hint = (f"; it holds versions {', '.join(versions)}: pass "
             f"{os.path.join(saved_model, versions[-1])}" if versions else
             "; pass a version directory tfllm-export wrote, e.g. /tmp/tfllm_serving/"

@@ -31,7 +31,6 @@ import dataclasses
 import json
 import os
 import sys
-import uuid
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Union
 
 import numpy as np
@@ -522,7 +521,7 @@ class AtomicOutput:
   def __init__(self, path: str):
     self.path = path
     directory, name = os.path.split(path)
-    self.temporary = os.path.join(directory, f".{name}.tmp-{uuid.uuid4().hex[:12]}")
+    self.temporary = model_dir_lib.staging_path(directory, name)
     if directory:
       tf.io.gfile.makedirs(directory)
     self._file = tf.io.gfile.GFile(self.temporary, "w")
@@ -536,8 +535,7 @@ class AtomicOutput:
 
   def discard(self) -> None:
     self._file.close()
-    if tf.io.gfile.exists(self.temporary):
-      tf.io.gfile.remove(self.temporary)
+    model_dir_lib.remove(self.temporary)
 
   def __enter__(self):
     return self

@@ -1,7 +1,7 @@
 """Test session set-up: runs before TensorFlow initializes its runtime.
 
 The CPU is split into two logical devices so that `MirroredStrategy` tests run on a machine
-without GPUs; this must happen before anything touches the runtime (STACK-NOTES).
+without GPUs; this must happen before anything touches the runtime (docs/stack.md).
 
 It also loads the reference-test plugin (`tests/reference_check.py`): skipped reference tests
 are listed at the end of a run, and `--require-reference=NAME,...` fails a run that skipped

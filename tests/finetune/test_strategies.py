@@ -144,7 +144,7 @@ def test_int8_quantization(tmp_path):
                                        "model once"):
     finetune.quantize_int8(model)
   path = finetune.save_quantized_weights(model, str(tmp_path / "int8.weights.h5"))
-  # Reload as STACK-NOTES says works: rebuild the float model, quantize, load.
+  # Reload as docs/stack.md says works: rebuild the float model, quantize, load.
   rebuilt = finetune.load_quantized_weights(tiny_classifier(seed=7), path)
   np.testing.assert_array_equal(np.asarray(rebuilt(x)), quantized)
 

@@ -2,7 +2,7 @@
 
 Run as a script it builds the strategy `--strategy` names (multi_worker_mirrored by default,
 from the `TF_CONFIG` the launcher sets), trains a small dense classifier with `strategy.run`
-(not `fit`, which fails under MWMS: STACK-NOTES) and writes its losses and final weights to
+(not `fit`, which fails under MWMS: docs/stack.md) and writes its losses and final weights to
 `--out/<task index>.json`. Every step's global batch is the same whatever the number of
 workers and replicas, so runs under different strategies can be compared.
 """

@@ -104,7 +104,7 @@ def _tfds_builder(data_config):
       builder.download_and_prepare()
   elif not builder.is_prepared():
     # Preparing a catalog dataset would go to the internet, which fails here only after
-    # minutes of retries (STACK-NOTES): ask for it to be prepared beforehand instead.
+    # minutes of retries (docs/stack.md): ask for it to be prepared beforehand instead.
     raise ValueError(
         f"TFDS dataset {data_config.dataset!r} is not prepared in {builder.data_dir}; prepare "
         f"it first (`tfds build {data_config.dataset} --data_dir=...`) and set "

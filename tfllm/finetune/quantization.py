@@ -3,7 +3,7 @@
 `model.quantize("int8")` (Keras 3) replaces every `Dense` kernel by int8 values with a
 per-output-channel scale and quantizes the activations dynamically; embeddings, norms and
 the rest stay float. Keras 3.15 cannot reload a quantized model with attention layers from
-`.keras` (STACK-NOTES: `expected 1 variables, but received 2`), so a quantized model is
+`.keras` (docs/stack.md: `expected 1 variables, but received 2`), so a quantized model is
 persisted as weights (`save_quantized_weights`), restored by rebuilding the float model,
 quantizing it, then loading (`load_quantized_weights`), or exported as a SavedModel.
 """

@@ -70,16 +70,32 @@ def _num_workers(strategy: tf.distribute.Strategy) -> int:
   return max(1, len(spec.get("worker", [])) + len(spec.get("chief", [])))
 
 
-def default_jit_compile(strategy: tf.distribute.Strategy) -> bool:
-  """XLA where it works: one replica per worker, or GPUs; not a CPU split into replicas.
-
-  On TPUs `strategy.run` compiles with XLA by itself.
-  """
+def strategy_device_types(strategy: tf.distribute.Strategy) -> List[str]:
+  """The device types ("GPU", "TPU", "CPU") this worker's replicas run on."""
   if isinstance(strategy, tf.distribute.TPUStrategy):
-    return False
-  if replicas_per_worker(strategy) == 1:
-    return not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-  return bool(tf.config.list_logical_devices("GPU"))
+    return ["TPU"]
+  try:
+    devices = list(strategy.extended.worker_devices)
+  except RuntimeError:
+    # The default strategy has no device list: ops go to the first GPU, else the CPU.
+    devices = [d.name for d in tf.config.list_logical_devices("GPU")[:1]] or ["CPU:0"]
+  return [tf.DeviceSpec.from_string(d if "/" in d else f"/device:{d}").device_type or "CPU"
+          for d in devices]
+
+
+def auto_jit_compile(device_types: Sequence[str]) -> bool:
+  """`train.jit_compile="auto"`: XLA when the replicas run on GPUs or TPUs, off on CPUs.
+
+  The same rule under every strategy: a lone GPU per `multi_worker_mirrored` worker, GPUs
+  under `mirrored`, one replica or several. CPUs get no XLA by default: across the logical
+  CPUs of one machine it fails (docs/distributed.md); `jit_compile="on"` asks for it.
+  """
+  return bool(device_types) and all(kind in ("GPU", "TPU") for kind in device_types)
+
+
+def default_jit_compile(strategy: tf.distribute.Strategy) -> bool:
+  """`auto_jit_compile` of the devices `strategy` runs this worker's replicas on."""
+  return auto_jit_compile(strategy_device_types(strategy))
 
 
 class _StopSignal:
@@ -168,6 +184,9 @@ class Trainer:
     self._flops_per_token = flops_per_token
     self._peak_flops = peak_flops_per_device or None
     self.jit_compile = default_jit_compile(strategy) if jit_compile is None else jit_compile
+    # TPUStrategy compiles every step with XLA itself; the step functions take no flag there.
+    self._function_jit_compile = (None if isinstance(strategy, tf.distribute.TPUStrategy)
+                                  else self.jit_compile)
     self._check_batch_size()
     self.budget_progress = budget_progress
     self._clock = clock
@@ -298,7 +317,8 @@ class Trainer:
 
   def _build_train_loop(self):
     accum = self.train_config.grad_accum_steps
-    replica_step = tf.function(self._replica_train_step, jit_compile=self.jit_compile)
+    replica_step = tf.function(self._replica_train_step,
+                               jit_compile=self._function_jit_compile)
 
     @tf.function
     def train_loop(iterator, num_steps):
@@ -328,7 +348,7 @@ class Trainer:
 
   def _build_eval_step(self, model):
     replica_step = tf.function(functools.partial(self._replica_eval_step, model),
-                               jit_compile=self.jit_compile)
+                               jit_compile=self._function_jit_compile)
 
     # One trace for every batch length (length buckets); XLA still compiles one per shape.
     @tf.function(reduce_retracing=True)

@@ -171,9 +171,10 @@ def test_the_trainer_divides_by_the_peak_of_its_compute_dtype(monkeypatch, polic
   _fake_gpu(monkeypatch, "NVIDIA H100 80GB HBM3")
   config = tiny_config()
   strategy = tf.distribute.get_strategy()   # its worker_devices raise: the peak must not ask
-  assert job._peak(config, strategy, policy).flops_per_second == peak  # pylint: disable=protected-access
+  peak_of = job._peak  # pylint: disable=protected-access
+  assert peak_of(config, strategy, policy).flops_per_second == peak
   config.train.peak_flops_per_device = 5e12
-  assert job._peak(config, strategy, policy).flops_per_second == 5e12  # pylint: disable=protected-access
+  assert peak_of(config, strategy, policy).flops_per_second == 5e12
 
 
 def test_the_bench_uses_the_same_table():

@@ -24,8 +24,9 @@ from typing import Any, Dict, Optional, Tuple
 
 import tensorflow as tf
 
-from tfllm.model_dir import (BEST_CHECKPOINT_SUBDIR, best_checkpoint_dir,  # pylint: disable=unused-import (callers' names)
-                             best_checkpoint_path, checkpoint_dir)
+# checkpoint_dir is also imported from here by callers.
+from tfllm.model_dir import (BEST_CHECKPOINT_SUBDIR, best_checkpoint_dir, best_checkpoint_path,
+                             checkpoint_dir)
 
 
 class CheckpointWriteError(RuntimeError):
@@ -161,7 +162,8 @@ class Checkpointer:
     The checkpoint's files first, then the record (atomically), then older best checkpoints
     are removed; every worker must call it (MWMS saves are collective).
     """
-    from tfllm.training.job import write_atomically  # pylint: disable=import-outside-toplevel  (job imports this module)
+    # Imported here: job imports this module.
+    from tfllm.training.job import write_atomically  # pylint: disable=import-outside-toplevel
     directory = (best_checkpoint_dir(self._model_dir) if self.is_chief
                  else os.path.join(self.directory, "best"))
     prefix = os.path.join(directory, f"ckpt-{step}")

@@ -59,10 +59,6 @@ class TrainResult:
   tokens_per_second: float
 
 
-def replicas_per_worker(strategy: tf.distribute.Strategy) -> int:
-  return max(1, strategy.num_replicas_in_sync // max(1, _num_workers(strategy)))
-
-
 def _num_workers(strategy: tf.distribute.Strategy) -> int:
   resolver = getattr(strategy, "cluster_resolver", None)
   if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):

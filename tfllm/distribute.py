@@ -8,6 +8,7 @@ raw errors or a hang:
   one_device             `OneDeviceStrategy` on GPU:0, or CPU:0 when there is no GPU
   mirrored               `MirroredStrategy` over the local GPUs, or the logical CPUs
   multi_worker_mirrored  `MultiWorkerMirroredStrategy` over the cluster in `TF_CONFIG`
+                         (without it: one worker over the local devices)
   tpu                    `TPUStrategy` on a local TPU VM or a grpc:// TPU worker
 
 Two hangs of the stack are bounded here (STACK-NOTES): a MWMS worker waits forever for a
@@ -27,6 +28,8 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
+
+from tfllm.config import ConfigError
 
 STRATEGIES = ("off", "default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
 # The `all_reduce` values each strategy accepts ("auto" lets TF pick by device topology).
@@ -65,20 +68,20 @@ def get_strategy(name: str = "off", tpu: Optional[str] = None, num_gpus: Optiona
     `strategy.run` work the same for every name.
 
   Raises:
-    ValueError: an unknown name or `all_reduce`, a bad `num_gpus`, a missing or malformed
-      `TF_CONFIG`.
+    ConfigError (a ValueError): an unknown name or `all_reduce`, a bad `num_gpus`, a
+      malformed `TF_CONFIG`.
     RuntimeError: no TPU where one was asked for; a MWMS peer did not join in time.
   """
   key = str(name).strip().lower()
   if key not in STRATEGIES:
-    raise ValueError(f"distribution strategy {name!r} is not known; use one of: "
-                     f"{', '.join(STRATEGIES)}")
+    raise ConfigError(f"distribution strategy {name!r} is not known; use one of: "
+                      f"{', '.join(STRATEGIES)}")
   if num_gpus is not None and num_gpus < 0:
-    raise ValueError(f"num_gpus={num_gpus} is negative; use 0 (CPU), N > 0, or None (all)")
+    raise ConfigError(f"num_gpus={num_gpus} is negative; use 0 (CPU), N > 0, or None (all)")
   accepted = ALL_REDUCE.get(key, ("auto",))
   if all_reduce not in accepted:
-    raise ValueError(f"all_reduce={all_reduce!r} is not accepted with {key}; use one of: "
-                     f"{', '.join(accepted)}")
+    raise ConfigError(f"all_reduce={all_reduce!r} is not accepted with {key}; use one of: "
+                      f"{', '.join(accepted)}")
 
   if key in ("off", "default"):
     _local_devices(key, num_gpus, most=1)
@@ -128,12 +131,12 @@ def _local_devices(name: str, num_gpus: Optional[int], most: Optional[int] = Non
   if most is not None and wanted > most:
     if num_gpus is None:  # "all devices" for a one-device strategy means the first one.
       return devices[:most]
-    raise ValueError(f"{name} runs on one device but num_gpus={num_gpus}; use mirrored (one "
-                     "machine) or multi_worker_mirrored (several) for more")
+    raise ConfigError(f"{name} runs on one device but num_gpus={num_gpus}; use mirrored (one "
+                      "machine) or multi_worker_mirrored (several) for more")
   if wanted > len(devices):
     kind = "GPUs" if gpus else "logical CPU devices (no GPUs)"
-    raise ValueError(f"{name}: num_gpus={num_gpus} asks for more replicas than this machine "
-                     f"has: {len(devices)} {kind}")
+    raise ConfigError(f"{name}: num_gpus={num_gpus} asks for more replicas than this machine "
+                      f"has: {len(devices)} {kind}")
   return devices[:wanted]
 
 
@@ -144,40 +147,40 @@ def read_tf_config(environ: Optional[Dict[str, str]] = None) -> dict:
   """Returns the validated `TF_CONFIG` of a MWMS worker as a dict.
 
   Raises:
-    ValueError: it is missing, not JSON, lacks `cluster` or `task`, or the task is not one
-      of the cluster's (each with one line saying what is wrong).
+    ConfigError (a ValueError): it is missing, not JSON, lacks `cluster` or `task`, or the
+      task is not one of the cluster's (each with one line saying what is wrong).
   """
   raw = (os.environ if environ is None else environ).get("TF_CONFIG", "").strip()
   if not raw:
-    raise ValueError("multi_worker_mirrored needs the TF_CONFIG environment variable (the "
-                     "cluster's JSON); launch/local_multiworker.py or launch/tf_config.py "
-                     "writes it")
+    raise ConfigError("multi_worker_mirrored needs the TF_CONFIG environment variable (the "
+                      "cluster's JSON); launch/local_multiworker.py or launch/tf_config.py "
+                      "writes it")
   try:
     config = json.loads(raw)
   except json.JSONDecodeError as e:
-    raise ValueError(f"TF_CONFIG is not valid JSON ({e.msg} at character {e.pos}): "
-                     f"{raw[:80]!r}") from None
+    raise ConfigError(f"TF_CONFIG is not valid JSON ({e.msg} at character {e.pos}): "
+                      f"{raw[:80]!r}") from None
   if not isinstance(config, dict) or not isinstance(config.get("cluster"), dict):
-    raise ValueError(f"TF_CONFIG has no \"cluster\" object (job name -> list of host:port): "
-                     f"{raw[:80]!r}")
+    raise ConfigError(f"TF_CONFIG has no \"cluster\" object (job name -> list of host:port): "
+                      f"{raw[:80]!r}")
   if not isinstance(config.get("task"), dict):
-    raise ValueError(f"TF_CONFIG has no \"task\" object ({{\"type\": \"worker\", \"index\": "
-                     f"0}}): {raw[:80]!r}")
+    raise ConfigError(f"TF_CONFIG has no \"task\" object ({{\"type\": \"worker\", \"index\": "
+                      f"0}}): {raw[:80]!r}")
   cluster, task = config["cluster"], config["task"]
   for job, addresses in cluster.items():
     if (not isinstance(addresses, list) or not addresses
         or not all(isinstance(a, str) and _split_address(a) for a in addresses)):
-      raise ValueError(f"TF_CONFIG cluster[{job!r}] must be a non-empty list of \"host:port\" "
-                       f"strings, got {addresses!r}")
+      raise ConfigError(f"TF_CONFIG cluster[{job!r}] must be a non-empty list of \"host:port\" "
+                        f"strings, got {addresses!r}")
   task_type, index = task.get("type"), task.get("index")
   if task_type not in TASK_TYPES or task_type not in cluster:
-    raise ValueError(f"TF_CONFIG task type {task_type!r} is not accepted; use one of the "
-                     f"cluster's jobs among {', '.join(TASK_TYPES)} (cluster has "
-                     f"{', '.join(sorted(cluster))})")
+    raise ConfigError(f"TF_CONFIG task type {task_type!r} is not accepted; use one of the "
+                      f"cluster's jobs among {', '.join(TASK_TYPES)} (cluster has "
+                      f"{', '.join(sorted(cluster))})")
   if not isinstance(index, int) or isinstance(index, bool) or not (
       0 <= index < len(cluster[task_type])):
-    raise ValueError(f"TF_CONFIG task index {index!r} is out of range for the "
-                     f"{len(cluster[task_type])} {task_type} address(es) of its cluster")
+    raise ConfigError(f"TF_CONFIG task index {index!r} is out of range for the "
+                      f"{len(cluster[task_type])} {task_type} address(es) of its cluster")
   return config
 
 
@@ -256,19 +259,24 @@ def worker_temp_dir(model_dir: str, strategy: Optional[tf.distribute.Strategy] =
 
 
 def _multi_worker_mirrored(all_reduce: str, timeout_s: float) -> tf.distribute.Strategy:
-  """`MultiWorkerMirroredStrategy` that fails after `timeout_s` if a peer does not join."""
-  config = read_tf_config()
-  cluster, task = config["cluster"], config["task"]
-  _bound_cluster_registration(cluster, timeout_s)
+  """`MultiWorkerMirroredStrategy` that fails after `timeout_s` if a peer does not join.
+
+  Without `TF_CONFIG` it is one worker over the local devices (TF's own behaviour): the same
+  program then runs alone, e.g. to try a multi-worker config on one machine.
+  """
   implementation = {
       "auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
       "ring": tf.distribute.experimental.CommunicationImplementation.RING,
       "nccl": tf.distribute.experimental.CommunicationImplementation.NCCL,
   }[all_reduce]
+  options = tf.distribute.experimental.CommunicationOptions(implementation=implementation)
+  if not os.environ.get("TF_CONFIG", "").strip():
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+  config = read_tf_config()
+  cluster, task = config["cluster"], config["task"]
+  _bound_cluster_registration(cluster, timeout_s)
   try:
-    return tf.distribute.MultiWorkerMirroredStrategy(
-        communication_options=tf.distribute.experimental.CommunicationOptions(
-            implementation=implementation))
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
   except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError) as e:
     me = cluster[task["type"]][task["index"]]
     peers = {f"{job} {i} at {address}": address for job, addresses in cluster.items()

@@ -5,6 +5,9 @@
   checkpoints/        model + optimizer + step (`tfllm.training.checkpointing`)
   train/, eval/       TensorBoard summaries
   eval_metrics.json   the last evaluation's metrics, step and split
+  best_checkpoint/, best_checkpoint.json
+                      with `train.early_stopping`: the checkpoint of the best evaluation by
+                      the monitored metric, and which one it is (step, metric, value)
   eval_metrics_int8.json, model.int8.weights.h5
                       with `finetune.quantize=int8`: the quantized model's metrics, weights
 
@@ -32,6 +35,8 @@ CONFIG_FILE = "config.json"
 TOKENIZER_SUBDIR = "tokenizer"
 CHECKPOINT_SUBDIR = "checkpoints"
 EVAL_FILE = "eval_metrics.json"
+BEST_CHECKPOINT_SUBDIR = "best_checkpoint"
+BEST_CHECKPOINT_FILE = "best_checkpoint.json"
 INT8_EVAL_FILE = "eval_metrics_int8.json"
 INT8_WEIGHTS_FILE = "model.int8.weights.h5"
 # Names of work in progress; readers skip them.
@@ -216,3 +221,12 @@ def _entries_below(directory: str, relative: str = ""):
       yield from _entries_below(directory, child)
     elif tf.io.gfile.exists(path):
       yield child, False
+
+def best_checkpoint_dir(model_dir: str) -> str:
+  """Where early stopping keeps the best checkpoint (outside the newest-N rotation)."""
+  return os.path.join(model_dir, BEST_CHECKPOINT_SUBDIR)
+
+
+def best_checkpoint_path(model_dir: str) -> str:
+  """The record of the best checkpoint: JSON with step, metric, mode, value, checkpoint."""
+  return os.path.join(model_dir, BEST_CHECKPOINT_FILE)

@@ -21,6 +21,8 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
+from tfllm.config import ConfigError
+
 POLICIES = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 
 
@@ -39,8 +41,8 @@ def resolve_policy(name: str, strategy: Optional[tf.distribute.Strategy] = None)
     ValueError: `name` is not one of `POLICIES`.
   """
   if name not in POLICIES:
-    raise ValueError(f"mixed precision policy {name!r} is not known; use one of: "
-                     f"{', '.join(POLICIES)}")
+    raise ConfigError(f"mixed precision policy {name!r} is not known; use one of: "
+                      f"{', '.join(POLICIES)}")
   if name != "auto":
     return name
   if isinstance(strategy, tf.distribute.TPUStrategy) or (

@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfllm import distribute
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY = str(REPO / "tests" / "training" / "tiny_gpt_config.py")
 PROGRAM = "tfllm-train"
@@ -45,8 +47,12 @@ def our_lines(stderr: str):
   return [line for line in stderr.splitlines() if line.startswith(f"{PROGRAM}:")]
 
 
-def assert_one_line_error(result, pattern):
+def assert_one_line_error(result, pattern, code=None):
+  """Exactly one line of ours on stderr, matching `pattern`; exit code `code` (2: a bad flag
+  or config value, 1: a runtime failure), any non-zero one when None."""
   assert result.returncode != 0, result.stdout + result.stderr
+  if code is not None:
+    assert result.returncode == code, result.stderr
   lines = our_lines(result.stderr)
   assert len(lines) == 1, result.stderr
   assert "Traceback" not in result.stderr
@@ -63,25 +69,52 @@ def _files(directory):
   return {p: p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("flags, env, pattern", [
+@pytest.mark.parametrize("flags, env, pattern, code", [
     (["--distribution_strategy=bogus"], {},
-     r"'bogus' is not known; use one of: .*one_device.*mirrored.*multi_worker_mirrored.*tpu"),
-    (["--config.train.stpes=5"], {}, r"unknown config key 'stpes'; did you mean 'steps'"),
-    (["--distribution_strategy=tpu", "--tpu=local"], {}, r"TPU"),
-    (["--distribution_strategy=multi_worker_mirrored"], {}, r"TF_CONFIG"),
+     r"'bogus' is not known; use one of: .*one_device.*mirrored.*multi_worker_mirrored.*tpu", 2),
+    (["--config.train.stpes=5"], {}, r"unknown config key 'stpes'; did you mean 'steps'", 2),
+    (["--config.train.steps=-1"], {}, r"config.train.steps=-1 is out of range", 2),
+    (["--no_such_flag=1"], {}, r"no_such_flag", 2),
+    (["--mixed_precision=float8"], {}, r"mixed precision policy 'float8' is not known", 2),
+    (["--num_gpus=5"], {}, r"num_gpus=5", 2),
+    # No TPU on this machine: the same flags work on a TPU VM, so a runtime failure.
+    (["--distribution_strategy=tpu", "--tpu=local"], {}, r"tpu: no usable TPU", 1),
     (["--distribution_strategy=multi_worker_mirrored"], {"TF_CONFIG": "{not json"},
-     r"TF_CONFIG"),
-    (["--mode=eval"], {}, r"mode=eval needs a checkpoint"),
+     r"TF_CONFIG is not valid JSON", 2),
+    (["--mode=eval"], {}, r"mode=eval needs a checkpoint", 2),
     (["--config.data.bucket_lengths=(16,)"], {},
-     r"bucket_lengths=\(16,\) applies to sequence_classification and token_classification"),
+     r"bucket_lengths=\(16,\) applies to sequence_classification and token_classification", 2),
+    (["--config.train.early_stopping.metric=loss", "--config.train.early_stopping.patience=1"],
+     {}, r"early_stopping.metric='loss' needs evaluations during training", 2),
+    (["--config.train.early_stopping.metric=loss", "--config.train.early_stopping.patience=1",
+      "--config.train.eval_every_steps=5", "--mode=train"], {},
+     r"needs evaluations, which mode=train does not run", 2),
 ])
 # (A global batch not divisible by the replicas, a disk full while checkpointing and a NaN
 # loss from bad data are checked in-process in tests/training/test_loop.py.)
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path, flags, env, pattern):
+def test_bad_input_is_one_line_with_its_exit_code_and_writes_nothing(tmp_path, flags, env,
+                                                                      pattern, code):
   model_dir = tmp_path / "run"
   result = run_cli(f"--model_dir={model_dir}", *flags, **env)
-  assert_one_line_error(result, pattern)
+  assert_one_line_error(result, pattern, code)
   assert not (model_dir / "checkpoints").exists() and not (model_dir / "config.json").exists()
+
+
+QUICK = ["--config.train.steps=2", "--config.train.steps_per_loop=2",
+         "--config.train.eval_steps=1", "--config.train.sample_new_tokens=0"]
+
+
+@pytest.mark.parametrize("strategy", distribute.STRATEGIES)
+def test_every_strategy_name_trains_or_fails_in_one_line(tmp_path, strategy):
+  # multi_worker_mirrored without TF_CONFIG is one worker (run_cli drops TF_CONFIG).
+  result = run_cli(f"--model_dir={tmp_path / 'run'}", f"--distribution_strategy={strategy}",
+                   *QUICK)
+  if strategy == "tpu":
+    assert_one_line_error(result, r"tpu: no usable TPU at tpu='local'", code=1)
+    return
+  assert result.returncode == 0, result.stderr
+  assert "trained to step 2 (steps)" in result.stdout
+  assert "validation at step 2: accuracy" in result.stdout
 
 
 def test_train_resume_and_refuse_a_different_model_shape(tmp_path):
@@ -99,7 +132,7 @@ def test_train_resume_and_refuse_a_different_model_shape(tmp_path):
   before = _files(model_dir)
   wider = run_cli(f"--model_dir={model_dir}", "--config.model.hidden_dim=64")
   assert_one_line_error(wider, r"holds a different model: config.model.hidden_dim=64 "
-                               r"\(model_dir has 32\)")
+                               r"\(model_dir has 32\)", code=2)
   assert _files(model_dir) == before  # nothing overwritten
 
   longer = run_cli(f"--model_dir={model_dir}", "--config.train.steps=30")
@@ -122,7 +155,8 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_checkpoints(tmp_path):
   result = run_cli(f"--model_dir={model_dir}", "--config.train.optimizer.learning_rate=1e30",
                    "--config.train.optimizer.warmup_steps=0", "--config.train.steps=200",
                    "--config.train.checkpoint_every_steps=5", "--config.train.steps_per_loop=5")
-  assert_one_line_error(result, r"loss became (nan|inf) at step \d+; stopped without saving")
+  assert_one_line_error(result, r"loss became (nan|inf) at step \d+; stopped without saving",
+                        code=1)
   latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
   if latest is not None:  # a checkpoint before the divergence must hold finite weights
     assert all(np.all(np.isfinite(v)) for v in _checkpoint_tensors(model_dir).values()

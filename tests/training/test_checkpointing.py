@@ -1,10 +1,12 @@
 """Loading a trained model_dir for use: every weight restored, LoRA merged, mismatches refused."""
 
+import json
 import os
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tfllm import config as config_lib
 from tfllm import models
@@ -70,3 +72,44 @@ def test_load_trained_model_names_a_directory_without_a_run(tmp_path):
   (tmp_path / "config.json").write_text(config_lib.to_json(tiny_config()))
   with pytest.raises(FileNotFoundError, match="no checkpoint"):
     load_trained_model(str(tmp_path))
+
+
+def test_mode_eval_reads_the_best_checkpoint_and_says_which(tmp_path):
+  from tests.training import tiny_gpt_config  # pylint: disable=g-import-not-at-top
+  from tfllm.training import job  # pylint: disable=g-import-not-at-top
+
+  def config(steps, min_delta=0.0):
+    c = tiny_gpt_config.get_config()
+    c.train.update(steps=steps, steps_per_loop=2, eval_every_steps=2, eval_steps=1,
+                   checkpoint_every_steps=2, keep_checkpoints=1, sample_new_tokens=0)
+    c.train.early_stopping.update(metric="loss", patience=5, min_delta=min_delta)
+    return c
+
+  model_dir = str(tmp_path)
+  job.run(config(4), model_dir, strategy_name="one_device", log=lambda line: None)
+  best = checkpointing.best_checkpoint(model_dir)
+  assert best["step"] in (2, 4) and best["metric"] == "loss"
+  # Resumed to step 8 where no evaluation can beat the best (min_delta): it stays.
+  lines = []
+  job.run(config(8, min_delta=1e9), model_dir, strategy_name="one_device", log=lines.append)
+  assert any(line.startswith("resumed from") and "ckpt-4" in line for line in lines), lines
+  assert checkpointing.latest_checkpoint(model_dir).endswith("ckpt-8")
+  assert checkpointing.best_checkpoint(model_dir)["step"] == best["step"]
+  assert any(f"early stopping kept the best checkpoint by loss (step {best['step']}" in line
+             for line in lines), lines
+
+  lines = []
+  summary = job.run(config(8), model_dir, mode="eval", strategy_name="one_device",
+                    log=lines.append)
+  assert summary["step"] == best["step"]
+  assert any(line.startswith(f"evaluating the best checkpoint by loss (step {best['step']}, ")
+             and line.endswith(best["path"]) for line in lines), lines
+  with open(os.path.join(model_dir, "eval_metrics.json"), encoding="utf-8") as f:
+    assert json.load(f)["step"] == best["step"]
+  # Export's loader reads the best weights too, not the newest.
+  model, saved_config = load_trained_model(model_dir)
+  for path, same in ((best["path"], True), (checkpointing.latest_checkpoint(model_dir), False)):
+    other = models.build(saved_config)
+    tf.train.Checkpoint(model=other).restore(path).expect_partial()
+    equal = all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(other.weights, model.weights))
+    assert equal is same, path

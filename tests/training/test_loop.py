@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import threading
 
@@ -13,8 +14,10 @@ import pytest
 import tensorflow as tf
 
 from tests.training.helpers import finite_dataset_fn, make_trainer, tiny_config, two_cpu_mirrored
-from tfllm.training import checkpointing
-from tfllm.training.loop import DivergedError, StopRequested, TrainingError
+from tfllm import config as config_lib
+from tfllm.config import ConfigError
+from tfllm.training import checkpointing, loop, optimizer as optimizer_lib
+from tfllm.training.loop import DivergedError, StopRequested
 
 
 def _weights(trainer):
@@ -247,7 +250,7 @@ def test_early_stopping_on_an_eval_metric(tmp_path):
 def test_early_stopping_on_a_missing_metric_names_the_reported_ones(tmp_path):
   config = tiny_config(steps=10, steps_per_loop=2, eval_every_steps=2)
   config.train.early_stopping.update(metric="f1", patience=1)
-  with pytest.raises(TrainingError, match=r"'f1' is not an eval metric.*accuracy, loss"):
+  with pytest.raises(ConfigError, match=r"'f1' is not an eval metric.*accuracy, loss"):
     make_trainer(config, tmp_path).train()
 
 
@@ -278,3 +281,253 @@ def test_mixed_precision_steps_keep_float32_variables_and_finite_loss(tmp_path, 
   assert {v.dtype for v in trainer.model.trainable_variables} == {"float32"}
   if policy == "mixed_float16":
     assert isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+# ---------------------------------------------------------------- early stopping keeps the best
+
+
+def _scripted_evaluations(trainer, losses, weights_at):
+  """Makes `trainer.evaluate` report `losses` in turn (then the last one again), recording the
+  model's weights at each evaluation's step in `weights_at`."""
+  values = iter(losses)
+  last = [losses[-1]]
+
+  def evaluate(*args, **kwargs):
+    del args, kwargs
+    weights_at[int(trainer.step.numpy())] = [w.numpy() for w in trainer.model.weights]
+    last[0] = next(values, last[0])
+    return {"loss": last[0], "accuracy": 0.0}
+
+  trainer.evaluate = evaluate
+
+
+def _early_stopping_config(**train):
+  config = tiny_config(steps=1000, steps_per_loop=2, eval_every_steps=2,
+                       checkpoint_every_steps=2, keep_checkpoints=1, **train)
+  config.train.early_stopping.update(metric="loss", patience=2)
+  return config
+
+
+def test_early_stopping_keeps_the_best_checkpoint_past_the_rotation_and_resumes_the_newest(
+    tmp_path):
+  trainer = make_trainer(_early_stopping_config(), tmp_path)
+  weights_at = {}
+  _scripted_evaluations(trainer, [3.0, 1.0, 2.0, 2.5], weights_at)
+  result = trainer.train()
+  assert (result.stop_reason, result.step) == ("early_stopping", 8)
+  # keep_checkpoints=1 deleted ckpt-4 from the rotation; the best one is kept apart.
+  assert checkpointing.latest_checkpoint(str(tmp_path)).endswith("ckpt-8")
+  assert not os.path.exists(os.path.join(tmp_path, "checkpoints", "ckpt-4.index"))
+  record = checkpointing.best_checkpoint(str(tmp_path))
+  assert {k: record[k] for k in ("step", "metric", "mode", "value", "checkpoint")} == dict(
+      step=4, metric="loss", mode="min", value=1.0, checkpoint="best_checkpoint/ckpt-4")
+  assert sorted(os.listdir(tmp_path / "best_checkpoint")) == [
+      "ckpt-4.data-00000-of-00001", "ckpt-4.index"]   # the step-2 best was replaced
+  path, which = checkpointing.checkpoint_to_use(str(tmp_path))
+  assert path == str(tmp_path / "best_checkpoint" / "ckpt-4")
+  assert which == "the best checkpoint by loss (step 4, loss 1.0000)"
+
+  # Export and generation load the best weights.
+  fresh = make_trainer(_early_stopping_config(), tmp_path / "other", seed=7).model
+  checkpointing.restore_model(fresh, str(tmp_path))
+  for expected, actual in zip(weights_at[4], fresh.weights):
+    np.testing.assert_array_equal(expected, actual.numpy())
+
+  # Resuming reads the newest checkpoint, with the best value and the patience count so far.
+  resumed = make_trainer(_early_stopping_config(), tmp_path)
+  assert resumed.restore().endswith("ckpt-8")
+  assert int(resumed.step.numpy()) == 8
+  assert float(resumed.best_metric.numpy()) == 1.0
+  assert int(resumed.evaluations_without_improvement.numpy()) == 2
+
+
+def test_a_run_resumed_with_early_stopping_turned_on_restores(tmp_path):
+  make_trainer(tiny_config(steps=2, steps_per_loop=2), tmp_path).train()
+  resumed = make_trainer(_early_stopping_config(), tmp_path)
+  assert resumed.restore().endswith("ckpt-2")
+  assert np.isnan(float(resumed.best_metric.numpy()))
+
+
+@pytest.mark.parametrize("train", [dict(eval_every_steps=0), dict(eval_steps=0)])
+def test_early_stopping_without_evaluations_during_training_is_refused(train):
+  config = tiny_config(steps=10, **train)
+  config.train.early_stopping.update(metric="loss", patience=1)
+  with pytest.raises(ConfigError, match=r"early_stopping.metric='loss' needs evaluations") as e:
+    config_lib.validate(config)
+  assert "\n" not in str(e.value)
+
+
+def test_early_stopping_with_mode_train_is_refused(tmp_path):
+  from tfllm.training import job  # pylint: disable=g-import-not-at-top
+  config = tiny_config(steps=10, eval_every_steps=2)
+  config.train.early_stopping.update(metric="loss", patience=1)
+  with pytest.raises(ConfigError, match=r"needs evaluations, which mode=train does not run"):
+    job.run(config, str(tmp_path), mode="train", strategy_name="one_device")
+  assert not os.listdir(tmp_path)
+
+
+# ---------------------------------------------------------------- progress line and summaries
+
+
+def _scripted_loop(trainer, seconds_per_call, now, norms_per_call=None):
+  """Replaces the trainer's host call: the clock advances `seconds_per_call` per call, and
+  (if given) the gradient norms it reports are `norms_per_call[i]` for every step of call i."""
+  real_loop = trainer._build_train_loop()  # pylint: disable=protected-access
+  calls = [0]
+
+  def timed_loop(iterator, num_steps):
+    now[0] += seconds_per_call
+    losses, norms, tokens = real_loop(iterator, num_steps)
+    if norms_per_call is not None:
+      norms = tf.fill(tf.shape(norms), norms_per_call[calls[0]])
+    calls[0] += 1
+    return losses, norms, tokens
+
+  trainer._train_loop_fn = timed_loop  # pylint: disable=protected-access
+
+
+def test_progress_line_of_a_step_bounded_run(tmp_path):
+  now, lines = [0.0], []
+  trainer = make_trainer(tiny_config(steps=6, steps_per_loop=2, eval_steps=0), tmp_path,
+                         clock=lambda: now[0], log=lines.append)
+  _scripted_loop(trainer, 4.0, now)
+  trainer.train()
+  progress = [line for line in lines if line.startswith("step ")]
+  assert len(progress) == 3
+  assert re.fullmatch(r"step 2/6  loss \d+\.\d{4}  lr \S+", progress[0]), progress[0]
+  # 2 steps x 8 examples x 16 positions in 4 s: 64 tokens/s; 2 steps left at 0.5 steps/s.
+  assert re.fullmatch(r"step 4/6  loss \d+\.\d{4}  lr \S+  tokens/s 64  ETA 0m04s",
+                      progress[1]), progress[1]
+  assert progress[2].endswith("tokens/s 64  ETA 0m00s"), progress[2]
+
+
+def test_progress_line_of_a_time_budgeted_run_shows_the_budget(tmp_path):
+  now, lines = [0.0], []
+  config = _budget_config(1_000_000)
+  trainer = make_trainer(config, tmp_path, clock=lambda: now[0], log=lines.append)
+  _scripted_loop(trainer, 15.0, now)
+  trainer.train()
+  progress = [line for line in lines if "loss" in line and "lr" in line]
+  assert len(progress) == 4, lines
+  assert "/1000000" not in "".join(progress)
+  assert re.fullmatch(r"time 0m15s/1m00s  step 2  loss \d+\.\d{4}  lr \S+", progress[0]), \
+      progress[0]
+  # 2 steps x 8 x 16 positions in a call of 15 s; the budget ends 30 s after the second call.
+  assert re.fullmatch(r"time 0m30s/1m00s  step 4  loss \d+\.\d{4}  lr \S+  tokens/s 17  "
+                      r"ETA 0m30s", progress[1]), progress[1]
+  assert progress[3].startswith("time 1m00s/1m00s  step 8") and progress[3].endswith(
+      "ETA 0m00s"), progress[3]
+
+
+def _scalars(directory):
+  """{tag: [(step, value), ...]} of the TensorBoard event files in `directory`."""
+  found = {}
+  for path in sorted(tf.io.gfile.glob(os.path.join(directory, "events.out.tfevents.*"))):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        found.setdefault(value.tag, []).append(
+            (event.step, float(tf.make_ndarray(value.tensor))))
+  return found
+
+
+def test_tensorboard_scalars_of_training_and_evaluation(tmp_path):
+  config = tiny_config(steps=40, steps_per_loop=5, log_every_steps=10, eval_every_steps=20,
+                       peak_flops_per_device=1e9)
+  now, lines = [0.0], []
+  flops_per_token = 1e6
+  trainer = make_trainer(config, tmp_path, clock=lambda: now[0], log=lines.append,
+                         flops_per_token=flops_per_token,
+                         peak_flops_per_device=config.train.peak_flops_per_device)
+  # Host calls of 5 steps, 2 s each; the norms of call i are i (a window's mean is checkable).
+  _scripted_loop(trainer, 2.0, now, norms_per_call=[float(i) for i in range(8)])
+  trainer.train()
+  train, evaluation = _scalars(tmp_path / "train"), _scalars(tmp_path / "eval")
+  assert {"loss", "learning_rate", "grad_norm", "tokens_per_second", "mfu"} <= set(train)
+  assert [step for step, _ in train["loss"]] == [10, 20, 30, 40]
+  losses = [value for _, value in train["loss"]]
+  assert all(np.isfinite(losses)) and losses[-1] < losses[0]   # a learnable toy
+  schedule = optimizer_lib.learning_rate_schedule(config.train)
+  for step, value in train["learning_rate"]:
+    assert value == pytest.approx(float(schedule(step)), rel=1e-5), step
+  # The mean over each 10-step window (2 calls), not over its last call only.
+  assert [value for _, value in train["grad_norm"]] == [0.5, 2.5, 4.5, 6.5]
+  # The first call compiles and is left out: the window of step 10 times 5 steps.
+  tokens_per_second = 5 * 8 * 16 / 2.0
+  assert dict(train["tokens_per_second"])[20] == pytest.approx(tokens_per_second)
+  mfu = tokens_per_second * flops_per_token / (1e9 * 1)
+  assert dict(train["mfu"])[20] == pytest.approx(mfu)
+  assert any(line.startswith("step 20/40") and f"MFU {100 * mfu:.1f}%" in line
+             for line in lines), lines
+  assert {"loss", "accuracy", "perplexity"} <= set(evaluation)
+  assert [step for step, _ in evaluation["loss"]] == [20, 40]
+  eval_losses = [value for _, value in evaluation["loss"]]
+  assert all(np.isfinite(eval_losses)) and eval_losses[1] < eval_losses[0]
+  assert dict(evaluation["perplexity"])[40] == pytest.approx(np.exp(eval_losses[1]), rel=1e-5)
+
+
+# ---------------------------------------------------------------- jit_compile="auto"
+
+
+class _FakeExtended:
+  def __init__(self, devices):
+    self._devices = devices
+
+  @property
+  def worker_devices(self):
+    if self._devices is None:
+      raise RuntimeError("worker_devices() method unsupported by default tf.distribute.Strategy.")
+    return self._devices
+
+
+class _FakeResolver:
+  task_type, task_id = "worker", 0
+
+  def cluster_spec(self):
+    return tf.train.ClusterSpec({"worker": ["127.0.0.1:1"]})
+
+
+def _fake_strategy(base, devices):
+  """An instance of strategy class `base` (never constructed: no runtime set-up) whose worker
+  runs replicas on `devices` (None: a default strategy's "unsupported")."""
+  fake_class = type(f"Fake{base.__name__}", (base,), dict(
+      extended=property(lambda self: _FakeExtended(devices)),
+      num_replicas_in_sync=property(lambda self: max(1, len(devices or [1]))),
+      cluster_resolver=property(lambda self: _FakeResolver())))
+  return object.__new__(fake_class)
+
+
+@pytest.mark.parametrize("devices,expected", [
+    (["GPU"], True), (["GPU", "GPU"], True), (["TPU"], True), (["CPU"], False),
+    (["CPU", "CPU"], False), ([], False)])
+def test_auto_jit_compile_by_device_type(devices, expected):
+  assert loop.auto_jit_compile(devices) is expected
+
+
+@pytest.mark.parametrize("base,devices,expected", [
+    # A multi_worker_mirrored worker with one GPU (it got no XLA before).
+    (tf.distribute.MultiWorkerMirroredStrategy, ["/job:worker/replica:0/task:0/device:GPU:0"],
+     True),
+    (tf.distribute.MultiWorkerMirroredStrategy, ["/job:worker/replica:0/task:0/device:CPU:0"],
+     False),
+    (tf.distribute.MirroredStrategy, ["/job:localhost/replica:0/task:0/device:GPU:0",
+                                      "/job:localhost/replica:0/task:0/device:GPU:1"], True),
+    (tf.distribute.MirroredStrategy, ["/job:localhost/replica:0/task:0/device:CPU:0"], False),
+    (tf.distribute.OneDeviceStrategy, ["/job:localhost/replica:0/task:0/device:GPU:0"], True),
+    (tf.distribute.OneDeviceStrategy, ["/job:localhost/replica:0/task:0/device:CPU:0"], False),
+])
+def test_default_jit_compile_follows_the_devices_under_every_strategy(base, devices, expected):
+  assert loop.default_jit_compile(_fake_strategy(base, devices)) is expected
+
+
+def test_default_jit_compile_of_the_default_strategy(monkeypatch):
+  default = tf.distribute.get_strategy()
+  assert loop.default_jit_compile(default) is False  # this machine: CPUs only
+  gpu = tf.config.LogicalDevice("/job:localhost/replica:0/task:0/device:GPU:0", "GPU")
+  real = tf.config.list_logical_devices
+  monkeypatch.setattr(tf.config, "list_logical_devices",
+                      lambda kind=None: [gpu] if kind == "GPU" else real(kind))
+  assert loop.default_jit_compile(default) is True
+
+
+def test_auto_jit_compile_on_a_tpu_strategy():
+  assert loop.default_jit_compile(_fake_strategy(tf.distribute.TPUStrategy, None)) is True

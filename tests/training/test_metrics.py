@@ -70,10 +70,118 @@ def test_training_flops_per_token_and_mfu():
   # 6N + 12 L H Q T, e.g. GPT-2 small: N=124M, L=12, H=12, Q=64, T=1024.
   assert flops.training_flops_per_token(124_000_000, 12, 12, 64, 1024) == (
       6 * 124e6 + 12 * 12 * 12 * 64 * 1024)
-  assert flops.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
-  assert flops.peak_flops("TPU v4") == 275e12
-  assert flops.peak_flops("Intel Xeon CPU") is None
   assert flops.model_flops_utilization(1000.0, 1e9, 1e12, 2) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("device,dtype,tf32,peak", [
+    ("NVIDIA H100 80GB HBM3", "bfloat16", True, 989e12),
+    ("NVIDIA H100 80GB HBM3", "float16", True, 989e12),
+    ("NVIDIA H100 80GB HBM3", "float32", True, 495e12),    # TF32 tensor cores (TF's default)
+    ("NVIDIA H100 80GB HBM3", "float32", False, 67e12),
+    ("NVIDIA H100 PCIe", "bfloat16", True, 756e12),
+    ("NVIDIA H200", "bfloat16", True, 989e12),
+    ("NVIDIA A100-SXM4-80GB", "float32", True, 156e12),
+    ("NVIDIA A100-SXM4-80GB", "bfloat16", True, 312e12),
+    ("Tesla V100-SXM2-16GB", "float16", True, 125e12),
+    ("Tesla V100-SXM2-16GB", "float32", True, 15.7e12),    # no TF32 units
+    ("Tesla V100-SXM2-16GB", "bfloat16", True, None),      # no bf16 units: no MFU
+    ("NVIDIA L4", "bfloat16", True, 121e12),
+    ("Tesla T4", "float16", True, 65e12),
+    ("TPU v4", "bfloat16", True, 275e12),
+    ("TPU v4", "float32", True, 275e12),                   # float32 matmuls in bf16 passes
+    ("TPU v4", "float32", False, None),
+    ("TPU v5e", "bfloat16", True, 197e12),
+    ("TPU v5 lite", "bfloat16", True, 197e12),
+    ("TPU v5p", "bfloat16", True, 459e12),
+    ("TPU v6e", "bfloat16", True, 918e12),
+    ("TPU v3", "bfloat16", True, 61.5e12),                  # a core: 2 TF devices a chip
+    ("TPU v2", "bfloat16", True, 22.5e12),
+    ("Intel Xeon CPU", "float32", True, None),
+])
+def test_peak_flops_by_device_and_compute_dtype(device, dtype, tf32, peak):
+  assert flops.peak_flops(device, dtype, tf32=tf32) == peak
+
+
+@pytest.mark.parametrize("accelerator_type,kind", [
+    ("v2-8", "TPU v2"), ("v3-32", "TPU v3"), ("v4-8", "TPU v4"), ("v5litepod-16", "TPU v5e"),
+    ("v5e-4", "TPU v5e"), ("v5p-128", "TPU v5p"), ("v6e-8", "TPU v6e"), ("V4", "TPU v4"),
+    ("nvidia-h100", None)])
+def test_tpu_kind_of_cloud_tpu_accelerator_types(accelerator_type, kind):
+  assert flops.tpu_kind(accelerator_type) == kind
+
+
+class _FakeCloudTpuClient:
+  def accelerator_type(self):
+    return "v5litepod-8"
+
+
+class _FakeTpuResolver:
+  _cloud_tpu_client = _FakeCloudTpuClient()
+
+
+def _fake_tpu_strategy(resolver=None):
+  fake = type("FakeTPUStrategy", (tf.distribute.TPUStrategy,),
+              dict(cluster_resolver=property(lambda self: resolver)))
+  return object.__new__(fake)
+
+
+def test_device_kind_of_a_tpu_from_its_resolver_or_the_tpu_vm_environment():
+  assert flops.device_kind(_fake_tpu_strategy(_FakeTpuResolver()), environ={}) == "TPU v5e"
+  assert flops.device_kind(_fake_tpu_strategy(),
+                           environ={"TPU_ACCELERATOR_TYPE": "v4-32"}) == "TPU v4"
+  assert flops.device_kind(_fake_tpu_strategy(), environ={}) == "TPU"
+  peak = flops.device_peak("bfloat16", _fake_tpu_strategy(), environ={
+      "TPU_ACCELERATOR_TYPE": "v6e-8"})
+  assert (peak.flops_per_second, peak.source) == (918e12, "table: TPU v6e bfloat16")
+
+
+def _fake_gpu(monkeypatch, name):
+  gpu = tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")
+  real = tf.config.list_physical_devices
+  monkeypatch.setattr(tf.config, "list_physical_devices",
+                      lambda kind=None: [gpu] if kind == "GPU" else real(kind))
+  monkeypatch.setattr(tf.config.experimental, "get_device_details",
+                      lambda device: {"device_name": name, "compute_capability": (9, 0)})
+
+
+def test_device_peak_of_a_gpu_follows_the_compute_dtype(monkeypatch):
+  _fake_gpu(monkeypatch, "NVIDIA H100 80GB HBM3")
+  assert flops.device_kind() == "NVIDIA H100 80GB HBM3"
+  bf16 = flops.device_peak("bfloat16")
+  assert (bf16.flops_per_second, bf16.source) == (989e12, "table: NVIDIA H100 80GB HBM3 bfloat16")
+  tf.config.experimental.enable_tensor_float_32_execution(False)
+  try:
+    assert flops.device_peak("float32").flops_per_second == 67e12
+  finally:
+    tf.config.experimental.enable_tensor_float_32_execution(True)
+  assert flops.device_peak("float32").flops_per_second == 495e12
+  assert flops.device_peak("float32", override=1e12).flops_per_second == 1e12
+
+
+def test_no_peak_on_a_cpu_says_why():
+  peak = flops.device_peak("float32")
+  assert (peak.flops_per_second, peak.device) == (None, "CPU")
+  assert peak.source == "no float32 peak known for CPU"
+
+
+@pytest.mark.parametrize("policy,peak", [("float32", 495e12), ("mixed_bfloat16", 989e12),
+                                         ("mixed_float16", 989e12)])
+def test_the_trainer_divides_by_the_peak_of_its_compute_dtype(monkeypatch, policy, peak):
+  from tfllm.training import job  # pylint: disable=g-import-not-at-top
+  _fake_gpu(monkeypatch, "NVIDIA H100 80GB HBM3")
+  config = tiny_config()
+  strategy = tf.distribute.get_strategy()   # its worker_devices raise: the peak must not ask
+  peak_of = job._peak  # pylint: disable=protected-access
+  assert peak_of(config, strategy, policy).flops_per_second == peak
+  config.train.peak_flops_per_device = 5e12
+  assert peak_of(config, strategy, policy).flops_per_second == 5e12
+
+
+def test_the_bench_uses_the_same_table():
+  from tfllm.bench import mfu  # pylint: disable=g-import-not-at-top
+  assert mfu.table_peak_flops("NVIDIA A100-SXM4-40GB", "float32") == flops.peak_flops(
+      "NVIDIA A100-SXM4-40GB", "float32")
+  assert mfu.Peak is flops.Peak and mfu.device_description is flops.device_kind
 
 
 def test_sampling_is_deterministic_and_greedy_follows_the_argmax():

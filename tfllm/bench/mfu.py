@@ -3,15 +3,15 @@
 Model FLOPs utilization (MFU) = achieved training FLOP/s / the device's peak FLOP/s, where
 training FLOPs per token are `6 N + 12 L H Q T` (`tfllm.training.flops`, the one
 implementation the trainer uses too) and N excludes position embeddings (PaLM appendix B,
-nanoGPT's `estimate_mfu`). Peaks come from vendor tables for accelerators (dense, without
-sparsity) and, on a CPU, from a matrix multiplication measured at the start of the run
-("matmul peak measured"): a CPU's datasheet peak depends on cores, clocks and vector units
-that a process cannot see reliably.
+nanoGPT's `estimate_mfu`). Peaks come from the vendor table for accelerators (dense, without
+sparsity, by device and compute dtype: `tfllm.training.flops.peak_flops`, the trainer's too)
+and, on a CPU, from a matrix multiplication measured at the start of the run ("matmul peak
+measured"): a CPU's datasheet peak depends on cores, clocks and vector units that a process
+cannot see reliably.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Optional
 
@@ -22,52 +22,14 @@ from tfllm.training import flops
 
 FORMULA = "FLOPs/token = 6*N + 12*L*H*Q*T (N: parameters without position embeddings)"
 
-# float32 (no tensor cores / TF32 off) dense peaks, vendor datasheets. bf16/fp16 peaks are
-# `tfllm.training.flops.peak_flops`. TPUs compute float32 matmuls as several bf16 passes:
-# no float32 peak is stated for them.
-_FLOAT32_PEAK_FLOPS = (
-    ("H200", 67e12),
-    ("H100", 67e12),
-    ("A100", 19.5e12),
-    ("L4", 30.3e12),
-    ("A10", 31.2e12),
-    ("V100", 15.7e12),
-    ("T4", 8.1e12),
-)
-
-
-@dataclasses.dataclass
-class Peak:
-  """A device's peak FLOP/s and where the number comes from."""
-  flops_per_second: Optional[float]
-  source: str          # "table: <device> <dtype>", "matmul peak measured", or why none
-  device: str
-
-
-def device_description() -> str:
-  """The first accelerator's name (e.g. "NVIDIA H100 80GB HBM3"), or "CPU"."""
-  for kind in ("GPU", "TPU"):
-    devices = tf.config.list_physical_devices(kind)
-    if devices:
-      try:
-        details = tf.config.experimental.get_device_details(devices[0])
-      except (ValueError, RuntimeError):
-        details = {}
-      return details.get("device_name", kind)
-  return "CPU"
+# The peak of a device and dtype, and the device's name: one table, in the trainer's module.
+Peak = flops.Peak
+device_description = flops.device_kind
 
 
 def table_peak_flops(description: str, dtype: str) -> Optional[float]:
-  """Peak FLOP/s from the vendor tables for `dtype` ("float32", "bfloat16", "float16")."""
-  if dtype in ("bfloat16", "float16"):
-    return flops.peak_flops(description)
-  if dtype == "float32":
-    text = description.upper()
-    for name, value in _FLOAT32_PEAK_FLOPS:
-      if name in text:
-        return value
-    return None
-  raise ValueError(f"dtype={dtype!r} has no peak table; use float32, bfloat16 or float16")
+  """Peak FLOP/s from the vendor table for `dtype` ("float32", "bfloat16", "float16")."""
+  return flops.peak_flops(description, dtype)
 
 
 def measure_matmul_peak(size: int = 1024, dtype: str = "float32", repeats: int = 20,
@@ -98,15 +60,10 @@ def measure_matmul_peak(size: int = 1024, dtype: str = "float32", repeats: int =
 def device_peak(dtype: str = "float32", measure_cpu: bool = True,
                 override: Optional[float] = None) -> Peak:
   """The peak to divide by: `override`, else the table, else (CPU) a measured matmul."""
-  description = device_description()
-  if override:
-    return Peak(float(override), "given", description)
-  table = table_peak_flops(description, dtype) if description != "CPU" else None
-  if table:
-    return Peak(table, f"table: {description} {dtype}", description)
-  if description == "CPU" and measure_cpu:
-    return Peak(measure_matmul_peak(dtype=dtype), "matmul peak measured", description)
-  return Peak(None, f"no {dtype} peak known for {description}", description)
+  peak = flops.device_peak(dtype, override=override)
+  if peak.flops_per_second is None and peak.device == "CPU" and measure_cpu:
+    return Peak(measure_matmul_peak(dtype=dtype), "matmul peak measured", peak.device)
+  return peak
 
 
 flops_parameter_count = flops.flops_parameter_count

@@ -4,7 +4,9 @@
       [--version=3] [--overwrite] [--jit_compile] [--max_new_tokens=64 --temperature=0.8 ...]
 
 Writes `<export_dir>/<version>/` (default version: one more than the newest there) with
-string-in signatures, the tokenizer inside, and warm-up requests; see docs/serving.md.
+string-in signatures, the tokenizer inside, and warm-up requests; see docs/serving.md. The
+weights are the run's best checkpoint when it ran with early stopping, else its newest (the
+line before the path says which).
 The model's `config.json` supplies the `export` section; the flags below override it.
 
 Exit codes: 0 written (its path is printed); 1 an error (one line on stderr); 2 bad flags.
@@ -67,6 +69,8 @@ def main(argv):
     logging.debug("%s failed", PROGRAM, exc_info=True)
     print(f"{PROGRAM}: error: {tfllm_flags.one_line(error)}", file=sys.stderr)
     return 1
+  from tfllm.training import checkpointing  # pylint: disable=g-import-not-at-top
+  print(f"exported {checkpointing.checkpoint_to_use(FLAGS.model_dir)[1]}", flush=True)
   print(path, flush=True)
   return 0
 

@@ -45,6 +45,7 @@ from typing import Optional, Tuple
 import keras_hub
 import tensorflow as tf
 
+from tfllm.config import ConfigError
 from tfllm.data import sources
 from tfllm.data.tokenizers import special_token_ids
 
@@ -554,21 +555,21 @@ def check_bucket_lengths(config) -> None:
   task = config.task.name
   # multi_task: every head is a classification task (`multitask_data` checks them).
   if task not in _CLASSIFICATION_TASKS + ("multi_task",):
-    raise ValueError(f"config.data.bucket_lengths={buckets} applies to "
-                     f"{' and '.join(_CLASSIFICATION_TASKS)}; task {task} packs full-length "
-                     "blocks (set it to ())")
+    raise ConfigError(f"config.data.bucket_lengths={buckets} applies to "
+                      f"{' and '.join(_CLASSIFICATION_TASKS)}; task {task} packs full-length "
+                      "blocks (set it to ())")
   if (list(buckets) != sorted(set(buckets)) or buckets[0] < 1
       or buckets[-1] >= config.data.sequence_length):
-    raise ValueError(f"config.data.bucket_lengths={buckets} is not accepted; give increasing "
-                     f"lengths from 1 to below config.data.sequence_length="
-                     f"{config.data.sequence_length}")
+    raise ConfigError(f"config.data.bucket_lengths={buckets} is not accepted; give increasing "
+                      f"lengths from 1 to below config.data.sequence_length="
+                      f"{config.data.sequence_length}")
 
 
 def check_context_tokens(config) -> None:
   """Raises ValueError unless `config.data.context_tokens` suits the task."""
   if config.data.context_tokens and config.task.name != "token_classification":
-    raise ValueError(f"config.data.context_tokens={config.data.context_tokens} applies to "
-                     f"token_classification, not task {config.task.name} (set it to 0)")
+    raise ConfigError(f"config.data.context_tokens={config.data.context_tokens} applies to "
+                      f"token_classification, not task {config.task.name} (set it to 0)")
 
 
 def make_dataset(config, split: str, tokenizer, input_context=None,
@@ -594,8 +595,8 @@ def make_dataset(config, split: str, tokenizer, input_context=None,
   """
   task = _task_name(config)
   if config.data.sequence_length < 2:
-    raise ValueError(f"config.data.sequence_length={config.data.sequence_length} is too "
-                     "short; accepted: >= 2")
+    raise ConfigError(f"config.data.sequence_length={config.data.sequence_length} is too "
+                      "short; accepted: >= 2")
   check_bucket_lengths(config)
   check_context_tokens(config)
   buckets = tuple(config.data.bucket_lengths)

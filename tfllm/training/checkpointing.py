@@ -5,17 +5,27 @@ to `model_dir/checkpoints`. TF writes a checkpoint's files under a temporary nam
 it in the `checkpoint` state file last (atomically), so a save that fails half-way leaves the
 previous checkpoints and the state file as they were; `save` removes the partial files and
 raises `CheckpointWriteError` naming the last good checkpoint.
+
+With early stopping the best evaluation's checkpoint is also written, to
+`model_dir/best_checkpoint/` (outside the manager's `max_to_keep` rotation), and
+`best_checkpoint.json` says which it is. The record is replaced atomically after the new
+checkpoint's files are complete, and older best checkpoints are deleted only then: a crash at
+any point leaves a record that names a complete checkpoint. Export, generation and
+`--mode=eval` read the best one when the record exists (`checkpoint_to_use`); resuming reads
+the newest.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Optional
+from typing import Any, Dict, Optional, Tuple
 
 import tensorflow as tf
 
-from tfllm.model_dir import checkpoint_dir  # pylint: disable=unused-import (callers' name)
-from tfllm.model_dir import remove
+# checkpoint_dir is also imported from here by callers.
+from tfllm.model_dir import (BEST_CHECKPOINT_SUBDIR, best_checkpoint_dir, best_checkpoint_path,
+                             checkpoint_dir, remove, write_atomically)
 
 
 class CheckpointWriteError(RuntimeError):
@@ -27,8 +37,51 @@ def latest_checkpoint(model_dir: str) -> Optional[str]:
   return tf.train.latest_checkpoint(checkpoint_dir(model_dir))
 
 
+def _exists(prefix: str) -> bool:
+  return tf.io.gfile.exists(prefix + ".index")
+
+
+def best_checkpoint(model_dir: str) -> Optional[Dict[str, Any]]:
+  """The record of early stopping's best checkpoint in `model_dir`, or None.
+
+  Returns:
+    `best_checkpoint.json` as a dict (`step`, `metric`, `mode`, `value`, `checkpoint`
+    relative to `model_dir`) plus `path`, the checkpoint's full prefix; None when the run
+    kept no best checkpoint (no early stopping) or its files are gone.
+  """
+  record_path = best_checkpoint_path(model_dir)
+  if not tf.io.gfile.exists(record_path):
+    return None
+  with tf.io.gfile.GFile(record_path) as f:
+    record = json.load(f)
+  record["path"] = os.path.join(model_dir, record["checkpoint"])
+  return record if _exists(record["path"]) else None
+
+
+def describe_best(record: Dict[str, Any]) -> str:
+  return (f"the best checkpoint by {record['metric']} (step {record['step']}, "
+          f"{record['metric']} {record['value']:.4f})")
+
+
+def checkpoint_to_use(model_dir: str) -> Tuple[Optional[str], str]:
+  """The checkpoint a trained model is used from, and a phrase saying which it is.
+
+  Early stopping's best checkpoint when the run kept one; else the newest.
+
+  Returns:
+    `(path prefix or None, e.g. "the best checkpoint by loss (step 20, loss 1.2345)")`.
+  """
+  best = best_checkpoint(model_dir)
+  if best is not None:
+    return best["path"], describe_best(best)
+  path = latest_checkpoint(model_dir)
+  step = path.rsplit("-", 1)[-1] if path else "?"
+  return path, f"the newest checkpoint (step {step})"
+
+
 def restore_model(model, model_dir: str) -> str:
-  """Restores every variable of `model` from the newest checkpoint (for export/generate).
+  """Restores every variable of `model` from `checkpoint_to_use` (for export/generate):
+  early stopping's best checkpoint when the run kept one, else the newest.
 
   The optimizer's slots in the checkpoint are left out; a model variable the checkpoint lacks
   (a model built from another config, or without the LoRA adapters it was trained with) is an
@@ -41,7 +94,7 @@ def restore_model(model, model_dir: str) -> str:
     FileNotFoundError: `model_dir` holds no checkpoint.
     ValueError: the checkpoint does not hold all of `model`'s variables.
   """
-  path = latest_checkpoint(model_dir)
+  path, _ = checkpoint_to_use(model_dir)
   if path is None:
     raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(model_dir)}; train first")
   status = tf.train.Checkpoint(model=model).restore(path).expect_partial()
@@ -63,12 +116,17 @@ class Checkpointer:
     is_chief: whether this worker's files are the ones kept.
     worker_dir: non-chief workers: a private scratch directory, deleted after each save.
     max_to_keep: checkpoints the chief keeps.
+    required: the part of `checkpoint` every checkpoint restored must hold (default all of
+      it); the rest is restored where present (state added by a setting such as early
+      stopping, which a resumed run may turn on).
   """
 
   def __init__(self, checkpoint: tf.train.Checkpoint, model_dir: str, is_chief: bool = True,
-               worker_dir: Optional[str] = None, max_to_keep: int = 3):
+               worker_dir: Optional[str] = None, max_to_keep: int = 3,
+               required: Optional[tf.train.Checkpoint] = None):
     self.is_chief = is_chief
     self._checkpoint = checkpoint
+    self._required = required
     self._model_dir = model_dir
     self.directory = checkpoint_dir(model_dir) if is_chief else worker_dir
     if self.directory is None:
@@ -84,7 +142,49 @@ class Checkpointer:
     """Restores the newest checkpoint, if any (every worker reads the chief's)."""
     path = latest_checkpoint(self._model_dir)
     if path is not None:
+      self.restore(path)
+    return path
+
+  def restore(self, path: str) -> str:
+    """Restores the checkpoint at prefix `path` (every part `required` names must be there)."""
+    if self._required is None:
       self._checkpoint.restore(path).assert_existing_objects_matched()
+    else:
+      # The required part is checked; the values it leaves to the rest are expected.
+      self._required.restore(path).assert_existing_objects_matched().expect_partial()
+      self._checkpoint.restore(path).expect_partial()
+    return path
+
+  def save_best(self, step: int, metric: str, mode: str, value: float) -> Optional[str]:
+    """Writes the checkpoint of `step` as the best by `metric`; returns its path (the chief's).
+
+    The checkpoint's files first, then the record (atomically), then older best checkpoints
+    are removed; every worker must call it (MWMS saves are collective).
+    """
+    directory = (best_checkpoint_dir(self._model_dir) if self.is_chief
+                 else os.path.join(self.directory, "best"))
+    prefix = os.path.join(directory, f"ckpt-{step}")
+    try:
+      path = self._checkpoint.write(prefix)
+    except (OSError, tf.errors.OpError) as error:
+      reason = getattr(error, "message", None) or str(error)
+      raise CheckpointWriteError(
+          f"could not write the best checkpoint of step {step} to {directory}: "
+          f"{reason.splitlines()[0] if reason else type(error).__name__}; the best one before "
+          "it is kept") from error
+    finally:
+      if not self.is_chief:
+        remove(self.directory)
+    if not self.is_chief:
+      return None
+    record = dict(step=step, metric=metric, mode=mode, value=float(value),
+                  checkpoint=f"{BEST_CHECKPOINT_SUBDIR}/{os.path.basename(path)}")
+    write_atomically(best_checkpoint_path(self._model_dir),
+                     json.dumps(record, indent=2, sort_keys=True))
+    for name in tf.io.gfile.listdir(directory):
+      old = os.path.join(directory, name.rstrip("/"))
+      if name.startswith("ckpt-") and not name.startswith(f"ckpt-{step}."):
+        remove(old)
     return path
 
   def save(self, step: int) -> str:
@@ -109,7 +209,4 @@ class Checkpointer:
     if prefix in (self.manager.checkpoints or []):
       return
     for name in tf.io.gfile.glob(prefix + ".*") + tf.io.gfile.glob(prefix + "_temp*"):
-      if tf.io.gfile.isdir(name):
-        tf.io.gfile.rmtree(name)
-      else:
-        tf.io.gfile.remove(name)
+      remove(name)

@@ -17,7 +17,7 @@ def _train_defaults():
       eval_steps=20,             # eval batches per evaluation; 0 = no evaluation
       eval_every_steps=0,        # evaluate every N steps (rounded up to a loop); 0 = at the end
       seed=0,
-      jit_compile="auto",        # auto: XLA on one device per worker, GPU and TPU; off otherwise
+      jit_compile="auto",        # auto: XLA on GPUs and TPUs (any strategy), off on CPUs
       # Wall-clock minutes of training (compilation included, evaluation at the end not):
       # then checkpoint and evaluate. The learning-rate decay ends with the budget or with
       # `steps`, whichever comes first, so with a budget `steps` is a cap. 0 = no budget.
@@ -25,7 +25,8 @@ def _train_defaults():
       checkpoint_every_steps=500,  # rounded up to a loop; 0 = only at the end
       keep_checkpoints=3,
       log_every_steps=0,         # progress line and TensorBoard scalars; 0 = every loop
-      peak_flops_per_device=0.0,  # for MFU; 0 = look the device up (unknown devices: no MFU)
+      # For MFU; 0 = the table for the device and compute dtype (unknown devices: no MFU).
+      peak_flops_per_device=0.0,
       sample_prompt="",          # causal LM: text a sample continuation starts from
       sample_new_tokens=0,       # causal LM: tokens to sample after training; 0 = no sample
       sample_temperature=0.8,    # 0 = greedy
@@ -44,7 +45,9 @@ def _train_defaults():
           min_learning_rate_ratio=0.1,
       ),
       early_stopping=dict(
-          metric="",                 # eval metric name (e.g. "loss"); "" = off
+          # Eval metric name (e.g. "loss"); "" = off. Needs eval_steps and eval_every_steps
+          # > 0; the best evaluation's checkpoint is kept (model_dir/best_checkpoint/).
+          metric="",
           mode="min",
           patience=0,                # evaluations without improvement before stopping
           min_delta=0.0,
@@ -58,8 +61,13 @@ def _check_train(section):
     raise ConfigError(f"config.train.early_stopping.patience={stop.patience} must be >= 1 "
                       f"when config.train.early_stopping.metric={stop.metric!r} is set")
   if stop.metric and not section.eval_steps:
-    raise ConfigError("config.train.early_stopping.metric is set but config.train.eval_steps=0 "
-                      "runs no evaluation")
+    raise ConfigError(f"config.train.early_stopping.metric={stop.metric!r} needs evaluations "
+                      "but config.train.eval_steps=0 runs none; set eval_steps and "
+                      "eval_every_steps > 0, or early_stopping.metric=''")
+  if stop.metric and not section.eval_every_steps:
+    raise ConfigError(f"config.train.early_stopping.metric={stop.metric!r} needs evaluations "
+                      "during training but config.train.eval_every_steps=0 evaluates only at "
+                      "the end; set eval_every_steps > 0, or early_stopping.metric=''")
 
 
 SCHEMAS = {

@@ -56,7 +56,7 @@ def compare_with_model_dir(config: ml_collections.ConfigDict, model_dir: str,
     data, export, ...) that differ: a resumed run uses the new ones, so it says which.
 
   Raises:
-    ValueError: `model_dir` holds a run of a different model shape.
+    ConfigError: `model_dir` holds a run of a different model shape.
   """
   path = config_path(model_dir)
   if not tf.io.gfile.exists(path):
@@ -73,8 +73,9 @@ def compare_with_model_dir(config: ml_collections.ConfigDict, model_dir: str,
         shape_diffs.append(diff)
   if shape_diffs:
     more = f" (and {len(shape_diffs) - 1} more)" if len(shape_diffs) > 1 else ""
-    raise ValueError(f"model_dir {model_dir} holds a different model: {shape_diffs[0]}{more}; "
-                     "use a new --model_dir or the saved config")
+    raise config_lib.ConfigError(
+        f"model_dir {model_dir} holds a different model: {shape_diffs[0]}{more}; use a new "
+        "--model_dir or the saved config")
   return other_diffs
 
 
@@ -85,16 +86,12 @@ def _flops_per_token(config, model) -> float:
                                         m.num_heads, head_dim, config.data.sequence_length)
 
 
-def _peak_flops(config, strategy) -> Optional[float]:
-  if config.train.peak_flops_per_device:
-    return config.train.peak_flops_per_device
-  devices = strategy.extended.worker_devices
-  try:
-    details = tf.config.experimental.get_device_details(
-        tf.config.list_physical_devices(devices[0].split("device:")[-1].split(":")[0])[0])
-    return flops.peak_flops(details.get("device_name", ""))
-  except (IndexError, ValueError):
-    return None
+def _peak(config, strategy, policy: str) -> flops.Peak:
+  """The per-device peak MFU divides by: the override, else the table for the device and the
+  policy's compute dtype (float32, bfloat16 or float16)."""
+  compute_dtype = keras.DTypePolicy(policy).compute_dtype
+  return flops.device_peak(compute_dtype, strategy,
+                           override=config.train.peak_flops_per_device or None)
 
 
 def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_and_eval",
@@ -121,18 +118,23 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
     `sample` (causal LMs with `train.sample_new_tokens`), `checkpoint`.
   """
   if mode not in MODES:
-    raise ValueError(f"mode={mode!r} is not known; use one of: {', '.join(MODES)}")
+    raise config_lib.ConfigError(f"mode={mode!r} is not known; use one of: {', '.join(MODES)}")
   if not model_dir:
-    raise ValueError("model_dir is empty; give the directory to train in")
+    raise config_lib.ConfigError("model_dir is empty; give the directory to train in")
   config = config_lib.validate(ml_collections.ConfigDict(config.to_dict()))
+  if mode == "train" and config.train.early_stopping.metric:
+    raise config_lib.ConfigError(
+        f"config.train.early_stopping.metric={config.train.early_stopping.metric!r} needs "
+        "evaluations, which mode=train does not run; use mode=train_and_eval or set "
+        "config.train.early_stopping.metric=''")
   strategy = distribute.get_strategy(strategy_name, tpu=tpu, num_gpus=num_gpus)
   from tfllm.data import pipelines, tokenizers  # pylint: disable=g-import-not-at-top
   pipelines.check_bucket_lengths(config)
   pipelines.check_context_tokens(config)
   if config.data.bucket_lengths and isinstance(strategy, tf.distribute.TPUStrategy):
-    raise ValueError(f"config.data.bucket_lengths={tuple(config.data.bucket_lengths)} gives "
-                     "batches of varying length, which TPUStrategy cannot compile; set it to () "
-                     "on TPUs")
+    raise config_lib.ConfigError(
+        f"config.data.bucket_lengths={tuple(config.data.bucket_lengths)} gives "
+        "batches of varying length, which TPUStrategy cannot compile; set it to () on TPUs")
   policy = precision.set_policy(mixed_precision, strategy=strategy)
   chief = distribute.is_chief(strategy)
   worker_dir = None if chief else distribute.worker_temp_dir(model_dir, strategy)
@@ -140,8 +142,8 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
 
   compare_with_model_dir(config, model_dir)   # refuse a different model before any work
   if mode == "eval" and checkpointing.latest_checkpoint(model_dir) is None:
-    raise ValueError(f"mode=eval needs a checkpoint; {checkpointing.checkpoint_dir(model_dir)} "
-                     "has none")
+    raise config_lib.ConfigError(f"mode=eval needs a checkpoint; "
+                                 f"{checkpointing.checkpoint_dir(model_dir)} has none")
 
   from tfllm import models  # pylint: disable=g-import-not-at-top
   from tfllm.finetune.multitask_data import multitask_dataset  # pylint: disable=g-import-not-at-top
@@ -188,15 +190,21 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
     return pipelines.make_dataset(config, config.data.eval_split, tokenizer,
                                   input_context=context, training=False)
 
+  peak = _peak(config, strategy, policy)
   trainer = Trainer(
       config, strategy, model, optimizer, model_dir, train_data, eval_data,
       metrics=metrics_lib.eval_metrics(config, tokenizer), is_chief=chief,
       worker_dir=worker_dir, jit_compile=_jit_setting(config),
       flops_per_token=_flops_per_token(config, trained_model),
-      peak_flops_per_device=_peak_flops(config, strategy), budget_progress=budget_progress,
+      peak_flops_per_device=peak.flops_per_second, budget_progress=budget_progress,
       objective=objective, trained_model=trained_model, log=log)
-  restored = trainer.restore()
-  if restored:
+  # Evaluation alone reads the model training produced: early stopping's best checkpoint
+  # when it kept one; resuming reads the newest.
+  to_evaluate, which = checkpointing.checkpoint_to_use(model_dir)
+  restored = trainer.restore(to_evaluate if mode == "eval" else None)
+  if mode == "eval":
+    log(f"evaluating {which}: {restored}")
+  elif restored:
     log(f"resumed from {restored} (step {int(trainer.step.numpy())})")
     if changed:
       more = f" (and {len(changed) - 3} more)" if len(changed) > 3 else ""
@@ -204,6 +212,9 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
   log(f"model: {trained_model.count_params():,} parameters; strategy: {type(strategy).__name__} "
       f"({strategy.num_replicas_in_sync} replicas); precision: {policy}; "
       f"XLA: {'on' if trainer.jit_compile else 'off'}")
+  log(f"MFU peak: {peak.flops_per_second / 1e12:g} TFLOP/s per device ({peak.source})"
+      if peak.flops_per_second else
+      f"MFU: not reported ({peak.source}; set config.train.peak_flops_per_device)")
 
   summary: Dict[str, Any] = dict(step=int(trainer.step.numpy()), eval_metrics={},
                                  stop_reason="", tokens_per_second=0.0, train_seconds=0.0)
@@ -219,6 +230,11 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
     log(f"trained to step {result.step} ({result.stop_reason}) in {result.train_seconds:.1f} s "
         f"of steps, {result.tokens_per_second:,.0f} tokens/s")
   summary["checkpoint"] = trainer.checkpointer.latest
+  best = checkpointing.best_checkpoint(model_dir) if mode != "eval" else None
+  if best is not None:
+    summary["best_checkpoint"] = best["path"]
+    log(f"early stopping kept {checkpointing.describe_best(best)}: {best['path']} (export and "
+        "--mode=eval use it)")
   if summary["eval_metrics"]:
     metrics_text = "  ".join(f"{k} {v:.4f}" for k, v in sorted(summary["eval_metrics"].items()))
     log(f"{_eval_label(config)} at step {summary['step']}: {metrics_text}")

@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from tfllm.config import ConfigError
 from tfllm.training import checkpointing, flops, losses
 from tfllm.training.metrics import EvalMetric
 
@@ -58,10 +59,6 @@ class TrainResult:
   tokens_per_second: float
 
 
-def replicas_per_worker(strategy: tf.distribute.Strategy) -> int:
-  return max(1, strategy.num_replicas_in_sync // max(1, _num_workers(strategy)))
-
-
 def _num_workers(strategy: tf.distribute.Strategy) -> int:
   resolver = getattr(strategy, "cluster_resolver", None)
   if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
@@ -70,16 +67,32 @@ def _num_workers(strategy: tf.distribute.Strategy) -> int:
   return max(1, len(spec.get("worker", [])) + len(spec.get("chief", [])))
 
 
-def default_jit_compile(strategy: tf.distribute.Strategy) -> bool:
-  """XLA where it works: one replica per worker, or GPUs; not a CPU split into replicas.
-
-  On TPUs `strategy.run` compiles with XLA by itself.
-  """
+def strategy_device_types(strategy: tf.distribute.Strategy) -> List[str]:
+  """The device types ("GPU", "TPU", "CPU") this worker's replicas run on."""
   if isinstance(strategy, tf.distribute.TPUStrategy):
-    return False
-  if replicas_per_worker(strategy) == 1:
-    return not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-  return bool(tf.config.list_logical_devices("GPU"))
+    return ["TPU"]
+  try:
+    devices = list(strategy.extended.worker_devices)
+  except RuntimeError:
+    # The default strategy has no device list: ops go to the first GPU, else the CPU.
+    devices = [d.name for d in tf.config.list_logical_devices("GPU")[:1]] or ["CPU:0"]
+  return [tf.DeviceSpec.from_string(d if "/" in d else f"/device:{d}").device_type or "CPU"
+          for d in devices]
+
+
+def auto_jit_compile(device_types: Sequence[str]) -> bool:
+  """`train.jit_compile="auto"`: XLA when the replicas run on GPUs or TPUs, off on CPUs.
+
+  The same rule under every strategy: a lone GPU per `multi_worker_mirrored` worker, GPUs
+  under `mirrored`, one replica or several. CPUs get no XLA by default: across the logical
+  CPUs of one machine it fails (docs/distributed.md); `jit_compile="on"` asks for it.
+  """
+  return bool(device_types) and all(kind in ("GPU", "TPU") for kind in device_types)
+
+
+def default_jit_compile(strategy: tf.distribute.Strategy) -> bool:
+  """`auto_jit_compile` of the devices `strategy` runs this worker's replicas on."""
+  return auto_jit_compile(strategy_device_types(strategy))
 
 
 class _StopSignal:
@@ -138,7 +151,9 @@ class Trainer:
     clock: seconds since an arbitrary origin (tests replace it).
 
   The seconds of the budget spent are saved in the checkpoint: a resumed run continues the
-  same budget rather than starting a new one.
+  same budget rather than starting a new one. With `train.early_stopping`, so are the best
+  value of its metric and the evaluations since; each evaluation that improves on it writes
+  the best checkpoint (`Checkpointer.save_best`), which export and `--mode=eval` read.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, strategy: tf.distribute.Strategy,
@@ -168,6 +183,9 @@ class Trainer:
     self._flops_per_token = flops_per_token
     self._peak_flops = peak_flops_per_device or None
     self.jit_compile = default_jit_compile(strategy) if jit_compile is None else jit_compile
+    # TPUStrategy compiles every step with XLA itself; the step functions take no flag there.
+    self._function_jit_compile = (None if isinstance(strategy, tf.distribute.TPUStrategy)
+                                  else self.jit_compile)
     self._check_batch_size()
     self.budget_progress = budget_progress
     self._clock = clock
@@ -178,12 +196,25 @@ class Trainer:
                                       name="budget_seconds")
     self._objective = objective or self._cross_entropy
     self.trained_model = model if trained_model is None else trained_model
-    self.checkpoint = tf.train.Checkpoint(model=self.trained_model, optimizer=optimizer,
-                                          step=self.step,
-                                          budget_seconds=self.budget_seconds)
+    state = dict(model=self.trained_model, optimizer=optimizer, step=self.step,
+                 budget_seconds=self.budget_seconds)
+    self.checkpoint = tf.train.Checkpoint(**state)
+    required = None
+    if self.train_config.early_stopping.metric:
+      # Host-side: the best monitored value so far (NaN: none yet) and the evaluations since
+      # it, saved with every checkpoint so that a resumed run keeps the same count. A run
+      # resumed from a checkpoint without them (early stopping turned on) starts afresh.
+      self.best_metric = tf.Variable(float("nan"), dtype=tf.float64, trainable=False,
+                                     name="early_stopping_best")
+      self.evaluations_without_improvement = tf.Variable(
+          0, dtype=tf.int64, trainable=False, name="early_stopping_evaluations")
+      required = self.checkpoint
+      self.checkpoint = tf.train.Checkpoint(
+          **state, early_stopping_best=self.best_metric,
+          early_stopping_evaluations=self.evaluations_without_improvement)
     self.checkpointer = checkpointing.Checkpointer(
         self.checkpoint, model_dir, is_chief=is_chief, worker_dir=worker_dir,
-        max_to_keep=self.train_config.keep_checkpoints)
+        max_to_keep=self.train_config.keep_checkpoints, required=required)
     self._train_loop_fn = None
     self._eval_step_fns: Dict[int, Callable] = {}
     self._mean_over_workers_fn = None
@@ -198,13 +229,16 @@ class Trainer:
   def _check_batch_size(self):
     replicas = self.strategy.num_replicas_in_sync
     if self.train_config.global_batch_size % replicas:
-      raise ValueError(
+      raise ConfigError(
           f"config.train.global_batch_size={self.train_config.global_batch_size} is not "
           f"divisible by the {replicas} replicas of the {type(self.strategy).__name__}; use a "
           f"multiple of {replicas}")
 
-  def restore(self) -> Optional[str]:
-    """Restores the newest checkpoint of `model_dir` (model, optimizer, step), if any."""
+  def restore(self, path: Optional[str] = None) -> Optional[str]:
+    """Restores checkpoint `path`, by default the newest of `model_dir` (model, optimizer,
+    step), if any; returns the path restored."""
+    if path is not None:
+      return self.checkpointer.restore(path)
     return self.checkpointer.restore_latest()
 
   def _distributed_dataset(self, dataset_fn: Callable, skip_steps: int = 0,
@@ -298,7 +332,8 @@ class Trainer:
 
   def _build_train_loop(self):
     accum = self.train_config.grad_accum_steps
-    replica_step = tf.function(self._replica_train_step, jit_compile=self.jit_compile)
+    replica_step = tf.function(self._replica_train_step,
+                               jit_compile=self._function_jit_compile)
 
     @tf.function
     def train_loop(iterator, num_steps):
@@ -328,7 +363,7 @@ class Trainer:
 
   def _build_eval_step(self, model):
     replica_step = tf.function(functools.partial(self._replica_eval_step, model),
-                               jit_compile=self.jit_compile)
+                               jit_compile=self._function_jit_compile)
 
     # One trace for every batch length (length buckets); XLA still compiles one per shape.
     @tf.function(reduce_retracing=True)
@@ -434,14 +469,13 @@ class Trainer:
     budget_s = tc.time_budget_minutes * 60.0
     budget_spent_before = float(self.budget_seconds.numpy())
     stop_metric = tc.early_stopping
-    best, bad_evals = None, 0
     all_losses: List[float] = []
     eval_metrics: Dict[str, float] = {}
     stop_reason = "steps"
     train_seconds, timed_tokens = 0.0, 0
     last_saved = start_step if self.checkpointer.latest else -1
     log_every = tc.log_every_steps or tc.steps_per_loop
-    window_tokens, window_steps, window_seconds, window_losses = 0, 0, 0.0, []
+    window_tokens, window_steps, window_seconds, window_losses, window_norms = 0, 0, 0.0, [], []
 
     train_started = self._clock()
 
@@ -494,12 +528,13 @@ class Trainer:
         step = end
         all_losses.extend(float(x) for x in step_losses)
         window_losses.extend(float(x) for x in step_losses)
+        window_norms.extend(float(x) for x in norms.numpy())
 
         if step % log_every == 0 or step == total:
-          budget_left = budget_s - budget_spent() if budget_s else None
-          self._report(step, total, window_losses, norms.numpy(), window_tokens, window_steps,
-                       window_seconds, budget_left)
-          window_tokens, window_steps, window_seconds, window_losses = 0, 0, 0.0, []
+          self._report(step, total, window_losses, window_norms, window_tokens, window_steps,
+                       window_seconds, (budget_spent(), budget_s) if budget_s else None)
+          window_tokens, window_steps, window_seconds = 0, 0, 0.0
+          window_losses, window_norms = [], []
 
         over_budget = budget_fraction() >= 1.0
         if over_budget:
@@ -508,10 +543,8 @@ class Trainer:
             and step < total and not over_budget:
           eval_metrics = self.evaluate()
           self._log(_format_metrics(step, eval_metrics))
-          if stop_metric.metric:
-            best, bad_evals, stop = self._early_stopping(eval_metrics, best, bad_evals)
-            if stop:
-              stop_reason = "early_stopping"
+          if stop_metric.metric and self._early_stopping(eval_metrics, step):
+            stop_reason = "early_stopping"
         if stop_reason != "steps" or step == total or (
             tc.checkpoint_every_steps and step % tc.checkpoint_every_steps == 0):
           self.save()
@@ -530,35 +563,59 @@ class Trainer:
       self.save()
     if tc.eval_steps and (not eval_metrics or stop_reason != "early_stopping"):
       eval_metrics = self.evaluate()
+      if stop_metric.metric:
+        self._early_stopping(eval_metrics, step)  # the last evaluation may be the best
     return TrainResult(step=step, losses=all_losses, eval_metrics=eval_metrics,
                        stop_reason=stop_reason, train_seconds=train_seconds,
                        tokens_per_second=timed_tokens / train_seconds if train_seconds else 0.0)
 
-  def _early_stopping(self, metrics, best, bad_evals):
+  def _early_stopping(self, metrics: Dict[str, float], step: int) -> bool:
+    """Counts evaluation `metrics` of `step` in; a new best is saved as the best checkpoint.
+
+    Returns:
+      Whether `patience` evaluations in a row brought no improvement (stop now).
+    """
     spec = self.train_config.early_stopping
     if spec.metric not in metrics:
-      raise TrainingError(f"config.train.early_stopping.metric={spec.metric!r} is not an eval "
-                          f"metric; evaluation reports: {', '.join(sorted(metrics))}")
+      raise ConfigError(f"config.train.early_stopping.metric={spec.metric!r} is not an eval "
+                        f"metric; evaluation reports: {', '.join(sorted(metrics))}")
     value = metrics[spec.metric]
+    best = float(self.best_metric.numpy())
     sign = 1.0 if spec.mode == "min" else -1.0
-    if best is None or sign * (best - value) > spec.min_delta:
-      return value, 0, False
-    bad_evals += 1
-    return best, bad_evals, bad_evals >= spec.patience
+    if np.isnan(best) or sign * (best - value) > spec.min_delta:
+      self.best_metric.assign(value)
+      self.evaluations_without_improvement.assign(0)
+      path = self.checkpointer.save_best(step, spec.metric, spec.mode, value)
+      self._log(f"best {spec.metric} so far: {value:.4f} at step {step}; kept in {path}")
+      return False
+    self.evaluations_without_improvement.assign_add(1)
+    return int(self.evaluations_without_improvement.numpy()) >= spec.patience
 
-  def _report(self, step, total, window_losses, norms, tokens, steps, seconds,
-              budget_left=None):
+  def _report(self, step, total, window_losses, norms, tokens, steps, seconds, budget=None):
+    """The progress line and the train scalars of the steps since the last report.
+
+    Args:
+      norms: gradient norms of those steps.
+      budget: `(seconds spent, seconds of the budget)` of a time-budgeted run, whose line
+        shows the time against the budget (its `steps` is only a cap); None: a step-bounded
+        run, whose line shows `step/total`.
+    """
     loss = float(np.mean(window_losses))
     lr = float(self.optimizer.learning_rate)  # the schedule's value at the current step
     scalars = {"loss": loss, "learning_rate": lr, "grad_norm": float(np.mean(norms))}
-    line = f"step {step}/{total}  loss {loss:.4f}  lr {lr:.2e}"
+    if budget is None:
+      line = f"step {step}/{total}"
+    else:
+      spent, budget_s = budget
+      line = f"time {_format_seconds(spent)}/{_format_seconds(budget_s)}  step {step}"
+    line += f"  loss {loss:.4f}  lr {lr:.2e}"
     if seconds > 0:
       tps = tokens / seconds
       steps_per_s = steps / seconds
       scalars["tokens_per_second"] = tps
       eta = (total - step) / steps_per_s if steps_per_s else 0.0
-      if budget_left is not None:
-        eta = max(0.0, min(eta, budget_left))
+      if budget is not None:  # the budget's end, or the step cap if that comes first
+        eta = max(0.0, min(eta, budget[1] - budget[0]))
       line += f"  tokens/s {tps:,.0f}  ETA {_format_seconds(eta)}"
       if self._flops_per_token and self._peak_flops:
         mfu = flops.model_flops_utilization(tps, self._flops_per_token, self._peak_flops,

@@ -496,11 +496,12 @@ def _fake_strategy(base, devices):
   return object.__new__(fake_class)
 
 
-@pytest.mark.parametrize("devices,expected", [
-    (["GPU"], True), (["GPU", "GPU"], True), (["TPU"], True), (["CPU"], False),
-    (["CPU", "CPU"], False), ([], False)])
-def test_auto_jit_compile_by_device_type(devices, expected):
-  assert loop.auto_jit_compile(devices) is expected
+@pytest.mark.parametrize("devices,multi_worker,expected", [
+    (["GPU"], False, True), (["GPU", "GPU"], False, True), (["TPU"], False, True),
+    (["GPU"], True, True), (["CPU"], False, True), (["CPU"], True, False),
+    (["CPU", "CPU"], False, False), ([], False, False)])
+def test_auto_jit_compile_by_device_type(devices, multi_worker, expected):
+  assert loop.auto_jit_compile(devices, multi_worker=multi_worker) is expected
 
 
 @pytest.mark.parametrize("base,devices,expected", [
@@ -511,9 +512,11 @@ def test_auto_jit_compile_by_device_type(devices, expected):
      False),
     (tf.distribute.MirroredStrategy, ["/job:localhost/replica:0/task:0/device:GPU:0",
                                       "/job:localhost/replica:0/task:0/device:GPU:1"], True),
-    (tf.distribute.MirroredStrategy, ["/job:localhost/replica:0/task:0/device:CPU:0"], False),
+    (tf.distribute.MirroredStrategy, ["/job:localhost/replica:0/task:0/device:CPU:0"], True),
+    (tf.distribute.MirroredStrategy, ["/job:localhost/replica:0/task:0/device:CPU:0",
+                                      "/job:localhost/replica:0/task:1/device:CPU:1"], False),
     (tf.distribute.OneDeviceStrategy, ["/job:localhost/replica:0/task:0/device:GPU:0"], True),
-    (tf.distribute.OneDeviceStrategy, ["/job:localhost/replica:0/task:0/device:CPU:0"], False),
+    (tf.distribute.OneDeviceStrategy, ["/job:localhost/replica:0/task:0/device:CPU:0"], True),
 ])
 def test_default_jit_compile_follows_the_devices_under_every_strategy(base, devices, expected):
   assert loop.default_jit_compile(_fake_strategy(base, devices)) is expected
@@ -521,7 +524,7 @@ def test_default_jit_compile_follows_the_devices_under_every_strategy(base, devi
 
 def test_default_jit_compile_of_the_default_strategy(monkeypatch):
   default = tf.distribute.get_strategy()
-  assert loop.default_jit_compile(default) is False  # this machine: CPUs only
+  assert loop.default_jit_compile(default) is True  # this machine: one CPU
   gpu = tf.config.LogicalDevice("/job:localhost/replica:0/task:0/device:GPU:0", "GPU")
   real = tf.config.list_logical_devices
   monkeypatch.setattr(tf.config, "list_logical_devices",

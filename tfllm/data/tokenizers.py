@@ -67,6 +67,11 @@ class ByteLevelTokenizer(keras_hub.tokenizers.ByteTokenizer):
     tokens = super().tokenize(texts)[:-1]
     return tokens[0] if inputs.shape.rank == 0 else tokens
 
+  def id_to_token(self, id: int) -> str:  # pylint: disable=redefined-builtin
+    if 256 <= id < self.vocabulary_size():
+      return _BYTE_SPECIAL[id - 256]
+    return super().id_to_token(id)
+
   def token_to_id(self, token: str) -> int:
     if token in _BYTE_SPECIAL:
       return 256 + _BYTE_SPECIAL.index(token)

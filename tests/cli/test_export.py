@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from tensorflow.core.protobuf import saved_model_pb2
 
 from tests.export.conftest import make_model_dir
 
@@ -66,3 +67,20 @@ def test_generate_prints_one_continuation_per_prompt(model_dir):
                  "--prompt=the film", "--max_new_tokens=3", "--nojit_compile")
   assert done.returncode == 0, done.stderr
   assert len(done.stdout.rstrip("\n").split("\n\n")) == 2
+
+
+def test_export_of_a_multi_task_model_dir_serves_every_head(tmp_path):
+  model_dir = str(tmp_path / "multi")
+  make_model_dir(model_dir, "multi_task")
+  export_dir = str(tmp_path / "serving")
+  done = run_cli("tfllm.cli.export", f"--model_dir={model_dir}", f"--export_dir={export_dir}")
+  assert done.returncode == 0, done.stderr
+  assert done.stdout.strip().splitlines()[-1] == os.path.join(export_dir, "1")
+  saved_model = saved_model_pb2.SavedModel()
+  with open(os.path.join(export_dir, "1", "saved_model.pb"), "rb") as f:
+    saved_model.ParseFromString(f.read())
+  (meta_graph,) = saved_model.meta_graphs
+  assert set(meta_graph.signature_def) >= {"serving_default", "ner", "sentiment"}
+  outputs = meta_graph.signature_def["serving_default"].outputs
+  assert {"ner_tags", "ner_entity_types", "sentiment_label", "sentiment_probabilities"} <= set(
+      outputs)

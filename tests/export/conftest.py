@@ -2,59 +2,112 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import keras
 import keras_hub
+import numpy as np
 import pytest
 import tensorflow as tf
 
 from tfllm import config as config_lib
+from tfllm import export
 from tfllm.data import tokenizers
+from tfllm.export import latency, warmup
 from tfllm.models import build
 from tfllm.models.config import model_preset
 from tfllm.training import checkpointing
+from tests.models.test_configs import load_config
 
 WORDS = ("the a film is was good bad great awful movie john mary lives in paris london "
          "hello world to be or not that question . , ! ?").split()
 VOCABULARY = list(tokenizers.WORD_PIECE_RESERVED) + WORDS + ["##s", "##ing", "##ed"]
 NER_TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+SENTIMENT_LABELS = ["negative", "positive"]
+TOKENIZER_KINDS = ("word_piece", "sentence_piece", "byte")
+# What the tiny SentencePiece model is trained on (sentences of the WordPiece vocabulary).
+_SENTENCES = ["the film was good", "john lives in paris", "hello world , to be or not",
+              "that is the question !", "mary lives in london ?", "an awful movie , bad ."]
 
 
-def tiny_tokenizer():
+@functools.lru_cache(maxsize=None)
+def _sentence_piece_proto() -> bytes:
+  lines = tf.data.Dataset.from_tensor_slices(_SENTENCES * 20)
+  tokenizer = tokenizers.train_sentence_piece(lines, vocab_size=40)
+  return bytes(tokenizer.proto)
+
+
+def tiny_tokenizer(kind: str = "word_piece"):
+  """A tokenizer of `kind` (one of TOKENIZER_KINDS) over the tiny vocabulary's words."""
+  if kind == "byte":
+    return tokenizers.ByteLevelTokenizer()
+  if kind == "sentence_piece":
+    return keras_hub.tokenizers.SentencePieceTokenizer(proto=_sentence_piece_proto())
   return keras_hub.tokenizers.WordPieceTokenizer(vocabulary=VOCABULARY, lowercase=True,
                                                  oov_token="[UNK]")
 
 
-def tiny_config(task: str):
-  """A full config of a 2-layer, width-32 model for `task` over the tiny vocabulary."""
+def tiny_config(task: str, tokenizer: str = "word_piece"):
+  """A full config of a 2-layer, width-32 model for `task` over a tiny `tokenizer` kind.
+
+  `multi_task` has a sentiment head (`sentiment`, 2 labels) and an NER head (`ner`, IOB2
+  tags decoded by Viterbi).
+  """
   config = config_lib.default_config()
   style = "gpt2" if task == "causal_lm" else "bert"
   config.model.update(model_preset(style))
-  config.model.update(vocab_size=len(VOCABULARY), num_layers=2, hidden_dim=32, num_heads=2,
-                      intermediate_dim=64, max_sequence_length=32, dropout=0.0,
-                      attention_dropout=0.0)
+  config.model.update(vocab_size=int(tiny_tokenizer(tokenizer).vocabulary_size()), num_layers=2,
+                      hidden_dim=32, num_heads=2, intermediate_dim=64, max_sequence_length=32,
+                      dropout=0.0, attention_dropout=0.0)
+  config.tokenizer.type = tokenizer
   config.task.name = task
   config.task.dropout = 0.0
   config.data.sequence_length = 16
   if task == "sequence_classification":
-    config.task.labels = ["negative", "positive"]
+    config.task.labels = SENTIMENT_LABELS
   elif task == "token_classification":
     config.task.labels = NER_TAGS
+  elif task == "multi_task":
+    config.task.heads = {
+        "sentiment": dict(task="sequence_classification", labels=SENTIMENT_LABELS,
+                          dropout=0.0),
+        "ner": dict(task="token_classification", labels=NER_TAGS, dropout=0.0,
+                    decoding="iob2_viterbi"),
+    }
   config.export.max_new_tokens = 8
   config.export.temperature = 0.0
   return config
 
 
-def make_model_dir(path: str, task: str, seed: int = 0):
-  """Writes what a training run leaves: config.json, tokenizer/, checkpoints/ckpt-1."""
-  config = tiny_config(task)
+def default_job_config():
+  """The default job's config (`configs/shakespeare_lm.py`: causal LM, byte-level tokens,
+  its export settings) with a 2-layer, width-32, context-32 model."""
+  config = load_config("shakespeare_lm")
+  config.model.update(num_layers=2, hidden_dim=32, num_heads=2, intermediate_dim=64,
+                      max_sequence_length=32)
+  config.data.sequence_length = 32
+  config.export.max_new_tokens = 16   # 64 of a context of 128: half of it here too
+  return config
+
+
+def make_model_dir(path: str, task: str, seed: int = 0, tokenizer: str = "word_piece",
+                   config=None):
+  """Writes what a training run leaves: config.json, tokenizer/, checkpoints/ckpt-1.
+
+  Args:
+    task, tokenizer: what `tiny_config` builds, unless `config` is given (its
+      `tokenizer.type` then picks the tokenizer).
+  """
+  if config is None:
+    config = tiny_config(task, tokenizer)
   keras.utils.set_random_seed(seed)
   model = build(config)
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
     f.write(config_lib.to_json(config))
-  tokenizers.save_tokenizer(tiny_tokenizer(), os.path.join(path, "tokenizer"))
+  tokenizers.save_tokenizer(tiny_tokenizer(config.tokenizer.type),
+                            os.path.join(path, "tokenizer"))
   manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model),
                                        checkpointing.checkpoint_dir(path), max_to_keep=1)
   manager.save(checkpoint_number=1)
@@ -62,19 +115,73 @@ def make_model_dir(path: str, task: str, seed: int = 0):
 
 
 class _ModelDirs(dict):
-  """task -> a model directory, written on first use."""
+  """task, `(task, tokenizer kind)` or "default_job" -> a model directory, written on first
+  use (a bare task uses WordPiece)."""
 
   def __init__(self, root):
     super().__init__()
     self.root = root
 
-  def __missing__(self, task):
-    make_model_dir(str(self.root / task), task, seed=len(self))
-    self[task] = str(self.root / task)
-    return self[task]
+  def __missing__(self, key):
+    task, kind = (key, "word_piece") if isinstance(key, str) else key
+    name = key if isinstance(key, str) else f"{task}-{kind}"
+    config = default_job_config() if key == "default_job" else None
+    make_model_dir(str(self.root / name), task, seed=len(self), tokenizer=kind, config=config)
+    self[key] = str(self.root / name)
+    return self[key]
 
 
 @pytest.fixture(scope="session")
 def model_dirs(tmp_path_factory):
   """task -> a model directory (each built once per test session, when first used)."""
   return _ModelDirs(tmp_path_factory.mktemp("model_dirs"))
+
+
+class _Exports(dict):
+  """`model_dirs` key -> (version path, model, tokenizer, config), exported on first use."""
+
+  def __init__(self, model_dirs, root):
+    super().__init__()
+    self.model_dirs, self.root = model_dirs, root
+
+  def __missing__(self, key):
+    model, tokenizer, config = export.load_trained(self.model_dirs[key])
+    name = os.path.basename(self.model_dirs[key])
+    path = export.export_saved_model(model, tokenizer, config, str(self.root / name))
+    self[key] = (path, model, tokenizer, config)
+    return self[key]
+
+
+@pytest.fixture(scope="session")
+def exports(model_dirs, tmp_path_factory):
+  """`model_dirs` key -> its export and what it was made from (each exported once)."""
+  return _Exports(model_dirs, tmp_path_factory.mktemp("exports"))
+
+
+def strings(values):
+  return np.array(values, dtype=object)
+
+
+def warmup_requests(path):
+  """Signature name -> inputs of the export's TF Serving warm-up records."""
+  from tensorflow_serving.apis import prediction_log_pb2  # pylint: disable=g-import-not-at-top
+  requests = {}
+  records = os.path.join(path, "assets.extra", warmup.WARMUP_FILE)
+  for record in tf.data.TFRecordDataset(records).as_numpy_iterator():
+    log = prediction_log_pb2.PredictionLog.FromString(record)
+    request = log.predict_log.request
+    requests[request.model_spec.signature_name] = {
+        name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
+  return requests
+
+
+def served(exports, key, calls):
+  """Runs the export's warm-up requests plus `calls` in a fresh TF-only process; every call
+  must answer (no error)."""
+  path = exports[key][0]
+  warm = list(warmup_requests(path).items())
+  result = latency.run_tf_only(path, calls=warm + list(calls), list_ops=True, timeout=300)
+  for outputs in result["outputs"]:
+    assert not isinstance(outputs, str), outputs
+  result["outputs"] = result["outputs"][len(warm):]
+  return result

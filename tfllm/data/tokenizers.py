@@ -54,6 +54,22 @@ class ByteLevelTokenizer(keras_hub.tokenizers.ByteTokenizer):
   def vocabulary_size(self) -> int:
     return 256 + len(_BYTE_SPECIAL)
 
+  def tokenize(self, inputs):
+    # keras-hub's graph path squeezes `decode_raw`'s `[bytes, 1]`, which fails when a batch
+    # holds no byte at all (only empty strings, or no string: a served request can be either).
+    # One one-byte string more, dropped after tokenizing, keeps that dimension non-empty.
+    if not (tf.inside_function() and tf.is_tensor(inputs) and inputs.dtype == tf.string
+            and inputs.shape.rank in (0, 1)):
+      return super().tokenize(inputs)
+    texts = tf.concat([tf.reshape(inputs, [-1]), tf.constant([" "])], axis=0)
+    tokens = super().tokenize(texts)[:-1]
+    return tokens[0] if inputs.shape.rank == 0 else tokens
+
+  def id_to_token(self, id: int) -> str:  # pylint: disable=redefined-builtin
+    if 256 <= id < self.vocabulary_size():
+      return _BYTE_SPECIAL[id - 256]
+    return super().id_to_token(id)
+
   def token_to_id(self, token: str) -> int:
     if token in _BYTE_SPECIAL:
       return 256 + _BYTE_SPECIAL.index(token)

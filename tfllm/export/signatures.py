@@ -13,6 +13,12 @@ so no served input can fail the graph or grow its cost without bound.
                            entity_starts, entity_ends, num_entities}
                            serve_examples(inputs) -> the same
   masked_lm                serving_default(text) -> {tokens, token_ids, scores, num_masks}
+  multi_task               <head>(text) -> what that head's task serves from serving_default
+                           serving_default(text) -> every head's outputs as `<head>_<output>`
+
+What a classification or tagging head computes (text -> features as in training, logits ->
+outputs) lives in `TextEncoder`/`WordEncoder` and `LabelOutputs`/`TagOutputs`, which the
+single-task and the multi-task signatures share.
 
 `docs/serving.md` documents shapes, padding values and REST requests.
 """
@@ -41,11 +47,11 @@ def sanitize_text(text):
   return tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace")
 
 
-def label_names(config) -> Tuple[str, ...]:
-  """Class or tag names: `config.task.labels`, else `"0" ... "n-1"`."""
-  if config.task.labels:
-    return tuple(str(label) for label in config.task.labels)
-  return tuple(str(i) for i in range(config.task.num_classes))
+def label_names(section) -> Tuple[str, ...]:
+  """Class or tag names of a task or head section: its `labels`, else `"0" ... "n-1"`."""
+  if section.labels:
+    return tuple(str(label) for label in section.labels)
+  return tuple(str(i) for i in range(section.num_classes))
 
 
 def _maybe_jit(function, jit_compile: bool):
@@ -76,6 +82,15 @@ class _Signatures:
       raise ValueError(f"the tokenizer has no {', '.join(missing)} token; serving "
                        f"{self.config.task.name} needs {', '.join(roles)}")
     return tuple(self.special[role] for role in roles)
+
+  def _encoder(self, kind):
+    """A `TextEncoder` or `WordEncoder` over this tokenizer and sequence length."""
+    cls, sep, pad = self._special("cls", "sep", "pad")
+    if kind is WordEncoder:
+      # Byte-level vocabularies have no unk (every word has bytes); pad stands in, never used.
+      return WordEncoder(self.tokenizer, cls, sep, pad, self.special.get("unk", pad),
+                         self.sequence_length)
+    return TextEncoder(self.tokenizer, cls, sep, pad, self.sequence_length)
 
   def functions(self) -> Dict[str, tf.types.experimental.GenericFunction]:
     raise NotImplementedError
@@ -115,12 +130,15 @@ class CausalLMSignatures(_Signatures):
   def _generate(self, prompt, max_new_tokens, temperature, top_k, top_p, seed):
     batch = tf.shape(prompt)[0:1]
     rows = lambda value, dtype: tf.broadcast_to(tf.cast(value, dtype), batch)  # noqa: E731
+    max_new_tokens = rows(max_new_tokens, tf.int32)
     # Training packs documents each followed by eos: a prompt starts like a document does.
-    prompt_ids = generation.prompt_token_ids(self.tokenizer, sanitize_text(prompt),
-                                             self.max_length - 1, start_token_id=self.eos)
+    # A long prompt keeps its last tokens, leaving room for max_new_tokens.
+    prompt_ids = generation.prompt_token_ids(
+        self.tokenizer, sanitize_text(prompt),
+        generation.prompt_budget(self.max_length, max_new_tokens), start_token_id=self.eos)
     token_ids, lengths = generation.pack_prompts(prompt_ids, self.max_length, self.pad)
     token_ids, num_generated = self._loop(
-        token_ids, lengths, rows(max_new_tokens, tf.int32), rows(temperature, tf.float32),
+        token_ids, lengths, max_new_tokens, rows(temperature, tf.float32),
         rows(top_k, tf.int32), rows(top_p, tf.float32), rows(seed, tf.int64))
     new_ids = generation.generated_ids(token_ids, lengths, num_generated)
     return {
@@ -168,54 +186,6 @@ def _serialized_example(feature_name: str, text: bytes) -> bytes:
   feature = tf.train.Feature(bytes_list=tf.train.BytesList(value=[text]))
   example = tf.train.Example(features=tf.train.Features(feature={feature_name: feature}))
   return example.SerializeToString()
-
-
-class SequenceClassifierSignatures(_Signatures):
-  """`[CLS] text [SEP]` as in training (`tfllm.data.pipelines`), then softmax over labels."""
-
-  def __init__(self, model, tokenizer, config):
-    super().__init__(model, tokenizer, config)
-    cls, sep, pad = self._special("cls", "sep", "pad")
-    self.labels = label_names(config)
-    self.packer = keras_hub.layers.StartEndPacker(
-        self.sequence_length, start_value=cls, end_value=sep, pad_value=pad,
-        return_padding_mask=True)
-
-  def _classify(self, text):
-    pieces = tf.cast(self.tokenizer.tokenize(sanitize_text(text)), tf.int32)
-    token_ids, padding_mask = self.packer(pieces)
-    logits = self._forward({"token_ids": token_ids, "padding_mask": padding_mask})
-    probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
-    label_id = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
-    return probabilities, label_id
-
-  def functions(self):
-    labels = tf.constant(self.labels)
-    feature_spec = _text_feature_spec(self.config)
-    text_feature = self.config.data.text_feature
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
-    def serving_default(text):
-      probabilities, label_id = self._classify(text)
-      return {"label": tf.gather(labels, label_id), "label_id": label_id,
-              "probabilities": probabilities}
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
-    def serve_examples(inputs):
-      text = tf.io.parse_example(inputs, feature_spec)[text_feature]
-      probabilities, _ = self._classify(text)
-      classes = tf.tile(labels[None, :], [tf.shape(probabilities)[0], 1])
-      return {"classes": classes, "scores": probabilities}
-
-    return {"serving_default": serving_default, "serve_examples": serve_examples}
-
-  def method_names(self):
-    return {"serve_examples": CLASSIFY_METHOD_NAME}
-
-  def warmup_inputs(self):
-    example = _serialized_example(self.config.data.text_feature, b"A fine film.")
-    return {"serving_default": {"text": np.array([b"A fine film."], object)},
-            "serve_examples": {"inputs": np.array([example], object)}}
 
 
 def tag_spans(tags: Sequence[str]):
@@ -277,33 +247,89 @@ def entity_spans(tag_ids, num_words, type_of, begins):
           ragged(tf.boolean_mask(positions, flat_starts)), ragged(ends), num_entities)
 
 
-class TokenClassifierSignatures(_Signatures):
-  """Whitespace words -> word pieces (as in training) -> one tag a word (its first piece's,
-  decoded as `config.task.decoding` says) and the entities the tags spell. Words past the
-  sequence length are dropped."""
+class TextEncoder:
+  """Text -> `[CLS] pieces [SEP]` features, as `pipelines.sequence_classification_dataset`
+  builds them (what a classification head was trained on); longer texts are truncated.
 
-  def __init__(self, model, tokenizer, config):
-    super().__init__(model, tokenizer, config)
-    cls, sep, pad = self._special("cls", "sep", "pad")
-    self.unk = self.special.get("unk", pad)
-    self.tags = label_names(config)
-    self.decoding = tag_decoding(config.task)
-    self.type_of, self.begins, self.entity_types = tag_spans(self.tags)
-    length = self.sequence_length
+  Call: sanitized text `[batch]` -> `(features, {})`.
+  """
+
+  def __init__(self, tokenizer, cls, sep, pad, sequence_length):
+    self.tokenizer = tokenizer
+    self.packer = keras_hub.layers.StartEndPacker(
+        sequence_length, start_value=cls, end_value=sep, pad_value=pad,
+        return_padding_mask=True)
+
+  def __call__(self, text):
+    token_ids, padding_mask = self.packer(tf.cast(self.tokenizer.tokenize(text), tf.int32))
+    return {"token_ids": token_ids, "padding_mask": padding_mask}, {}
+
+
+class WordEncoder:
+  """Whitespace words -> word pieces -> `[CLS] pieces [SEP]`, as
+  `pipelines.token_classification_dataset` builds them (what a tagging head was trained on).
+
+  Call: sanitized text `[batch]` -> `(features, {"words": ragged words, "first": bool
+  [batch, sequence_length], True at each word's first piece})`; words past the sequence
+  length have no first piece.
+  """
+
+  def __init__(self, tokenizer, cls, sep, pad, unk, sequence_length):
+    self.tokenizer, self.unk = tokenizer, unk
     self.pack_ids = keras_hub.layers.StartEndPacker(
-        length, start_value=cls, end_value=sep, pad_value=pad, return_padding_mask=True)
+        sequence_length, start_value=cls, end_value=sep, pad_value=pad,
+        return_padding_mask=True)
     # Integer values: StartEndPacker rejects a float 0.0 start/end value (len() of a float).
-    self.pack_first = keras_hub.layers.StartEndPacker(length, start_value=0, end_value=0,
-                                                      pad_value=0)
+    self.pack_first = keras_hub.layers.StartEndPacker(sequence_length, start_value=0,
+                                                      end_value=0, pad_value=0)
 
-  def _tag(self, text):
-    words = tf.strings.split(sanitize_text(text))
+  def __call__(self, text):
+    words = tf.strings.split(text)
     pieces = pipelines.word_pieces(self.tokenizer, words, self.unk)
     piece_ids, _, _, first_piece = pipelines.align_word_tags(
         pieces, tf.zeros_like(words, dtype=tf.int32))
     token_ids, padding_mask = self.pack_ids(piece_ids)
     first = self.pack_first(tf.cast(first_piece, tf.int32)) > 0
-    logits = self._forward({"token_ids": token_ids, "padding_mask": padding_mask})
+    return ({"token_ids": token_ids, "padding_mask": padding_mask},
+            {"words": words, "first": first})
+
+
+class LabelOutputs:
+  """A classification head's served outputs: `{label, label_id, probabilities}`.
+
+  Call: logits `[batch, num_classes]` and the `TextEncoder`'s context -> outputs.
+  """
+
+  encoder = TextEncoder
+
+  def __init__(self, labels: Sequence[str]):
+    self.labels = tuple(labels)
+
+  def __call__(self, logits, encoded):
+    del encoded  # the label depends on the logits only
+    probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+    label_id = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+    return {"label": tf.gather(tf.constant(self.labels), label_id), "label_id": label_id,
+            "probabilities": probabilities}
+
+
+class TagOutputs:
+  """A tagging head's served outputs: one tag a word (its first piece's, decoded as
+  `decoding` says) and the entities the tags spell (see `docs/serving.md`).
+
+  Call: logits `[batch, sequence_length, num_tags]` and the `WordEncoder`'s context ->
+  `{words, tags, num_words, entity_types, entity_starts, entity_ends, num_entities}`.
+  """
+
+  encoder = WordEncoder
+
+  def __init__(self, tags: Sequence[str], decoding: str):
+    self.tags = tuple(tags)
+    self.decoding = decoding
+    self.type_of, self.begins, self.entity_types = tag_spans(self.tags)
+
+  def __call__(self, logits, encoded):
+    words, first = encoded["words"], encoded["first"]
     piece_tags = decode_word_tags(logits, first, self.tags, self.decoding, trim=True)
     word_tags = tf.ragged.boolean_mask(piece_tags, first)
     num_words = tf.cast(word_tags.row_lengths(), tf.int32)
@@ -324,17 +350,77 @@ class TokenClassifierSignatures(_Signatures):
         "num_entities": num_entities,
     }
 
+
+def head_outputs(section):
+  """`LabelOutputs` or `TagOutputs` of a classification or tagging task / head section."""
+  task = section.get("task", section.get("name"))
+  if task == "sequence_classification":
+    return LabelOutputs(label_names(section))
+  if task == "token_classification":
+    return TagOutputs(label_names(section), tag_decoding(section))
+  raise ValueError(f"a {task} head has no served signature here; served heads: "
+                   "sequence_classification, token_classification")
+
+
+class _HeadSignatures(_Signatures):
+  """A classification or tagging task: encoder -> model -> `head_outputs(config.task)`."""
+
+  def __init__(self, model, tokenizer, config):
+    super().__init__(model, tokenizer, config)
+    self.outputs = head_outputs(config.task)
+    self.encoder = self._encoder(self.outputs.encoder)
+
+  def _serve(self, text):
+    features, encoded = self.encoder(sanitize_text(text))
+    return self.outputs(self._forward(features), encoded)
+
+
+class SequenceClassifierSignatures(_HeadSignatures):
+  """`[CLS] text [SEP]` as in training (`tfllm.data.pipelines`), then softmax over labels."""
+
+  def functions(self):
+    labels = tf.constant(self.outputs.labels)
+    feature_spec = _text_feature_spec(self.config)
+    text_feature = self.config.data.text_feature
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    def serving_default(text):
+      return self._serve(text)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    def serve_examples(inputs):
+      text = tf.io.parse_example(inputs, feature_spec)[text_feature]
+      probabilities = self._serve(text)["probabilities"]
+      classes = tf.tile(labels[None, :], [tf.shape(probabilities)[0], 1])
+      return {"classes": classes, "scores": probabilities}
+
+    return {"serving_default": serving_default, "serve_examples": serve_examples}
+
+  def method_names(self):
+    return {"serve_examples": CLASSIFY_METHOD_NAME}
+
+  def warmup_inputs(self):
+    example = _serialized_example(self.config.data.text_feature, b"A fine film.")
+    return {"serving_default": {"text": np.array([b"A fine film."], object)},
+            "serve_examples": {"inputs": np.array([example], object)}}
+
+
+class TokenClassifierSignatures(_HeadSignatures):
+  """Whitespace words -> word pieces (as in training) -> one tag a word (its first piece's,
+  decoded as `config.task.decoding` says) and the entities the tags spell. Words past the
+  sequence length are dropped."""
+
   def functions(self):
     feature_spec = _text_feature_spec(self.config)
     text_feature = self.config.data.text_feature
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
     def serving_default(text):
-      return self._tag(text)
+      return self._serve(text)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
     def serve_examples(inputs):
-      return self._tag(tf.io.parse_example(inputs, feature_spec)[text_feature])
+      return self._serve(tf.io.parse_example(inputs, feature_spec)[text_feature])
 
     return {"serving_default": serving_default, "serve_examples": serve_examples}
 
@@ -342,6 +428,85 @@ class TokenClassifierSignatures(_Signatures):
     example = _serialized_example(self.config.data.text_feature, b"John lives in Paris")
     return {"serving_default": {"text": np.array([b"John lives in Paris"], object)},
             "serve_examples": {"inputs": np.array([example], object)}}
+
+
+class MultiTaskSignatures(_Signatures):
+  """One SavedModel for every head of a `MultiTaskModel`.
+
+  `<head name>(text)` returns what that head's single-task `serving_default` returns
+  (`LabelOutputs` or `TagOutputs`, with the head's labels and `decoding`), running the
+  backbone and that head only. `serving_default(text)` returns every head's outputs, each
+  key prefixed by `<head name>_`; heads that read the same encoding (classification heads:
+  the whole text; tagging heads: whitespace words, as each was trained) share one backbone
+  pass.
+  """
+
+  def __init__(self, model, tokenizer, config):
+    super().__init__(model, tokenizer, config)
+    self.heads = {}
+    for name, head in config.task.heads.items():
+      if not name.isidentifier() or name == "serving_default":
+        raise ValueError(f"config.task.heads.{name}: a head's name is its signature's name; "
+                         "use a Python identifier other than 'serving_default'")
+      try:
+        self.heads[name] = head_outputs(head)
+      except ValueError as error:
+        raise ValueError(f"config.task.heads.{name}: {error}") from None
+    self.encoders = {kind: self._encoder(kind)
+                     for kind in dict.fromkeys(o.encoder for o in self.heads.values())}
+    self._forwards = {}
+
+  def _forward_heads(self, names: Tuple[str, ...]):
+    """The backbone once, then the heads `names` on its output (XLA or not, one function per
+    set of heads)."""
+    if names not in self._forwards:
+      def forward(features):
+        hidden = self.model.backbone(features, training=False)
+        return {name: self.model.heads[name](hidden, features, training=False)
+                for name in names}
+      self._forwards[names] = _maybe_jit(forward, self.jit_compile)
+    return self._forwards[names]
+
+  def _serve(self, text, names: Sequence[str]):
+    """`{head: outputs}` of the heads `names`, one backbone pass per encoding."""
+    text = sanitize_text(text)
+    outputs = {}
+    for kind, encoder in self.encoders.items():
+      group = tuple(name for name in names if self.heads[name].encoder is kind)
+      if not group:
+        continue
+      features, encoded = encoder(text)
+      logits = self._forward_heads(group)(features)
+      outputs.update({name: self.heads[name](logits[name], encoded) for name in group})
+    return outputs
+
+  def functions(self):
+    text_spec = tf.TensorSpec([None], tf.string, name="text")
+
+    def one_head(name):
+      @tf.function(input_signature=[text_spec])
+      def serve_head(text):
+        return self._serve(text, [name])[name]
+      return serve_head
+
+    @tf.function(input_signature=[text_spec])
+    def serving_default(text):
+      outputs = {}
+      for name, head in self._serve(text, list(self.heads)).items():
+        for key, value in head.items():
+          if f"{name}_{key}" in outputs:
+            raise ValueError(f"heads' outputs meet in serving_default's key {name}_{key}; "
+                             "rename a head in config.task.heads")
+          outputs[f"{name}_{key}"] = value
+      return outputs
+
+    functions = {"serving_default": serving_default}
+    functions.update({name: one_head(name) for name in self.heads})
+    return functions
+
+  def warmup_inputs(self):
+    text = {"text": np.array([b"John lives in Paris"], object)}
+    return {name: dict(text) for name in ["serving_default", *self.heads]}
 
 
 MASK_TEXT = "[MASK]"
@@ -359,6 +524,8 @@ class MaskedLMSignatures(_Signatures):
     super().__init__(model, tokenizer, config)
     self.cls, self.sep, self.pad, self.mask = self._special("cls", "sep", "pad", "mask")
     self.top_predictions = min(int(config.export.top_predictions), model.backbone.vocab_size)
+    # Token names by id (get_vocabulary's type differs between tokenizers).
+    self.vocabulary = [tokenizer.id_to_token(i) for i in range(tokenizer.vocabulary_size())]
     self.packer = keras_hub.layers.StartEndPacker(
         self.sequence_length, start_value=self.cls, end_value=self.sep, pad_value=self.pad,
         return_padding_mask=True)
@@ -388,7 +555,7 @@ class MaskedLMSignatures(_Signatures):
         lambda: tf.zeros([0, 0, self.model.backbone.vocab_size], tf.float32))
     scores, ids = tf.math.top_k(probabilities, k=self.top_predictions)
     valid = (tf.range(tf.shape(ids)[1])[None, :] < num_masks[:, None])[:, :, None]
-    vocabulary = tf.constant(self.tokenizer.get_vocabulary())
+    vocabulary = tf.constant(self.vocabulary)
     ids = tf.where(valid, ids, -1)
     return {"tokens": tf.where(valid, tf.gather(vocabulary, tf.maximum(ids, 0)), ""),
             "token_ids": ids, "scores": tf.where(valid, scores, 0.0), "num_masks": num_masks}
@@ -409,6 +576,7 @@ _SIGNATURES = {
     "sequence_classification": SequenceClassifierSignatures,
     "token_classification": TokenClassifierSignatures,
     "masked_lm": MaskedLMSignatures,
+    "multi_task": MultiTaskSignatures,
 }
 
 

@@ -61,18 +61,44 @@ def text_op_libraries():
                      "on sys.path; install tensorflow-text")
 
 
-def graph_ops(path):
-  """Names of every op in the SavedModel's graphs, functions included."""
+def _graph_defs(path):
+  """The `GraphDef` of each meta graph of the SavedModel at `path`."""
   from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
   saved_model = saved_model_pb2.SavedModel()
   with open(os.path.join(path, "saved_model.pb"), "rb") as f:
     saved_model.ParseFromString(f.read())
+  return [meta_graph.graph_def for meta_graph in saved_model.meta_graphs]
+
+
+def graph_ops(path):
+  """Names of every op in the SavedModel's graphs, functions included."""
   ops = set()
-  for meta_graph in saved_model.meta_graphs:
-    ops.update(node.op for node in meta_graph.graph_def.node)
-    for function in meta_graph.graph_def.library.function:
+  for graph_def in _graph_defs(path):
+    ops.update(node.op for node in graph_def.node)
+    for function in graph_def.library.function:
       ops.update(node.op for node in function.node_def)
   return ops
+
+
+XLA_MUST_COMPILE = "_XlaMustCompile"
+
+
+def xla_must_compile(path):
+  """What in the SavedModel must run under XLA (`_XlaMustCompile=True`, what a
+  `tf.function(jit_compile=True)` is saved with): names of such functions and of the nodes
+  (calls included, in the graph or inside any function) carrying it; sorted, [] when none.
+
+  A model server without XLA for its device cannot run these (see docs/serving.md, XLA)."""
+  marked = set()
+  for graph_def in _graph_defs(path):
+    nodes = [("", node) for node in graph_def.node]
+    for function in graph_def.library.function:
+      if XLA_MUST_COMPILE in function.attr and function.attr[XLA_MUST_COMPILE].b:
+        marked.add(function.signature.name)
+      nodes.extend((function.signature.name + "/", node) for node in function.node_def)
+    marked.update(scope + node.name for scope, node in nodes
+                  if XLA_MUST_COMPILE in node.attr and node.attr[XLA_MUST_COMPILE].b)
+  return sorted(marked)
 
 
 def classify_ops(path):

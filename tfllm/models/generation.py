@@ -165,6 +165,25 @@ def generate_tokens(model, token_ids, prompt_lengths, max_new_tokens, temperatur
   return token_ids, num_generated
 
 
+def prompt_budget(max_length, max_new_tokens):
+  """Tokens a prompt keeps (start token included) so that `max_new_tokens` fit after it.
+
+  A prompt longer than this keeps its last tokens; a shorter one is kept whole (and then
+  `generate_tokens` clamps `max_new_tokens` to the room left). At least 2 (the start token
+  and the prompt's last token), so a request for more tokens than the buffer holds still
+  continues the prompt.
+
+  Args:
+    max_length: the buffer length (int).
+    max_new_tokens: int or int `[batch]` (values below 0 count as 0).
+
+  Returns:
+    int32, the shape of `max_new_tokens`.
+  """
+  reserved = tf.clip_by_value(tf.cast(max_new_tokens, tf.int32), 0, max(int(max_length) - 2, 0))
+  return int(max_length) - reserved
+
+
 def prompt_token_ids(tokenizer, prompts, max_prompt_length, start_token_id=None):
   """Tokenized prompts as a ragged `[batch, None]` int32, ready for `pack_prompts`.
 
@@ -174,7 +193,8 @@ def prompt_token_ids(tokenizer, prompts, max_prompt_length, start_token_id=None)
   Args:
     tokenizer: a keras-hub tokenizer (runs as TF / TF-Text ops, inside a graph too).
     prompts: string `[batch]`. Invalid UTF-8 bytes are replaced (U+FFFD) before tokenizing.
-    max_prompt_length: the longest result, start token included (int).
+    max_prompt_length: the longest result, start token included: an int, or int `[batch]`
+      (one a prompt, e.g. `prompt_budget`).
     start_token_id: int or None.
   """
   prompts = tf.strings.unicode_transcode(prompts, "UTF-8", "UTF-8", errors="replace")
@@ -182,11 +202,13 @@ def prompt_token_ids(tokenizer, prompts, max_prompt_length, start_token_id=None)
   if not isinstance(pieces, tf.RaggedTensor):
     pieces = tf.RaggedTensor.from_tensor(pieces)
   pieces = tf.cast(pieces, tf.int32)
-  keep = int(max_prompt_length) - (0 if start_token_id is None else 1)
-  pieces = pieces[:, -keep:] if keep > 0 else pieces[:, :0]
+  keep = tf.cast(max_prompt_length, tf.int32) - (0 if start_token_id is None else 1)
+  lengths = tf.cast(pieces.row_lengths(), tf.int32)
+  first = tf.maximum(lengths - tf.maximum(keep, 0), 0)
+  pieces = tf.gather(pieces, tf.ragged.range(first, lengths), batch_dims=1)
   if start_token_id is not None:
-    first = tf.fill([pieces.nrows(), 1], tf.constant(start_token_id, tf.int32))
-    pieces = tf.concat([tf.RaggedTensor.from_tensor(first), pieces], axis=1)
+    start = tf.fill([pieces.nrows(), 1], tf.constant(start_token_id, tf.int32))
+    pieces = tf.concat([tf.RaggedTensor.from_tensor(start), pieces], axis=1)
   return pieces
 
 
@@ -269,8 +291,8 @@ class Generator:
                          rows(tf.int32), rows(tf.float32), rows(tf.int32), rows(tf.float32),
                          rows(tf.int64)])
     # In a graph: eager keras-hub tokenizers return Python lists for ragged results.
-    self._tokenize = tf.function(lambda prompts: prompt_token_ids(
-        self.tokenizer, prompts, self.max_length - 1, self.start_token_id))
+    self._tokenize = tf.function(lambda prompts, max_prompt_length: prompt_token_ids(
+        self.tokenizer, prompts, max_prompt_length, self.start_token_id))
     self._detokenize = tf.function(lambda new_ids: continuation_text(
         self.tokenizer, new_ids, self.stop_token_ids))
 
@@ -279,7 +301,7 @@ class Generator:
     return generate_tokens(self.model, token_ids, prompt_lengths, max_new_tokens, temperature,
                            top_k, top_p, seed, self.stop_token_ids, self.pad_token_id)
 
-  def _prompt_ids(self, prompts):
+  def _prompt_ids(self, prompts, max_new_tokens):
     if isinstance(prompts, (str, bytes)) or (
         prompts and isinstance(prompts[0], int) and not isinstance(prompts[0], bool)):
       raise ValueError("prompts must be a list (a batch): of strings, or of token-id lists; "
@@ -287,7 +309,8 @@ class Generator:
     if prompts and all(isinstance(p, (str, bytes)) for p in prompts):
       if self.tokenizer is None:
         raise ValueError("string prompts need a tokenizer; pass tokenizer= or token-id lists")
-      return self._tokenize(tf.constant(prompts, tf.string))
+      return self._tokenize(tf.constant(prompts, tf.string),
+                            prompt_budget(self.max_length, max_new_tokens))
     rows = [list(p) for p in prompts]
     if any(not row for row in rows):
       raise ValueError("a token-id prompt is empty; give at least one token id")
@@ -316,7 +339,7 @@ class Generator:
       `GenerationOutput`.
     """
     _check_sampling(max_new_tokens, temperature, top_k, top_p)
-    prompt_ids = self._prompt_ids(prompts)
+    prompt_ids = self._prompt_ids(prompts, max_new_tokens)
     token_ids, lengths = pack_prompts(prompt_ids, self.max_length, self.pad_token_id)
     batch = int(token_ids.shape[0])
     per_row = lambda value, dtype: tf.fill([batch], tf.constant(value, dtype))  # noqa: E731

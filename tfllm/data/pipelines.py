@@ -14,9 +14,10 @@ config.data.sequence_length` tokens:
   masked_lm                 features token_ids [B, L] (masked), padding_mask [B, L],
                             mask_positions int32 [B, P]; labels int32 [B, P] (original ids);
                             weight [B, P] (0 for unused slots). Packed like causal LM into
-                            `[CLS] block [SEP]`; masks drawn anew each epoch by keras-hub's
-                            `MaskedLMMaskGenerator` (rate `data.mlm_probability`, 80% mask /
-                            10% random / 10% kept), P = `data.max_predictions`.
+                            `[CLS] block [SEP]`; masks drawn anew for every batch by
+                            `mask_tokens`, a stateless function of `data.seed` and the
+                            batch's index (rate `data.mlm_probability`, 80% mask / 10%
+                            random / 10% kept), P = `data.max_predictions`.
   sequence_classification   features token_ids, padding_mask [B, L] (`[CLS] text [SEP]`,
                             truncated or padded); labels int32 [B]; weight [B].
   token_classification      features token_ids, padding_mask, word_ids int32 [B, L] (index of
@@ -26,8 +27,10 @@ config.data.sequence_length` tokens:
                             `data.context_tokens`, pieces of the sentences around it in its
                             document surround a sentence (word id -1, weight 0).
 
-Training pipelines shuffle (seeded by `data.seed`) and repeat; evaluation ones read the split
-once in order. Tokenization runs as TF ops inside the pipeline.
+Training pipelines shuffle (seeded by `data.seed`, reshuffled each epoch) and repeat;
+evaluation ones read the split once in order. Every pipeline yields one order, however its
+parallel maps are scheduled: rebuilt and skipped by k batches, it yields what it yielded from
+batch k (how a resumed run finds its place). Tokenization runs as TF ops inside the pipeline.
 
 Classification evaluation covers the whole split: the last partial batch is filled up to B
 with examples of weight 0. With `data.bucket_lengths` (classification only) examples are

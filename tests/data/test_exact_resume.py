@@ -121,7 +121,6 @@ def test_classification_pipelines_resume_exactly(labelled_dir, task, data):
       lambda: pipelines.make_dataset(config, config.data.train_split, BYTE))
 
 
-@pytest.mark.slow
 def test_multi_task_pipeline_resumes_exactly(labelled_dir):
   config = with_finetune_section(_classification_config(labelled_dir, "token_classification",
                                                         bucket_lengths=(16, 32)))

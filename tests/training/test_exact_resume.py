@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pydoc_data.topics
-import pytest
 
 from tests.data.conftest import write_text_files
 from tests.training.helpers import make_trainer, tiny_config
@@ -36,7 +35,6 @@ def _trainer(config, model_dir):
   return make_trainer(config, model_dir, train_fn=dataset_fn(True), eval_fn=dataset_fn(False))
 
 
-@pytest.mark.slow
 def test_a_masked_lm_job_without_data_deterministic_resumes_exactly(tmp_path):
   topics = pydoc_data.topics.topics
   text_glob = write_text_files(tmp_path / "corpus", [topics[n] for n in sorted(topics)[:2]])

@@ -34,6 +34,8 @@ def _data_defaults():
       document_feature="document",   # int feature naming a sentence's document
       shuffle_buffer=10000,
       seed=0,
+      # Accepted for old config files, no longer read: every pipeline keeps one element
+      # order (exact resume for every config; docs/data.md).
       deterministic=False,
       mlm_probability=0.15,
       max_predictions=20,

@@ -14,9 +14,10 @@ config.data.sequence_length` tokens:
   masked_lm                 features token_ids [B, L] (masked), padding_mask [B, L],
                             mask_positions int32 [B, P]; labels int32 [B, P] (original ids);
                             weight [B, P] (0 for unused slots). Packed like causal LM into
-                            `[CLS] block [SEP]`; masks drawn anew each epoch by keras-hub's
-                            `MaskedLMMaskGenerator` (rate `data.mlm_probability`, 80% mask /
-                            10% random / 10% kept), P = `data.max_predictions`.
+                            `[CLS] block [SEP]`; masks drawn anew for every batch by
+                            `mask_tokens`, a stateless function of `data.seed` and the
+                            batch's index (rate `data.mlm_probability`, 80% mask / 10%
+                            random / 10% kept), P = `data.max_predictions`.
   sequence_classification   features token_ids, padding_mask [B, L] (`[CLS] text [SEP]`,
                             truncated or padded); labels int32 [B]; weight [B].
   token_classification      features token_ids, padding_mask, word_ids int32 [B, L] (index of
@@ -26,8 +27,10 @@ config.data.sequence_length` tokens:
                             `data.context_tokens`, pieces of the sentences around it in its
                             document surround a sentence (word id -1, weight 0).
 
-Training pipelines shuffle (seeded by `data.seed`) and repeat; evaluation ones read the split
-once in order. Tokenization runs as TF ops inside the pipeline.
+Training pipelines shuffle (seeded by `data.seed`, reshuffled each epoch) and repeat;
+evaluation ones read the split once in order. Every pipeline yields one order, however its
+parallel maps are scheduled: rebuilt and skipped by k batches, it yields what it yielded from
+batch k (how a resumed run finds its place). Tokenization runs as TF ops inside the pipeline.
 
 Classification evaluation covers the whole split: the last partial batch is filled up to B
 with examples of weight 0. With `data.bucket_lengths` (classification only) examples are
@@ -79,14 +82,13 @@ def _task_name(config) -> str:
   return name
 
 
-def _deterministic(config, training: bool) -> bool:
-  """Evaluation reads in order; training trades order for speed unless data.deterministic."""
-  return bool(config.data.deterministic) or not training
-
-
-def _options(config, training: bool) -> tf.data.Options:
+def _options() -> tf.data.Options:
+  # Every pipeline yields its elements in one order, a function of the data and `data.seed`
+  # alone: a resumed run that skips the batches it consumed then reads the batches an
+  # uninterrupted run reads (exact resume). Parallel maps stay parallel; only their outputs
+  # wait for their turn (docs/data.md has the throughput before and after).
   options = tf.data.Options()
-  options.deterministic = _deterministic(config, training)
+  options.deterministic = True
   # Sharding is explicit (by example or file): keep tf.distribute from sharding again.
   options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
   return options
@@ -115,8 +117,7 @@ def _examples(config, split, input_context, training, in_order=None) -> sources.
   return dataclasses.replace(source, examples=examples)
 
 
-def token_stream(documents: tf.data.Dataset, tokenizer, separator_id: int,
-                 deterministic: bool = False) -> tf.data.Dataset:
+def token_stream(documents: tf.data.Dataset, tokenizer, separator_id: int) -> tf.data.Dataset:
   """Token ids of `documents` (string scalars), each followed by `separator_id`.
 
   Returns:
@@ -128,8 +129,7 @@ def token_stream(documents: tf.data.Dataset, tokenizer, separator_id: int,
     separators = tf.fill([tf.shape(texts)[0], 1], tf.constant(separator_id, tf.int32))
     return tf.concat([ids, tf.RaggedTensor.from_tensor(separators)], axis=1).flat_values
 
-  return documents.batch(_TOKENIZE_BATCH).map(tokenize, num_parallel_calls=AUTOTUNE,
-                                               deterministic=deterministic)
+  return documents.batch(_TOKENIZE_BATCH).map(tokenize, num_parallel_calls=AUTOTUNE)
 
 
 def pack_blocks(stream: tf.data.Dataset, block_length: int) -> tf.data.Dataset:
@@ -158,8 +158,7 @@ def _documents(source: sources.Source) -> tf.data.Dataset:
 
 
 def _packed_blocks(config, source, tokenizer, separator_id, block_length, training):
-  stream = token_stream(_documents(source), tokenizer, separator_id,
-                        _deterministic(config, training))
+  stream = token_stream(_documents(source), tokenizer, separator_id)
   blocks = pack_blocks(stream, block_length)
   if training:
     blocks = blocks.shuffle(config.data.shuffle_buffer, seed=config.data.seed,
@@ -179,11 +178,95 @@ def causal_lm_dataset(config, source, tokenizer, batch_size, training):
     return features, block[:, 1:], tf.ones(tf.shape(inputs), tf.float32)
 
   return blocks.batch(batch_size, drop_remainder=True).map(
-      to_example, num_parallel_calls=AUTOTUNE, deterministic=_deterministic(config, training))
+      to_example, num_parallel_calls=AUTOTUNE)
 
 
-def masked_lm_dataset(config, source, tokenizer, batch_size, training):
-  """Packed `[CLS] block [SEP]` sequences with dynamic masking (see module docstring)."""
+# BERT's split of the selected tokens: 80% become [MASK], 10% a random token, 10% stay.
+_MASK_TOKEN_RATE, _RANDOM_TOKEN_RATE = 0.8, 0.1
+
+
+def mask_tokens(token_ids, seed, vocabulary_size: int, mask_id: int, selection_rate: float,
+                max_predictions: int, unselectable_ids=()):
+  """BERT's dynamic masking as a stateless function of `seed`: same seed, same masks.
+
+  Each row gets `min(ceil(selection_rate * selectable), max_predictions)` positions, drawn
+  uniformly among its selectable tokens (those not in `unselectable_ids`), the rule of
+  keras-hub's `MaskedLMMaskGenerator`; of these, 80% become `mask_id`, 10% a token drawn
+  uniformly from the vocabulary and 10% keep their id. Stateless random ops make the masks
+  independent of which parallel call computes them and in what order (a stateful generator
+  is read in whatever order the calls run), so a pipeline repeats itself exactly.
+
+  Args:
+    token_ids: int32 `[rows, length]`.
+    seed: int `[2]` tensor, e.g. `tf.random.experimental.stateless_fold_in(base, batch)`.
+    vocabulary_size: random replacements are drawn from `[0, vocabulary_size)`.
+    mask_id: the `[MASK]` token.
+    selection_rate: share of the selectable tokens to predict.
+    max_predictions: `P`, predictions a row at most (the width of the outputs).
+    unselectable_ids: token ids never selected (special tokens).
+
+  Returns:
+    dict: `token_ids` int32 `[rows, length]` (masked), `mask_positions` int32 `[rows, P]`
+    (increasing, then 0 in unused slots), `mask_ids` int32 `[rows, P]` (the original ids,
+    0 in unused slots), `mask_weights` float32 `[rows, P]` (1 on used slots).
+
+  Example:
+
+  >>> ids = tf.constant([[1, 5, 6, 7, 8, 2]])
+  >>> out = mask_tokens(ids, tf.constant([0, 7]), 10, 3, 0.5, 4, unselectable_ids=(1, 2))
+  >>> int(out["mask_weights"].numpy().sum())  # ceil(0.5 x 4 selectable)
+  2
+  """
+  token_ids = tf.convert_to_tensor(token_ids, tf.int32)
+  rows = tf.shape(token_ids)[0]
+  # A static length keeps the outputs' widths static (compiled steps need static shapes).
+  length = token_ids.shape[1] if token_ids.shape[1] is not None else tf.shape(token_ids)[1]
+  order_seed, kind_seed, token_seed = tf.unstack(
+      tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3))
+  selectable = tf.ones_like(token_ids, tf.bool)
+  for unselectable in unselectable_ids:
+    selectable &= tf.not_equal(token_ids, unselectable)
+  # A random priority per token, unselectable ones last; the first `count` by priority win.
+  priority = tf.random.stateless_uniform([rows, length], order_seed)
+  priority = tf.where(selectable, priority, 2.0)
+  width = (min(max_predictions, length) if isinstance(length, int)
+           else tf.minimum(max_predictions, length))
+  _, candidates = tf.math.top_k(-priority, k=width)
+  selectable_count = tf.reduce_sum(tf.cast(selectable, tf.float32), axis=1)
+  count = tf.cast(tf.minimum(tf.math.ceil(selection_rate * selectable_count),
+                             tf.cast(width, tf.float32)), tf.int32)
+  used = tf.range(width)[None, :] < count[:, None]
+  # Increasing positions, unused slots last (sorted after every real position).
+  positions = tf.sort(tf.where(used, candidates, length), axis=1)
+  used = positions < length
+  positions = tf.where(used, positions, 0)
+  original = tf.gather(token_ids, positions, batch_dims=1)
+  kind = tf.random.stateless_uniform([rows, width], kind_seed)
+  random_ids = tf.random.stateless_uniform([rows, width], token_seed, minval=0,
+                                           maxval=vocabulary_size, dtype=tf.int32)
+  replacement = tf.where(kind < _MASK_TOKEN_RATE, mask_id,
+                         tf.where(kind < _MASK_TOKEN_RATE + _RANDOM_TOKEN_RATE, random_ids,
+                                  original))
+  row_index = tf.broadcast_to(tf.range(rows)[:, None], [rows, width])
+  updates = tf.boolean_mask(tf.stack([row_index, positions], axis=-1), used)
+  masked = tf.tensor_scatter_nd_update(token_ids, updates, tf.boolean_mask(replacement, used))
+
+  def to_predictions(values):
+    padded = tf.pad(values, [[0, 0], [0, max_predictions - width]])
+    return tf.ensure_shape(padded, [token_ids.shape[0], max_predictions])
+
+  return {"token_ids": masked,
+          "mask_positions": to_predictions(positions),
+          "mask_ids": to_predictions(tf.where(used, original, 0)),
+          "mask_weights": to_predictions(tf.cast(used, tf.float32))}
+
+
+def masked_lm_dataset(config, source, tokenizer, batch_size, training, mask_seed=(0, 0)):
+  """Packed `[CLS] block [SEP]` sequences with dynamic masking (see module docstring).
+
+  `mask_seed` (two ints) and a batch's index in the pipeline seed its masks (`mask_tokens`):
+  a repeated block is masked anew, and a pipeline yields the same masks each time it runs.
+  """
   cls, sep, mask = _special(tokenizer, "cls", "sep", "mask")
   ids = special_token_ids(tokenizer)
   length = config.data.sequence_length
@@ -193,23 +276,22 @@ def masked_lm_dataset(config, source, tokenizer, batch_size, training):
   blocks = _packed_blocks(config, source, tokenizer, sep, length - 2, training)
   unselectable = sorted({ids[role] for role in ("pad", "cls", "sep", "bos", "eos")
                          if role in ids})
-  masker = keras_hub.layers.MaskedLMMaskGenerator(
-      vocabulary_size=tokenizer.vocabulary_size(),
-      mask_selection_rate=config.data.mlm_probability, mask_token_id=mask,
-      mask_selection_length=config.data.max_predictions, unselectable_token_ids=unselectable)
+  vocabulary_size = int(tokenizer.vocabulary_size())
+  base_seed = tf.constant(mask_seed, tf.int64)
 
-  def to_example(block):
+  def to_example(index, block):
     rows = tf.shape(block)[0]
     token_ids = tf.concat([tf.fill([rows, 1], cls), block, tf.fill([rows, 1], sep)], axis=1)
-    masked = masker(token_ids)
+    masked = mask_tokens(token_ids, tf.random.experimental.stateless_fold_in(base_seed, index),
+                         vocabulary_size, mask, config.data.mlm_probability,
+                         config.data.max_predictions, unselectable)
     features = {"token_ids": masked["token_ids"],
                 "padding_mask": tf.ones_like(token_ids, dtype=tf.bool),
-                "mask_positions": tf.cast(masked["mask_positions"], tf.int32)}
-    return (features, tf.cast(masked["mask_ids"], tf.int32),
-            tf.cast(masked["mask_weights"], tf.float32))
+                "mask_positions": masked["mask_positions"]}
+    return features, masked["mask_ids"], masked["mask_weights"]
 
-  return blocks.batch(batch_size, drop_remainder=True).map(
-      to_example, num_parallel_calls=AUTOTUNE, deterministic=_deterministic(config, training))
+  return blocks.batch(batch_size, drop_remainder=True).enumerate().map(
+      to_example, num_parallel_calls=AUTOTUNE)
 
 
 def _configured_labels(config) -> Tuple[str, ...]:
@@ -297,7 +379,7 @@ def sequence_classification_dataset(config, source, tokenizer, batch_size, train
   examples = source.examples.map(
       lambda example: (sources.as_text(example[text_name]),
                        map_label(_scalar(example[label_name]))),
-      num_parallel_calls=AUTOTUNE, deterministic=_deterministic(config, training))
+      num_parallel_calls=AUTOTUNE)
   packer = keras_hub.layers.StartEndPacker(
       config.data.sequence_length, start_value=cls, end_value=sep, pad_value=pad,
       return_padding_mask=True)
@@ -309,7 +391,7 @@ def sequence_classification_dataset(config, source, tokenizer, batch_size, train
 
   # Evaluation keeps the last partial batch (`make_dataset` pads it): every example counts.
   return examples.batch(batch_size, drop_remainder=training).map(
-      to_example, num_parallel_calls=AUTOTUNE, deterministic=_deterministic(config, training))
+      to_example, num_parallel_calls=AUTOTUNE)
 
 
 def word_pieces(tokenizer, words: tf.RaggedTensor, unk_id: int) -> tf.RaggedTensor:
@@ -472,7 +554,7 @@ def token_classification_dataset(config, source, tokenizer, batch_size, training
     return features, pack_tags(piece_tags), tf.cast(pack_tags(first_piece), tf.float32)
 
   return source.examples.ragged_batch(batch_size, drop_remainder=training).map(
-      to_example, num_parallel_calls=AUTOTUNE, deterministic=_deterministic(config, training))
+      to_example, num_parallel_calls=AUTOTUNE)
 
 
 def fill_values(element_spec, pad_id: int):
@@ -604,7 +686,12 @@ def make_dataset(config, split: str, tokenizer, input_context=None,
   in_order = (functools.partial(tagged_pieces, config, tokenizer)
               if task == "token_classification" else None)
   source = _examples(config, split, input_context, training, in_order)
-  dataset = _BUILDERS[task](config, source, tokenizer, batch_size, training)
+  build = _BUILDERS[task]
+  if task == "masked_lm":
+    # Each input pipeline masks with its own seeds (its batches are other blocks anyway).
+    pipeline_id = input_context.input_pipeline_id if input_context else 0
+    build = functools.partial(build, mask_seed=(config.data.seed, pipeline_id))
+  dataset = build(config, source, tokenizer, batch_size, training)
   if task in _CLASSIFICATION_TASKS:
     pad_id, = _special(tokenizer, "pad")
     if buckets:
@@ -612,4 +699,4 @@ def make_dataset(config, split: str, tokenizer, input_context=None,
                                  pad_id, drop_remainder=training)
     if not training:
       dataset = pad_partial_batches(dataset, batch_size, pad_id)
-  return dataset.prefetch(AUTOTUNE).with_options(_options(config, training))
+  return dataset.prefetch(AUTOTUNE).with_options(_options())

@@ -3,11 +3,13 @@
 from tfllm.layers.attention import MultiHeadSelfAttention, compute_attention_mask
 from tfllm.layers.embeddings import PositionEmbedding, SinusoidalPositionEncoding, TokenEmbedding
 from tfllm.layers.feed_forward import FeedForward
+from tfllm.layers.initializers import clone_initializer
 from tfllm.layers.normalization import RMSNorm
 from tfllm.layers.rotary import RotaryEmbedding
 from tfllm.layers.transformer_block import TransformerBlock
 
 __all__ = [
     "FeedForward", "MultiHeadSelfAttention", "PositionEmbedding", "RMSNorm", "RotaryEmbedding",
-    "SinusoidalPositionEncoding", "TokenEmbedding", "TransformerBlock", "compute_attention_mask",
+    "SinusoidalPositionEncoding", "TokenEmbedding", "TransformerBlock", "clone_initializer",
+    "compute_attention_mask",
 ]

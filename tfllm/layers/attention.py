@@ -8,6 +8,7 @@ import keras
 from keras import ops
 
 from tfllm.layers import blockwise_attention as blockwise_lib
+from tfllm.layers.initializers import clone_initializer
 from tfllm.layers.rotary import RotaryEmbedding
 
 # Masked scores are set to this before the float32 softmax: large enough that exp() is 0,
@@ -61,7 +62,8 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     dropout: dropout rate on the attention probabilities.
     rotary_max_wavelength: if set, queries and keys are rotated by a `RotaryEmbedding`
       with this base (Llama); else positions must come from the embeddings.
-    kernel_initializer: initializer of the projection kernels.
+    kernel_initializer: initializer of the projection kernels (each kernel gets a clone,
+      `tfllm.layers.initializers.clone_initializer`: the two never start equal).
     attention_block_size: if > 0, attention is computed over key/value blocks of this size
       with an online softmax (`tfllm.layers.blockwise_attention`): memory linear in the
       sequence length instead of quadratic; same outputs. Needs `dropout=0`.
@@ -105,11 +107,12 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     hidden = input_shape[-1]
     qkv_width = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
     self.qkv = keras.layers.Dense(qkv_width, use_bias=self.use_bias, name="qkv",
-                                  kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy)
+                                  kernel_initializer=clone_initializer(self.kernel_initializer),
+                                  dtype=self.dtype_policy)
     self.qkv.build(input_shape)
     self.output_projection = keras.layers.Dense(
         hidden, use_bias=self.use_bias, name="output",
-        kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy)
+        kernel_initializer=clone_initializer(self.kernel_initializer), dtype=self.dtype_policy)
     self.output_projection.build((*input_shape[:-1], self.num_heads * self.head_dim))
     self.rotary = None
     if self.rotary_max_wavelength:

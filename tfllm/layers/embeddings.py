@@ -7,6 +7,8 @@ import math
 import keras
 from keras import ops
 
+from tfllm.layers.initializers import clone_initializer
+
 
 @keras.saving.register_keras_serializable(package="tfllm")
 class TokenEmbedding(keras.layers.Embedding):
@@ -66,7 +68,7 @@ class PositionEmbedding(keras.layers.Layer):
   def build(self, input_shape):
     self.position_embeddings = self.add_weight(
         name="embeddings", shape=(self.max_sequence_length, input_shape[-1]),
-        initializer=self.initializer)
+        initializer=clone_initializer(self.initializer))
     self.built = True
 
   def call(self, inputs, start_index=0):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from tfllm.layers.initializers import clone_initializer
+
 ACTIVATIONS = ("gelu", "gelu_approximate", "relu", "swiglu")
 
 
@@ -18,7 +20,8 @@ class FeedForward(keras.layers.Layer):
       `swiglu` (Llama; adds a gate projection).
     use_bias: whether the projections have biases.
     dropout: dropout rate on the output.
-    kernel_initializer: initializer of the kernels.
+    kernel_initializer: initializer of the kernels (each kernel gets a clone: SwiGLU's gate
+      never starts equal to its up projection).
 
   Call arguments:
     inputs: `[..., hidden]`.
@@ -42,7 +45,7 @@ class FeedForward(keras.layers.Layer):
 
   def _dense(self, units, name):
     return keras.layers.Dense(units, use_bias=self.use_bias, name=name,
-                              kernel_initializer=self.kernel_initializer,
+                              kernel_initializer=clone_initializer(self.kernel_initializer),
                               dtype=self.dtype_policy)
 
   def build(self, input_shape):

@@ -6,6 +6,7 @@ import keras
 
 from tfllm.layers.attention import MultiHeadSelfAttention
 from tfllm.layers.feed_forward import FeedForward
+from tfllm.layers.initializers import clone_initializer
 from tfllm.layers.normalization import make_norm
 
 
@@ -32,7 +33,7 @@ class TransformerBlock(keras.layers.Layer):
     dropout: dropout on each sublayer's output before the residual add.
     attention_dropout: dropout on the attention probabilities.
     rotary_max_wavelength: rotary embedding base inside attention, or None.
-    kernel_initializer: initializer of every kernel.
+    kernel_initializer: initializer of every kernel (cloned for each: no two start equal).
     attention_block_size: > 0 computes attention block-wise (see `MultiHeadSelfAttention`).
 
   Call arguments:
@@ -74,7 +75,7 @@ class TransformerBlock(keras.layers.Layer):
     self.attention = MultiHeadSelfAttention(
         self.num_heads, head_dim, num_kv_heads=self.num_kv_heads, use_bias=self.use_bias,
         dropout=self.attention_dropout, rotary_max_wavelength=self.rotary_max_wavelength,
-        kernel_initializer=self.kernel_initializer,
+        kernel_initializer=clone_initializer(self.kernel_initializer),
         attention_block_size=self.attention_block_size, dtype=self.dtype_policy,
         name="attention")
     self.attention.build(input_shape)
@@ -82,7 +83,7 @@ class TransformerBlock(keras.layers.Layer):
     self.attention_norm.build(input_shape)
     self.feed_forward = FeedForward(
         self.intermediate_dim, activation=self.activation, use_bias=self.use_bias,
-        kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy,
+        kernel_initializer=clone_initializer(self.kernel_initializer), dtype=self.dtype_policy,
         name="feed_forward")
     self.feed_forward.build(input_shape)
     self.feed_forward_norm = make_norm(self.normalization, self.norm_epsilon,

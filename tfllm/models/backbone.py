@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from tfllm.layers import PositionEmbedding, SinusoidalPositionEncoding, TokenEmbedding
-from tfllm.layers import TransformerBlock
+from tfllm.layers import TransformerBlock, clone_initializer
 from tfllm.layers.normalization import make_norm
 
 
@@ -85,12 +85,15 @@ class TransformerBackbone(keras.Model):
     self.initializer_range = float(initializer_range)
     self.attention_block_size = int(attention_block_size)
 
+    # One template, a clone for each layer: a shared unseeded instance would give every
+    # block (and every table of one shape) the same initial values.
     initializer = keras.initializers.TruncatedNormal(stddev=self.initializer_range)
     self.token_embedding = TokenEmbedding(vocab_size, hidden_dim,
-                                          embeddings_initializer=initializer,
+                                          embeddings_initializer=clone_initializer(initializer),
                                           name="token_embedding")
     if position_embedding == "learned":
-      self.position_encoding = PositionEmbedding(max_sequence_length, initializer=initializer,
+      self.position_encoding = PositionEmbedding(max_sequence_length,
+                                                 initializer=clone_initializer(initializer),
                                                  name="position_embedding")
     elif position_embedding == "sinusoidal":
       self.position_encoding = SinusoidalPositionEncoding(name="position_encoding")
@@ -102,7 +105,7 @@ class TransformerBackbone(keras.Model):
     self.token_type_embedding = None
     if num_token_types:
       self.token_type_embedding = keras.layers.Embedding(
-          num_token_types, hidden_dim, embeddings_initializer=initializer,
+          num_token_types, hidden_dim, embeddings_initializer=clone_initializer(initializer),
           name="token_type_embedding")
     self.embedding_norm = None if norm_first else make_norm(normalization, norm_epsilon,
                                                             "embedding_norm")
@@ -115,7 +118,8 @@ class TransformerBackbone(keras.Model):
             attention_dropout=attention_dropout,
             rotary_max_wavelength=(rope_max_wavelength if position_embedding == "rotary"
                                    else None),
-            kernel_initializer=initializer, attention_block_size=self.attention_block_size,
+            kernel_initializer=clone_initializer(initializer),
+            attention_block_size=self.attention_block_size,
             name=f"block_{i}")
         for i in range(num_layers)
     ]

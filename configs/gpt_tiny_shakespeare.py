@@ -23,7 +23,6 @@ def _gpt_tiny():
 
 def get_config():
   config = _gpt_tiny()
-  config.data.deterministic = True   # exact resume after an interruption
   config.train.update(
       global_batch_size=16, steps=800, steps_per_loop=50, eval_steps=20,
       checkpoint_every_steps=200, keep_checkpoints=2, time_budget_minutes=7.0,

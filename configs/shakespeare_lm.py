@@ -35,7 +35,6 @@ def get_config():
   config.tokenizer.type = "byte"
   config.data.dataset = "tfllm_shakespeare"
   config.data.sequence_length = 128
-  config.data.deterministic = True   # exact resume after an interruption
   config.train.update(
       global_batch_size=6, steps=1_000_000, steps_per_loop=50, time_budget_minutes=9.0,
       eval_steps=100_000,            # more than the split has: the whole validation split

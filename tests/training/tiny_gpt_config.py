@@ -19,7 +19,6 @@ def get_config():
   config.task.name = "causal_lm"
   config.tokenizer.type = "byte"
   config.data.update(dataset="text_files", sequence_length=16, shuffle_buffer=64,
-                     deterministic=True,
                      files=os.path.join(os.path.dirname(pydoc_data.__file__), "topics.py"))
   config.train.update(global_batch_size=8, steps=20, steps_per_loop=5, eval_steps=2,
                       checkpoint_every_steps=10, sample_new_tokens=8)

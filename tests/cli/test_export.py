@@ -42,7 +42,7 @@ def test_export_writes_versions_and_refuses_an_existing_one(model_dir, tmp_path)
   assert os.path.isfile(os.path.join(export_dir, "1", "saved_model.pb"))
   again = run_cli("tfllm.cli.export", f"--model_dir={model_dir}", f"--export_dir={export_dir}",
                   "--version=1")
-  assert again.returncode == 1
+  assert again.returncode == 2  # a usage error: the version is there
   assert "already exists" in error_line(again)
   assert sorted(os.listdir(export_dir)) == ["1"]
 
@@ -50,13 +50,13 @@ def test_export_writes_versions_and_refuses_an_existing_one(model_dir, tmp_path)
 def test_export_errors_are_one_line(model_dir, tmp_path):
   missing = run_cli("tfllm.cli.export", f"--model_dir={tmp_path / 'nope'}",
                     f"--export_dir={tmp_path / 'out'}")
-  assert missing.returncode == 1 and "does not exist" in error_line(missing)
+  assert missing.returncode == 2 and "does not exist" in error_line(missing)
   no_tokenizer = tmp_path / "no_tokenizer"
   no_tokenizer.mkdir()
   (no_tokenizer / "config.json").write_text(open(os.path.join(model_dir, "config.json")).read())
   bad = run_cli("tfllm.cli.export", f"--model_dir={no_tokenizer}",
                 f"--export_dir={tmp_path / 'out'}")
-  assert bad.returncode == 1 and "no saved tokenizer" in error_line(bad)
+  assert bad.returncode == 2 and "no saved tokenizer" in error_line(bad)
   assert not os.path.exists(tmp_path / "out")
   flags = run_cli("tfllm.cli.export", f"--model_dir={model_dir}")
   assert flags.returncode == 2 and "--export_dir is required" in error_line(flags)

@@ -317,7 +317,7 @@ def test_bad_invocations_are_one_line_and_keep_the_output(model_dirs, tmp_path):
       ((f"--model_dir={model_dir}", f"--input={tmp_path / 'missing.txt'}"), 2, "no such file"),
       ((f"--model_dir={model_dir}", f"--saved_model={tmp_path}", f"--input={prompts}"), 2,
        "give exactly one of --model_dir"),
-      ((f"--model_dir={empty_dir}", f"--input={prompts}"), 1, str(empty_dir)),
+      ((f"--model_dir={empty_dir}", f"--input={prompts}"), 2, str(empty_dir)),  # not a model dir
   ]
   for args, code, message in cases:
     done = run_predict(*args, f"--output={output}")

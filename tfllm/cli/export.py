@@ -9,7 +9,8 @@ weights are the run's best checkpoint when it ran with early stopping, else its 
 line before the path says which).
 The model's `config.json` supplies the `export` section; the flags below override it.
 
-Exit codes: 0 written (its path is printed); 1 an error (one line on stderr); 2 bad flags.
+Exit codes: 0 written (its path is printed); 2 bad flags, a bad config value or a model_dir or
+export_dir that cannot be used as asked (one line on stderr); 1 a runtime failure.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def main(argv):
     if not FLAGS[name].value:
       print(f"{PROGRAM}: error: --{name} is required", file=sys.stderr)
       return 2
+  from tfllm import config as config_lib  # pylint: disable=g-import-not-at-top
   from tfllm import export  # pylint: disable=g-import-not-at-top
   overrides = {name: FLAGS[name].value for name in OVERRIDES if FLAGS[name].value is not None}
   try:
@@ -68,7 +70,7 @@ def main(argv):
   except Exception as error:  # pylint: disable=broad-except
     logging.debug("%s failed", PROGRAM, exc_info=True)
     print(f"{PROGRAM}: error: {tfllm_flags.one_line(error)}", file=sys.stderr)
-    return 1
+    return 2 if isinstance(error, config_lib.ConfigError) else 1
   from tfllm.training import checkpointing  # pylint: disable=g-import-not-at-top
   print(f"exported {checkpointing.checkpoint_to_use(FLAGS.model_dir)[1]}", flush=True)
   print(path, flush=True)

@@ -24,8 +24,9 @@ from tfllm.export import signatures as signatures_lib
 from tfllm.export import warmup as warmup_lib
 
 
-class ExportError(ValueError):
-  """The export cannot be written as asked (missing inputs, existing version, ...)."""
+class ExportError(config_lib.ConfigError):
+  """The export cannot be written as asked (missing inputs, existing version, ...): a usage
+  error (exit code 2 in the CLIs)."""
 
 
 def existing_versions(export_dir: str):

@@ -31,6 +31,7 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
+from tfllm.config import ConfigError
 from tfllm.data import pipelines
 from tfllm.data.tokenizers import special_token_ids
 from tfllm.finetune.tag_decoding import decode_word_tags
@@ -70,9 +71,9 @@ class _Signatures:
     self.sequence_length = int(config.export.sequence_length or config.data.sequence_length)
     limit = model.backbone.max_sequence_length
     if not 3 <= self.sequence_length <= limit:
-      raise ValueError(f"config.export.sequence_length={self.sequence_length} is not accepted; "
-                       f"use 3 ... {limit} (the model's max_sequence_length), or 0 for "
-                       "config.data.sequence_length")
+      raise ConfigError(f"config.export.sequence_length={self.sequence_length} is not accepted; "
+                        f"use 3 ... {limit} (the model's max_sequence_length), or 0 for "
+                        "config.data.sequence_length")
     self._forward = _maybe_jit(lambda features: self.model(features, training=False),
                                self.jit_compile)
 
@@ -120,8 +121,8 @@ class CausalLMSignatures(_Signatures):
     self.max_length = int(config.export.max_length or model.backbone.max_sequence_length)
     limit = model.backbone.max_sequence_length
     if not 2 <= self.max_length <= limit:
-      raise ValueError(f"config.export.max_length={self.max_length} is not accepted; use "
-                       f"2 ... {limit}, or 0 for the model's max_sequence_length")
+      raise ConfigError(f"config.export.max_length={self.max_length} is not accepted; use "
+                        f"2 ... {limit}, or 0 for the model's max_sequence_length")
     self.stop_token_ids = (self.eos,)
     loop = lambda *args: generation.generate_tokens(  # noqa: E731
         self.model, *args, stop_token_ids=self.stop_token_ids, pad_token_id=self.pad)
@@ -446,12 +447,12 @@ class MultiTaskSignatures(_Signatures):
     self.heads = {}
     for name, head in config.task.heads.items():
       if not name.isidentifier() or name == "serving_default":
-        raise ValueError(f"config.task.heads.{name}: a head's name is its signature's name; "
-                         "use a Python identifier other than 'serving_default'")
+        raise ConfigError(f"config.task.heads.{name}: a head's name is its signature's name; "
+                          "use a Python identifier other than 'serving_default'")
       try:
         self.heads[name] = head_outputs(head)
       except ValueError as error:
-        raise ValueError(f"config.task.heads.{name}: {error}") from None
+        raise ConfigError(f"config.task.heads.{name}: {error}") from None
     self.encoders = {kind: self._encoder(kind)
                      for kind in dict.fromkeys(o.encoder for o in self.heads.values())}
     self._forwards = {}
@@ -495,8 +496,8 @@ class MultiTaskSignatures(_Signatures):
       for name, head in self._serve(text, list(self.heads)).items():
         for key, value in head.items():
           if f"{name}_{key}" in outputs:
-            raise ValueError(f"heads' outputs meet in serving_default's key {name}_{key}; "
-                             "rename a head in config.task.heads")
+            raise ConfigError(f"heads' outputs meet in serving_default's key {name}_{key}; "
+                              "rename a head in config.task.heads")
           outputs[f"{name}_{key}"] = value
       return outputs
 
@@ -584,6 +585,6 @@ def signatures_for(model, tokenizer, config) -> _Signatures:
   """The served signatures of `config.task.name`."""
   task = config.task.name
   if task not in _SIGNATURES:
-    raise ValueError(f"config.task.name={task!r} has no served signatures; exportable: "
-                     f"{', '.join(_SIGNATURES)}")
+    raise ConfigError(f"config.task.name={task!r} has no served signatures; exportable: "
+                      f"{', '.join(_SIGNATURES)}")
   return _SIGNATURES[task](model, tokenizer, config)

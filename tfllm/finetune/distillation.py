@@ -15,6 +15,7 @@ from typing import Callable, Tuple
 import keras
 import tensorflow as tf
 
+from tfllm.config import ConfigError
 from tfllm.training import losses
 
 
@@ -137,15 +138,15 @@ def teacher_student(student: keras.Model, config) -> Tuple[TeacherStudent, Calla
   from tfllm.models.build import example_features  # pylint: disable=import-outside-toplevel
   distill = config.finetune.distill
   if config.task.name == "multi_task":
-    raise ValueError("distillation trains single-task students; config.task.name='multi_task' "
+    raise ConfigError("distillation trains single-task students; config.task.name='multi_task' "
                      "is not supported with config.finetune.distill.teacher_model_dir")
   teacher, teacher_config = load_teacher(distill.teacher_model_dir)
   ours, theirs = _describe(config), _describe(teacher_config)
   for key, value in ours.items():
     if theirs[key] != value:
-      raise ValueError(f"the teacher in {distill.teacher_model_dir} has {key}={theirs[key]!r}, "
-                       f"the student {value!r}; a teacher must share the task, its labels and "
-                       "the tokenizer")
+      raise ConfigError(f"the teacher in {distill.teacher_model_dir} has {key}={theirs[key]!r}, "
+                        f"the student {value!r}; a teacher must share the task, its labels and "
+                        "the tokenizer")
   pair = TeacherStudent(student, teacher)
   pair(example_features(config.task.name, config.model))
   return pair, distillation_objective(distill.temperature, distill.alpha)

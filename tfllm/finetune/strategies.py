@@ -11,6 +11,7 @@ from typing import List
 import keras
 import numpy as np
 
+from tfllm.config import ConfigError
 from tfllm.models.backbone import TransformerBackbone
 
 STRATEGIES = ("full", "top_layers", "lora")
@@ -51,8 +52,8 @@ def freeze_all_but_top(model: keras.Model, num_layers: int) -> None:
   """
   backbone = backbone_of(model)
   if not 0 <= num_layers <= backbone.num_layers:
-    raise ValueError(f"num_layers={num_layers} is out of range; accepted: 0 to "
-                     f"{backbone.num_layers} (the backbone's blocks)")
+    raise ConfigError(f"num_layers={num_layers} is out of range; accepted: 0 to "
+                      f"{backbone.num_layers} (the backbone's blocks)")
   frozen = _embedding_layers(backbone) + backbone.blocks[:backbone.num_layers - num_layers]
   for layer in frozen:
     layer.trainable = False

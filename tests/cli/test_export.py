@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -84,3 +85,15 @@ def test_export_of_a_multi_task_model_dir_serves_every_head(tmp_path):
   outputs = meta_graph.signature_def["serving_default"].outputs
   assert {"ner_tags", "ner_entity_types", "sentiment_label", "sentiment_probabilities"} <= set(
       outputs)
+  # tfllm-predict serves the export's serving_default: every head's answer on each line.
+  inputs, predictions = tmp_path / "in.txt", tmp_path / "out.jsonl"
+  inputs.write_text("john lives in paris\n\na fine film\n")
+  done = run_cli("tfllm.cli.predict", f"--saved_model={os.path.join(export_dir, '1')}",
+                 f"--input={inputs}", f"--output={predictions}")
+  assert done.returncode == 0, done.stderr
+  rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+  assert [row["input"] for row in rows] == ["john lives in paris", "a fine film"]
+  for row in rows:
+    assert row["sentiment_label"] in ("negative", "positive")
+    assert len(row["sentiment_probabilities"]) == 2
+    assert len(row["ner_tags"]) >= len(row["input"].split())

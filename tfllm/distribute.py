@@ -11,7 +11,7 @@ raw errors or a hang:
                          (without it: one worker over the local devices)
   tpu                    `TPUStrategy` on a local TPU VM or a grpc:// TPU worker
 
-Two hangs of the stack are bounded here (STACK-NOTES): a MWMS worker waits forever for a
+Two hangs of the stack are bounded here (docs/stack.md): a MWMS worker waits forever for a
 peer that never comes, and a grpc:// TPU address with nothing listening never answers.
 """
 

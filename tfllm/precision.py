@@ -30,7 +30,7 @@ def resolve_policy(name: str, strategy: Optional[tf.distribute.Strategy] = None)
   """The Keras policy name `name` stands for; "auto" is chosen by the hardware.
 
   auto: mixed_bfloat16 on TPUs and on GPUs of compute capability 8.0 or more (they compute
-  in bfloat16 natively), float32 elsewhere (on CPUs mixed precision is slower: STACK-NOTES).
+  in bfloat16 natively), float32 elsewhere (on CPUs mixed precision is slower: docs/stack.md).
 
   Args:
     name: one of `POLICIES`.

@@ -84,7 +84,7 @@ def main(argv):
     print(f"{PROGRAM}: error: {tfllm_flags.one_line(error)}", file=sys.stderr)
     code = EXIT_ERROR
   if multi_worker and code:
-    # A MWMS worker can block at exit waiting for a lost peer (STACK-NOTES): leave now.
+    # A MWMS worker can block at exit waiting for a lost peer (docs/stack.md): leave now.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # pylint: disable=protected-access

@@ -1,6 +1,6 @@
 """The distributed training loop: `strategy.run` steps, `steps_per_loop` of them per host call.
 
-Not `model.fit`: Keras 3's `fit` fails under `MultiWorkerMirroredStrategy` (STACK-NOTES), and a
+Not `model.fit`: Keras 3's `fit` fails under `MultiWorkerMirroredStrategy` (docs/stack.md), and a
 custom loop gives the same code path on every strategy (Model Garden's Orbit loops do the same).
 
 One optimizer step, per replica:
@@ -278,7 +278,7 @@ class Trainer:
             lambda features, labels, weight: (features, labels, tf.nest.map_structure(
                 tf.zeros_like, weight)))
         dataset = dataset.concatenate(weightless.cache().repeat())
-      # The distributed iterator is not checkpointable (STACK-NOTES): resume by skipping the
+      # The distributed iterator is not checkpointable (docs/stack.md): resume by skipping the
       # per-replica batches that this pipeline fed to the steps already taken.
       if skip_steps:
         dataset = dataset.skip(skip_steps * batches_per_step * replicas_here)

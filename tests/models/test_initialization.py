@@ -15,7 +15,7 @@ import pytest
 from tfllm import models
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[2] / "configs"
-CONFIGS = sorted(path.stem for path in CONFIG_DIR.glob("*.py"))
+CONFIGS = sorted(path.stem for path in CONFIG_DIR.glob("*.py") if path.stem != "__init__")
 # Fewer, narrower layers and a small vocabulary keep each build to a fraction of a second;
 # each config keeps its style (positions, norms, activation, KV heads, tying, head).
 SMALL = dict(vocab_size=300, num_layers=3, hidden_dim=64, intermediate_dim=128,

@@ -1,4 +1,4 @@
-"""GPT-2 style decoder small enough to train on a laptop CPU: the default job's model.
+"""GPT-2 style decoder small enough to train on a laptop CPU (the benchmarks' shape).
 
 4 layers, width 256, 4 heads, 8,000-token WordPiece vocabulary trained on the corpus,
 context 128; causal LM on the Shakespeare plays (`tfllm_shakespeare`).

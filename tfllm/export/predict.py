@@ -333,14 +333,6 @@ def _read_json(path: str) -> Dict[str, Any]:
     return json.load(f)
 
 
-def _versions(export_dir: str) -> List[str]:
-  """Names of the integer version folders in `export_dir` (oldest first; [] if none)."""
-  if not tf.io.gfile.isdir(export_dir):
-    return []
-  names = (name.rstrip("/") for name in tf.io.gfile.listdir(export_dir))
-  return sorted((name for name in names if name.isdigit()), key=int)
-
-
 def _check_model_source(model_dir: Optional[str], saved_model: Optional[str]) -> None:
   if bool(model_dir) == bool(saved_model):
     raise config_lib.ConfigError(
@@ -350,7 +342,9 @@ def _check_model_source(model_dir: Optional[str], saved_model: Optional[str]) ->
     raise config_lib.ConfigError(f"model_dir={model_dir!r} does not exist; pass the "
                                  "directory a training run wrote")
   if saved_model and not tf.io.gfile.exists(os.path.join(saved_model, "saved_model.pb")):
-    versions = _versions(saved_model)
+    # Only on this error path: the saved_model module brings Keras, which serving needs not.
+    from tfllm.export.saved_model import existing_versions  # pylint: disable=g-import-not-at-top
+    versions = [str(version) for version in existing_versions(saved_model)]
     hint = (f"; it holds versions {', '.join(versions)}: pass "
             f"{os.path.join(saved_model, versions[-1])}" if versions else
             "; pass a version directory tfllm-export wrote, e.g. /tmp/tfllm_serving/"

@@ -16,7 +16,6 @@ import tensorflow as tf
 
 from tfllm import config as config_lib
 from tfllm import distribute, precision
-# write_atomically: the model dir's one writer, re-exported here for callers of the job.
 from tfllm.model_dir import (EVAL_FILE, INT8_EVAL_FILE, INT8_WEIGHTS_FILE, config_path,
                              write_atomically)
 from tfllm.training import checkpointing, flops

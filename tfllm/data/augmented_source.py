@@ -43,6 +43,8 @@ def enabled(data_config) -> bool:
 
 def check_task(config) -> None:
   """Raises ConfigError unless the augmentation methods suit `config.task.name`."""
+  if not enabled(config.data):
+    return
   methods = tuple(config.data.augment.methods)
   fitting = {"sequence_classification": TEXT_METHODS,
              "token_classification": TAGGING_METHODS}.get(config.task.name, ())

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from tests.data.conftest import make_config, write_tfrecord
 from tfllm.config import ConfigError, validate
-from tfllm.data import augment, augmented_source
+from tfllm.data import augment, augmented_source, pipelines, tokenizers
 
 # A tiny thesaurus: "film" and "movie" list each other; "plot" lists "story" one way only.
 LEXICON = augment.Lexicon({"film": ["movie", "picture"], "movie": ["film"],
@@ -160,7 +160,8 @@ def _rows(source):
 
 
 def test_augmented_source_is_cached_and_ordered(tmp_path, monkeypatch):
-  config = _tagged_config(tmp_path, methods=("mention_replacement",), copies=2, rate=1.0)
+  config = _tagged_config(tmp_path, methods=("mention_replacement",
+                                             "label_wise_token_replacement"), copies=2, rate=0.5)
   source = augmented_source.augmented_source(config, "tagged")
   assert source.num_examples == 12 * 3
   rows = _rows(source)
@@ -180,9 +181,13 @@ def test_augmented_source_is_cached_and_ordered(tmp_path, monkeypatch):
   assert _rows(augmented_source.augmented_source(config, "tagged")) == rows
   config.data.augment.copies = 1
   assert augmented_source.cache_path(config, "tagged") != path
+  monkeypatch.undo()
   config.data.seed = 1
   config.data.augment.copies = 2
   assert augmented_source.cache_path(config, "tagged") != path
+  reseeded = _rows(augmented_source.augmented_source(config, "tagged"))
+  originals = lambda rows: [r for r in rows if r["document"][0] % 3 == 0]  # noqa: E731
+  assert originals(reseeded) == originals(rows) and reseeded != rows     # other copies
 
 
 def test_augmented_source_shards_contiguously(tmp_path):
@@ -194,6 +199,14 @@ def test_augmented_source_shards_contiguously(tmp_path):
     parts += _rows(augmented_source.augmented_source(config, "tagged", context))
   assert len(parts) == len(whole) == 24
   assert parts == whole
+
+
+def test_evaluation_reads_the_split_without_copies(tmp_path):
+  config = _tagged_config(tmp_path, methods=("mention_replacement",), copies=3)
+  batches = pipelines.make_dataset(config, "tagged", tokenizers.ByteLevelTokenizer(),
+                                   training=False)
+  assert sum(int(np.sum(np.max(weight, axis=1) > 0)) for _, _, weight in batches) == 12
+  assert not tf.io.gfile.exists(str(tmp_path / "cache"))
 
 
 def test_method_must_fit_the_task(tmp_path):

@@ -173,19 +173,21 @@ def test_augmented_source_is_cached_and_ordered(tmp_path, monkeypatch):
     tags = [t.decode() for t in row["ner"]]
     assert len(tags) == len(row["tokens"])
     assert_valid_iob2(tags)
-  path = augmented_source.cache_path(config, "tagged")
+  cache = lambda: sorted(tf.io.gfile.glob(str(tmp_path / "cache" / "*.tfrecord")))  # noqa: E731
+  path, = cache()
   index = json.loads(tf.io.gfile.GFile(path + ".json").read())
   assert index["num_examples"] == 36
-  # A second run reads the cache; other settings get another file.
+  # A second run reads the cache; other settings or other data get another file.
   monkeypatch.setattr(augmented_source, "_write_cache", lambda *a: pytest.fail("rewritten"))
   assert _rows(augmented_source.augmented_source(config, "tagged")) == rows
-  config.data.augment.copies = 1
-  assert augmented_source.cache_path(config, "tagged") != path
   monkeypatch.undo()
   config.data.seed = 1
-  config.data.augment.copies = 2
-  assert augmented_source.cache_path(config, "tagged") != path
   reseeded = _rows(augmented_source.augmented_source(config, "tagged"))
+  assert len(cache()) == 2
+  _tagged_config(tmp_path, count=13)          # the same settings over other data
+  config.data.seed = 0
+  assert len(_rows(augmented_source.augmented_source(config, "tagged"))) == 39
+  assert len(cache()) == 3
   originals = lambda rows: [r for r in rows if r["document"][0] % 3 == 0]  # noqa: E731
   assert originals(reseeded) == originals(rows) and reseeded != rows     # other copies
 

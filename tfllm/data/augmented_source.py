@@ -3,8 +3,8 @@
 `augmented_source(config, split, input_context)` reads the split's examples in source order,
 adds `config.data.augment.copies` augmented copies of each (`tfllm.data.augment`; copy `c` of
 example `i` drawn from a generator seeded by `(data.seed, i, c)`), writes them as TFRecord to a
-cache file named by a hash of every setting that shapes them, and returns a `Source` over that
-file. A second run with the same settings reads the file; other settings get another file.
+cache file named by a hash of every setting that shapes them and of the examples, and returns
+a `Source` over that file. A second run with the same settings reads the file; other settings get another file.
 
 The cache holds the text and label features (and the document feature when the source has
 one), in this order: an example's originals, then its copies, grouped by document (a document's
@@ -64,13 +64,18 @@ def _settings(config, split: str) -> dict:
               eda_operations=list(section.eda_operations), lexicon=section.lexicon)
 
 
-def cache_path(config, split: str) -> str:
-  """The cache file (`.tfrecord`; its index is the same name + `.json`) for these settings."""
+def cache_path(config, split: str, content: str = "") -> str:
+  """The cache file (`.tfrecord`; its index is the same name + `.json`) for these settings.
+
+  `content` is a digest of the split's examples (`content_digest`): a dataset rebuilt or a
+  file edited in place gets a cache of its own.
+  """
   data = config.data
   directory = data.augment.cache_dir or os.path.join(
       data.data_dir or os.path.expanduser(os.path.join("~", "tensorflow_datasets")),
       CACHE_FOLDER)
-  digest = hashlib.sha256(json.dumps(_settings(config, split), sort_keys=True).encode())
+  digest = hashlib.sha256(json.dumps(dict(_settings(config, split), content=content),
+                                     sort_keys=True).encode())
   name = "".join(c if c.isalnum() or c in "-_" else "_" for c in f"{data.dataset}-{split}")
   return os.path.join(directory, f"{name}-{digest.hexdigest()[:16]}.tfrecord")
 
@@ -191,8 +196,13 @@ def _ordered(config, names, augmented) -> List[Dict[str, list]]:
   return result
 
 
-def _write_cache(config, source: sources.Source, path: str, names: List[str]) -> int:
-  rows = _read_rows(source, names)
+def content_digest(rows: List[Dict[str, list]]) -> str:
+  """A hex digest of the examples `rows` (as `_read_rows` returns them)."""
+  return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+
+
+def _write_cache(config, source: sources.Source, path: str, names: List[str],
+                 rows: List[Dict[str, list]]) -> int:
   ordered = _ordered(config, names, _augmented_rows(config, source, rows))
 
   def write(local):
@@ -222,7 +232,10 @@ def augmented_source(config, split: str, input_context=None) -> sources.Source:
   source = sources.load_source(config.data, split)
   spec = source.examples.element_spec
   names = _kept_features(config, spec)
-  path = cache_path(config, split)
+  # Reading the examples costs seconds (14,041 CoNLL sentences); augmenting them may cost
+  # much more (back-translation), and is what the cache saves.
+  rows = _read_rows(source, names)
+  path = cache_path(config, split, content_digest(rows))
   index_path = path + ".json"
   if tf.io.gfile.exists(index_path):
     with tf.io.gfile.GFile(index_path) as f:
@@ -230,7 +243,7 @@ def augmented_source(config, split: str, input_context=None) -> sources.Source:
   else:
     logging.info("Augmenting %s (%s) into %s", split, ", ".join(config.data.augment.methods),
                  path)
-    count = _write_cache(config, source, path, names)
+    count = _write_cache(config, source, path, names, rows)
     index = {"num_examples": count, "settings": _settings(config, split),
              "features": {name: _spec_entry(spec[name]) for name in names}}
     model_dir.write_atomically(index_path, json.dumps(index, indent=1, sort_keys=True))

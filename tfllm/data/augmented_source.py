@@ -60,6 +60,8 @@ def _settings(config, split: str) -> dict:
   return dict(version=augment.FORMAT_VERSION, dataset=data.dataset, files=data.files, split=split,
               text_feature=data.text_feature, label_feature=data.label_feature,
               document_feature=data.document_feature, seed=data.seed,
+              # Integer tags without class names in the source are read through these.
+              labels=list(config.task.labels) if config.task.get("labels") else [],
               methods=list(section.methods), copies=section.copies, rate=section.rate,
               eda_operations=list(section.eda_operations), lexicon=section.lexicon)
 

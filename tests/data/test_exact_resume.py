@@ -136,3 +136,21 @@ def test_multi_task_pipeline_resumes_exactly(labelled_dir):
                         train_split="reviews", weight=0.5),
   }
   _assert_resume_is_exact(lambda: multitask_dataset(config, "train", BYTE))
+
+
+@pytest.mark.parametrize("task,augment", [
+    ("sequence_classification", dict(methods=("eda",), copies=2, rate=0.3,
+                                     eda_operations=("random_swap", "random_deletion"))),
+    ("token_classification", dict(methods=("mention_replacement",
+                                           "label_wise_token_replacement"), copies=2, rate=0.5)),
+])
+def test_augmented_pipelines_resume_exactly(labelled_dir, tmp_path, task, augment):
+  # The augmented copies are cached once; the pipeline over them keeps one order.
+  config = _classification_config(labelled_dir, task,
+                                  context_tokens=16 if task == "token_classification" else 0)
+  if task == "token_classification":
+    config.task.labels = ["O", "B-X", "I-X"]   # the tags 0, 1, 2 read as IOB2
+  config.data.augment.update(dict(augment, cache_dir=str(tmp_path)))
+  _assert_resume_is_exact(
+      lambda: pipelines.make_dataset(config, config.data.train_split, BYTE))
+  assert len(tf.io.gfile.glob(str(tmp_path / "*.tfrecord"))) == 1

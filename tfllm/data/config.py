@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tfllm.config import ConfigError, SectionSchema
+from tfllm.data import augment
 
 
 def _data_defaults():
@@ -39,6 +40,8 @@ def _data_defaults():
       deterministic=False,
       mlm_probability=0.15,
       max_predictions=20,
+      # Augmented copies of the training split (docs/finetuning.md, "Data augmentation").
+      augment=augment.augment_defaults(),
   )
 
 
@@ -60,14 +63,16 @@ def _check_data(section):
   if section.dataset in ("text_files", "tfrecord") and not section.files:
     raise ConfigError(f"config.data.dataset={section.dataset!r} needs config.data.files "
                       "(a glob, optionally with {split})")
+  augment.check_augment(section.augment)
 
 
 SCHEMAS = {
     "data": SectionSchema(
         _data_defaults,
-        choices={},
+        choices=dict(augment.AUGMENT_CHOICES),
         ranges={"sequence_length": (2, None), "context_tokens": (0, None), "shuffle_buffer": (1, None),
-                "mlm_probability": (0.0, 1.0), "max_predictions": (1, None)},
+                "mlm_probability": (0.0, 1.0), "max_predictions": (1, None),
+                **augment.AUGMENT_RANGES},
         check=_check_data),
     "tokenizer": SectionSchema(
         _tokenizer_defaults,

@@ -127,9 +127,10 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
         "evaluations, which mode=train does not run; use mode=train_and_eval or set "
         "config.train.early_stopping.metric=''")
   strategy = distribute.get_strategy(strategy_name, tpu=tpu, num_gpus=num_gpus)
-  from tfllm.data import pipelines, tokenizers  # pylint: disable=g-import-not-at-top
+  from tfllm.data import augmented_source, pipelines, tokenizers  # pylint: disable=g-import-not-at-top
   pipelines.check_bucket_lengths(config)
   pipelines.check_context_tokens(config)
+  augmented_source.check_task(config)
   if config.data.bucket_lengths and isinstance(strategy, tf.distribute.TPUStrategy):
     raise config_lib.ConfigError(
         f"config.data.bucket_lengths={tuple(config.data.bucket_lengths)} gives "

@@ -146,6 +146,33 @@ def check_placement(layout, sharded, optimizer) -> int:
   return checked
 
 
+def compare_greedy_generation(style: str, degree: int):
+  """(unsharded tokens, sharded tokens) of greedy KV-cache decoding from the same weights."""
+  import keras
+  import tensorflow as tf
+
+  from tfllm.models import generation
+  from tfllm.models import tensor_parallel as tp_models
+  from tfllm.models.build import build
+
+  config = tiny_config(style, degree)
+  keras.utils.set_random_seed(3)
+  dense = build(config)
+  sharded = tp_models.build_tensor_parallel(config)
+  tp_models.load_unsharded(tp_models.parameter_layout(dense, sharded))
+  features, _, _ = batch(7)
+  lengths = np.array([3, 5], "int32")
+  zeros = np.zeros(BATCH, "float32")
+
+  def decode(model):
+    run = tf.function(lambda ids: generation.generate_tokens(
+        model, ids, lengths, np.full(BATCH, SEQ, "int32"), zeros, np.zeros(BATCH, "int32"),
+        np.ones(BATCH, "float32"), np.zeros(BATCH, "int32")))
+    token_ids, _ = run(tf.constant(features["token_ids"]))
+    return token_ids.numpy()
+  return decode(dense), decode(sharded)
+
+
 def compare_backbone(style: str, degree: int) -> float:
   """Largest difference of the final hidden states of an unsharded and a sharded backbone
   (encoders, e.g. BERT: post-norm, token types, bidirectional)."""

@@ -38,6 +38,12 @@ def test_causal_lm_matches_unsharded_at_degree_2(style):
   _assert_close(checks.compare_causal_lm(style, 2))
 
 
+@pytest.mark.parametrize("style", ["gpt2", "llama"])
+def test_greedy_generation_with_sharded_kv_cache_gives_the_same_tokens(style):
+  dense_tokens, sharded_tokens = checks.compare_greedy_generation(style, 2)
+  np.testing.assert_array_equal(sharded_tokens, dense_tokens)
+
+
 def test_encoder_backbone_matches_unsharded_at_degree_2():
   """BERT style: post-norm, token types, bidirectional attention."""
   assert checks.compare_backbone("bert", 2) <= TOLERANCE

@@ -58,6 +58,34 @@ class TensorParallelBackbone(TransformerBackbone):
     return tp.TensorParallelTransformerBlock(num_heads, intermediate_dim, devices=self.devices,
                                              **kwargs)
 
+  def init_cache(self, batch_size, max_length=None, dtype=None):
+    """A zero KV cache sharded with the heads: for each layer, a list of `N` shard caches
+    `[batch, 2, max_length, num_kv_heads / N, head_dim]`, shard `i`'s on device `i`."""
+    max_length = self.max_sequence_length if max_length is None else max_length
+    local_kv_heads = self.num_kv_heads // self.model_parallel
+    caches = []
+    for _ in self.blocks:
+      layer = []
+      for device in self.devices:
+        with tf.device(device):
+          layer.append(tf.zeros((batch_size, 2, max_length, local_kv_heads, self.head_dim),
+                                dtype=dtype or self.compute_dtype))
+      caches.append(layer)
+    return caches
+
+  def call_with_cache(self, token_ids, cache, cache_update_index, padding_mask=None):
+    """As `TransformerBackbone.call_with_cache`, with the cache of `init_cache` (nested
+    lists: layers, then shards)."""
+    if not self.causal:
+      raise ValueError("call_with_cache needs a causal backbone (causal=True)")
+    x = self.embed(token_ids, start_index=cache_update_index)
+    updated = []
+    for block, layer_cache in zip(self.blocks, cache):
+      x, layer_cache = block(x, padding_mask=padding_mask, cache=layer_cache,
+                             cache_update_index=cache_update_index)
+      updated.append(list(layer_cache))
+    return (self.final_norm(x) if self.final_norm is not None else x), updated
+
   def get_config(self):
     config = super().get_config()
     config.update(model_parallel=self.model_parallel)
@@ -113,10 +141,26 @@ class TensorParallelCausalLM(keras.Model):
     self.built = True
 
   def call(self, inputs, training=None):
-    hidden = self.backbone(inputs, training=training)
+    return self.shard_logits(self.backbone(inputs, training=training))
+
+  def shard_logits(self, hidden) -> List[tf.Tensor]:
+    """The `N` float32 logits `[..., vocab / N]` of hidden states `[..., hidden_dim]`."""
     if self.projection is None:
       return self.backbone.token_embedding(hidden, reverse=True)
     return self.projection(hidden)
+
+  def call_with_cache(self, token_ids, cache, cache_update_index, padding_mask=None):
+    """One incremental decoding step (`tfllm.models.generation` calls it).
+
+    Returns:
+      `(logits [batch, seq, vocab] float32, hidden, updated cache)`: the logits of the few
+      decoded positions are joined on the first device for sampling.
+    """
+    hidden, cache = self.backbone.call_with_cache(token_ids, cache, cache_update_index,
+                                                  padding_mask=padding_mask)
+    with tf.device(self.devices[0]):
+      logits = tf.concat(self.shard_logits(hidden), axis=-1)
+    return logits, hidden, cache
 
   def cross_entropy_sums(self, shard_logits, labels, sample_weight=None
                          ) -> Tuple[tf.Tensor, tf.Tensor]:

@@ -81,8 +81,8 @@ def compare_causal_lm(style: str, degree: int) -> dict:
   tp_opt = build_optimizer(config.train, sharded.trainable_variables)
   tp_opt.build(sharded.trainable_variables)
 
-  dense_step = _train_step(dense, dense_opt, losses.cross_entropy_sums)
-  tp_step = _train_step(sharded, tp_opt, sharded.cross_entropy_sums)
+  dense_step = train_step(dense, dense_opt, losses.cross_entropy_sums)
+  tp_step = train_step(sharded, tp_opt, sharded.cross_entropy_sums)
 
   result = dict(style=style, degree=degree, logits=0.0, loss=0.0, grads=0.0, adamw=0.0)
   tp_index = {id(v): i for i, v in enumerate(sharded.trainable_variables)}
@@ -106,7 +106,7 @@ def compare_causal_lm(style: str, degree: int) -> dict:
   return result
 
 
-def _train_step(model, optimizer, cross_entropy_sums):
+def train_step(model, optimizer, cross_entropy_sums):
   """A compiled step: (logits, mean loss over weights, gradients), then one AdamW update."""
   import tensorflow as tf
 

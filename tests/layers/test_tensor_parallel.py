@@ -20,6 +20,7 @@ from tfllm.layers import tensor_parallel as tp
 from tfllm.models import tensor_parallel as tp_models
 from tfllm.models.build import build
 from tfllm.training import tensor_parallel as tp_training
+from tfllm.training.optimizer import build_optimizer
 
 TOLERANCE = 1e-5
 DEVICES = ["/job:localhost/replica:0/task:0/device:CPU:0",
@@ -190,3 +191,45 @@ def test_block_keras_file_save_load_gives_identical_outputs(tmp_path):
   np.testing.assert_array_equal(restored(inputs), expected)
   variable = restored.layers[0].feed_forward.shards[1].up.kernel
   assert variable.value.device == DEVICES[1]
+
+
+def _built_optimizer(config, model):
+  optimizer = build_optimizer(config.train, model.trainable_variables)
+  optimizer.build(model.trainable_variables)
+  return optimizer
+
+
+def test_a_run_saved_at_degree_2_resumes_at_degree_1_with_identical_state(tmp_path):
+  """Model and AdamW state go through an ordinary checkpoint of the unsharded model."""
+  config = checks.tiny_config("llama", 2)  # untied projection, grouped KV heads
+  host = build(config)
+  host_optimizer = _built_optimizer(config, host)
+  sharded = tp_models.build_tensor_parallel(config)
+  optimizer = _built_optimizer(config, sharded)
+  step = checks.train_step(sharded, optimizer, sharded.cross_entropy_sums)
+  for i in range(2):
+    step(*checks.batch(i))
+  tp_training.to_unsharded(sharded, optimizer, host, host_optimizer)
+  path = tf.train.Checkpoint(model=host, optimizer=host_optimizer).write(str(tmp_path / "c"))
+
+  config.train.model_parallel = 1
+  restored_host = build(config)
+  restored_host_optimizer = _built_optimizer(config, restored_host)
+  tf.train.Checkpoint(model=restored_host, optimizer=restored_host_optimizer).read(
+      path).assert_consumed()
+  resumed = tp_models.build_tensor_parallel(config)
+  resumed_optimizer = _built_optimizer(config, resumed)
+  tp_training.from_unsharded(resumed, resumed_optimizer, restored_host,
+                             restored_host_optimizer)
+  assert int(resumed_optimizer.iterations) == 2
+
+  def state(model):
+    return [value for _, value in tp_models.unsharded_values(
+        tp_models.parameter_layout(restored_host, model))]
+  for a, b in zip(state(sharded), state(resumed)):
+    np.testing.assert_array_equal(a, b)
+  # One more step at each degree: the AdamW state came along too.
+  step(*checks.batch(2))
+  checks.train_step(resumed, resumed_optimizer, resumed.cross_entropy_sums)(*checks.batch(2))
+  for a, b in zip(state(sharded), state(resumed)):
+    np.testing.assert_allclose(a, b, atol=1e-5)

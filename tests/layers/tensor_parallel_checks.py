@@ -5,7 +5,8 @@ program in a subprocess that splits the CPU into 4 devices first:
 
   python -m tests.layers.tensor_parallel_checks 4 gpt2 llama
 
-prints one JSON line per style with the largest differences found.
+prints one JSON line per style with the largest differences found (and for causal LMs
+whether greedy KV-cache decoding gave the unsharded model's tokens).
 """
 
 from __future__ import annotations
@@ -204,7 +205,10 @@ def main(argv):
     if style == "bert":
       print(json.dumps(dict(style=style, degree=degree, hidden=compare_backbone(style, degree))))
     else:
-      print(json.dumps(compare_causal_lm(style, degree)))
+      result = compare_causal_lm(style, degree)
+      dense_tokens, sharded_tokens = compare_greedy_generation(style, degree)
+      result["same_tokens"] = bool(np.array_equal(dense_tokens, sharded_tokens))
+      print(json.dumps(result))
   sys.stdout.flush()
 
 

@@ -354,3 +354,21 @@ def _tpu_strategy(tpu: Optional[str], timeout_s: float) -> tf.distribute.Strateg
                        "VM with --tpu=local, pass a TPU name or grpc://host:8470, or choose "
                        f"another strategy: {', '.join(s for s in STRATEGIES if s != 'tpu')}"
                        ) from None
+
+
+def split_cpu(count: int) -> None:
+  """Splits the first CPU into `count` logical devices (tensor parallelism and mirrored runs
+  without GPUs). Call before anything initializes the TF runtime (docs/stack.md).
+
+  Raises:
+    ConfigError: `count` < 1, or the runtime is already initialized.
+  """
+  if count < 1:
+    raise ConfigError(f"cpu_devices={count} must be >= 1")
+  cpu = tf.config.list_physical_devices("CPU")[0]
+  try:
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)])
+  except RuntimeError as error:
+    raise ConfigError(f"cpu_devices={count}: the TF runtime is already initialized ({error}); "
+                      "split the CPU first thing in the program") from error

@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -140,6 +141,21 @@ def test_tfllm_summary_takes_a_name_and_overrides(tmp_path):
   # bert_tiny is 1,511,360 parameters with 2 layers (tests/models/test_configs.py); one
   # layer of width 128 and feed-forward 512 is 198,272 of them.
   assert "masked_lm: 1,313,088 parameters" in result.stdout
+
+
+def test_tfllm_summary_reports_tensor_parallel_bytes_per_device(tmp_path):
+  result = run_app("tfllm.cli.summary", "--config=llama_tiny", "--config.model.num_layers=1",
+                   "--config.train.model_parallel=2", "--cpu_devices=2", cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  parameters = int(re.search(r"causal_lm: ([\d,]+) parameters", result.stdout)
+                   .group(1).replace(",", ""))
+  per_device = {int(device): (int(p.replace(",", "")), int(a.replace(",", ""))) for device, p, a
+                in re.findall(r"CPU:(\d): parameters ([\d,]+)  AdamW ([\d,]+)", result.stdout)}
+  assert sorted(per_device) == [0, 1]
+  assert per_device[0][0] + per_device[1][0] == 4 * parameters  # float32, nothing duplicated
+  # Device 0 also holds the unsplit weights: 1 layer's 2 RMSNorm scales + the final one.
+  assert per_device[0][0] - per_device[1][0] == 4 * 3 * 256
+  assert per_device[1][1] == 2 * per_device[1][0]  # AdamW's momentum and velocity
 
 
 def _check(command, **kwargs):

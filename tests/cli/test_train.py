@@ -89,6 +89,8 @@ def _files(directory):
     (["--config.train.early_stopping.metric=loss", "--config.train.early_stopping.patience=1",
       "--config.train.eval_every_steps=5", "--mode=train"], {},
      r"needs evaluations, which mode=train does not run", 2),
+    (["--config.train.model_parallel=2"], {},
+     r"model_parallel=2: tfllm-train does not train tensor-parallel models yet", 2),
 ])
 # (A global batch not divisible by the replicas, a disk full while checkpointing and a NaN
 # loss from bad data are checked in-process in tests/training/test_loop.py.)

@@ -82,6 +82,10 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     `[batch, seq, hidden]`, and with a cache also the updated cache (same shape as `cache`).
   """
 
+  # The output projection's bias; a tensor-parallel shard (`tfllm.layers.tensor_parallel`)
+  # whose partial outputs are summed leaves it out on all shards but one.
+  has_output_bias = True
+
   def __init__(self, num_heads, head_dim, num_kv_heads=None, use_bias=True, dropout=0.0,
                rotary_max_wavelength=None, kernel_initializer="glorot_uniform",
                attention_block_size=0, **kwargs):
@@ -111,7 +115,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
                                   dtype=self.dtype_policy)
     self.qkv.build(input_shape)
     self.output_projection = keras.layers.Dense(
-        hidden, use_bias=self.use_bias, name="output",
+        hidden, use_bias=self.use_bias and self.has_output_bias, name="output",
         kernel_initializer=clone_initializer(self.kernel_initializer), dtype=self.dtype_policy)
     self.output_projection.build((*input_shape[:-1], self.num_heads * self.head_dim))
     self.rotary = None

@@ -31,6 +31,10 @@ class FeedForward(keras.layers.Layer):
     `[..., hidden]`.
   """
 
+  # The down projection's bias; a tensor-parallel shard (`tfllm.layers.tensor_parallel`)
+  # whose partial outputs are summed leaves it out on all shards but one.
+  has_output_bias = True
+
   def __init__(self, intermediate_dim, activation="gelu", use_bias=True, dropout=0.0,
                kernel_initializer="glorot_uniform", **kwargs):
     super().__init__(**kwargs)
@@ -43,8 +47,8 @@ class FeedForward(keras.layers.Layer):
     self.dropout = float(dropout)
     self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
-  def _dense(self, units, name):
-    return keras.layers.Dense(units, use_bias=self.use_bias, name=name,
+  def _dense(self, units, name, use_bias=True):
+    return keras.layers.Dense(units, use_bias=self.use_bias and use_bias, name=name,
                               kernel_initializer=clone_initializer(self.kernel_initializer),
                               dtype=self.dtype_policy)
 
@@ -56,7 +60,7 @@ class FeedForward(keras.layers.Layer):
     if self.activation == "swiglu":
       self.gate = self._dense(self.intermediate_dim, "gate")
       self.gate.build(input_shape)
-    self.down = self._dense(hidden, "down")
+    self.down = self._dense(hidden, "down", use_bias=self.has_output_bias)
     self.down.build((*input_shape[:-1], self.intermediate_dim))
     self.output_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
     self.built = True

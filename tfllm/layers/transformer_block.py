@@ -72,7 +72,7 @@ class TransformerBlock(keras.layers.Layer):
   def build(self, input_shape):
     hidden = input_shape[-1]
     head_dim = self.head_dim or hidden // self.num_heads
-    self.attention = MultiHeadSelfAttention(
+    self.attention = self.make_attention(
         self.num_heads, head_dim, num_kv_heads=self.num_kv_heads, use_bias=self.use_bias,
         dropout=self.attention_dropout, rotary_max_wavelength=self.rotary_max_wavelength,
         kernel_initializer=clone_initializer(self.kernel_initializer),
@@ -81,7 +81,7 @@ class TransformerBlock(keras.layers.Layer):
     self.attention.build(input_shape)
     self.attention_norm = make_norm(self.normalization, self.norm_epsilon, "attention_norm")
     self.attention_norm.build(input_shape)
-    self.feed_forward = FeedForward(
+    self.feed_forward = self.make_feed_forward(
         self.intermediate_dim, activation=self.activation, use_bias=self.use_bias,
         kernel_initializer=clone_initializer(self.kernel_initializer), dtype=self.dtype_policy,
         name="feed_forward")
@@ -93,6 +93,14 @@ class TransformerBlock(keras.layers.Layer):
     self.feed_forward_output_dropout = keras.layers.Dropout(self.dropout,
                                                             dtype=self.dtype_policy)
     self.built = True
+
+  def make_attention(self, *args, **kwargs):
+    """The attention sublayer (a tensor-parallel block returns a head-sharded one)."""
+    return MultiHeadSelfAttention(*args, **kwargs)
+
+  def make_feed_forward(self, *args, **kwargs):
+    """The feed-forward sublayer (a tensor-parallel block returns a hidden-sharded one)."""
+    return FeedForward(*args, **kwargs)
 
   def call(self, inputs, padding_mask=None, cache=None, cache_update_index=None,
            training=None):

@@ -88,9 +88,9 @@ class TransformerBackbone(keras.Model):
     # One template, a clone for each layer: a shared unseeded instance would give every
     # block (and every table of one shape) the same initial values.
     initializer = keras.initializers.TruncatedNormal(stddev=self.initializer_range)
-    self.token_embedding = TokenEmbedding(vocab_size, hidden_dim,
-                                          embeddings_initializer=clone_initializer(initializer),
-                                          name="token_embedding")
+    self.token_embedding = self.make_token_embedding(
+        vocab_size, hidden_dim, embeddings_initializer=clone_initializer(initializer),
+        name="token_embedding")
     if position_embedding == "learned":
       self.position_encoding = PositionEmbedding(max_sequence_length,
                                                  initializer=clone_initializer(initializer),
@@ -111,7 +111,7 @@ class TransformerBackbone(keras.Model):
                                                             "embedding_norm")
     self.embedding_dropout = keras.layers.Dropout(dropout)
     self.blocks = [
-        TransformerBlock(
+        self.make_block(
             num_heads, intermediate_dim, head_dim=self.head_dim, num_kv_heads=self.num_kv_heads,
             activation=activation, normalization=normalization, norm_epsilon=norm_epsilon,
             norm_first=norm_first, causal=causal, use_bias=use_bias, dropout=dropout,
@@ -124,6 +124,14 @@ class TransformerBackbone(keras.Model):
         for i in range(num_layers)
     ]
     self.final_norm = make_norm(normalization, norm_epsilon, "final_norm") if norm_first else None
+
+  def make_token_embedding(self, *args, **kwargs):
+    """The token embedding (a tensor-parallel backbone returns a vocabulary-sharded one)."""
+    return TokenEmbedding(*args, **kwargs)
+
+  def make_block(self, *args, **kwargs):
+    """One Transformer block (a tensor-parallel backbone returns a sharded one)."""
+    return TransformerBlock(*args, **kwargs)
 
   def build(self, input_shape=None):
     shape = (None, None, self.hidden_dim)

@@ -14,6 +14,9 @@ def _train_defaults():
       steps=1000,                # optimizer steps in all (a resumed run continues to this)
       steps_per_loop=50,         # steps run inside one tf.function call (one host round trip)
       grad_accum_steps=1,        # micro-batches per step: each is global_batch_size examples
+      # Tensor-parallel degree N: attention heads, feed-forward units and the vocabulary
+      # split over N local devices (docs/distributed.md, "Tensor parallelism"); 1 = off.
+      model_parallel=1,
       eval_steps=20,             # eval batches per evaluation; 0 = no evaluation
       eval_every_steps=0,        # evaluate every N steps (rounded up to a loop); 0 = at the end
       seed=0,
@@ -77,6 +80,7 @@ SCHEMAS = {
                  "early_stopping.mode": ("min", "max")},
         ranges={"global_batch_size": (1, None), "steps": (0, None),
                 "steps_per_loop": (1, None), "grad_accum_steps": (1, None),
+                "model_parallel": (1, None),
                 "eval_steps": (0, None), "eval_every_steps": (0, None),
                 "time_budget_minutes": (0.0, None), "checkpoint_every_steps": (0, None),
                 "keep_checkpoints": (1, None), "log_every_steps": (0, None),

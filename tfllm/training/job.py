@@ -121,6 +121,11 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
   if not model_dir:
     raise config_lib.ConfigError("model_dir is empty; give the directory to train in")
   config = config_lib.validate(ml_collections.ConfigDict(config.to_dict()))
+  if config.train.model_parallel > 1:  # the sharded model is not wired into the loop yet
+    raise config_lib.ConfigError(
+        f"config.train.model_parallel={config.train.model_parallel}: tfllm-train does not "
+        "train tensor-parallel models yet (tfllm-summary and tfllm.models.tensor_parallel "
+        "build them); use config.train.model_parallel=1")
   if mode == "train" and config.train.early_stopping.metric:
     raise config_lib.ConfigError(
         f"config.train.early_stopping.metric={config.train.early_stopping.metric!r} needs "

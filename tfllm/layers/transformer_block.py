@@ -128,8 +128,8 @@ class TransformerBlock(keras.layers.Layer):
                        "add them once per block")
     self._set_adapter_settings(size, placement, activation)
     if self.built:
-      # Keras 3 locks a built layer's state; adapters join a pretrained block the way
-      # Keras' own `Dense.enable_lora` adds its weights: unlock, add, lock again.
+      # Keras 3 locks a built layer's state (docs/stack.md); adapters join a pretrained
+      # block the way Keras' own `Dense.enable_lora` adds its weights: unlock, add, lock.
       self._tracker.unlock()  # pylint: disable=protected-access
       try:
         self._build_adapters(self._adapter_input_shape)

@@ -23,8 +23,8 @@
 from __future__ import annotations
 
 from tfllm.config import ConfigError, SectionSchema
-from tfllm.layers.adapter import ADAPTER_ACTIVATIONS, ADAPTER_PLACEMENTS
 from tfllm.finetune.strategies import STRATEGIES
+from tfllm.layers.adapter import ADAPTER_ACTIVATIONS, ADAPTER_PLACEMENTS
 
 
 def _finetune_defaults():

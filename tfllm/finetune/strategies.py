@@ -108,7 +108,7 @@ def norm_layers(backbone: TransformerBackbone) -> List[keras.layers.Layer]:
 
 def adapters_enabled(model: keras.Model) -> bool:
   """Whether the blocks of `model` carry bottleneck adapters."""
-  return any(block.adapter_size for block in backbone_of(model).blocks)
+  return any(getattr(block, "adapter_size", 0) for block in backbone_of(model).blocks)
 
 
 def enable_adapters(model: keras.Model, size: int, placement: str = "houlsby",

@@ -11,7 +11,7 @@ from tests.finetune.test_recipes import load_recipe
 from tfllm import export, finetune, training
 
 
-def _short(config, tfds_dir, steps):
+def short_config(config, tfds_dir, steps):
   config.data.update(data_dir=tfds_dir, sequence_length=32, bucket_lengths=(16,),
                      train_split="train[:128]",
                      eval_split="validation[:64]")
@@ -25,7 +25,7 @@ def _short(config, tfds_dir, steps):
 def teacher_dir(tfds_dir, tmp_path_factory):
   """A MiniLM sentiment model fine-tuned with LoRA for a few steps, evaluated in int8 too."""
   model_dir = str(tmp_path_factory.mktemp("teacher"))
-  config = _short(load_recipe("minilm_movie_sentiment"), tfds_dir, steps=4)
+  config = short_config(load_recipe("minilm_movie_sentiment"), tfds_dir, steps=4)
   config.finetune.update(strategy="lora", lora_rank=4, quantize="int8")
   summary = training.run(config, model_dir, strategy_name="one_device", log=lambda line: None)
   return model_dir, summary
@@ -49,7 +49,7 @@ def test_int8_evaluation_is_written_and_close_to_float(teacher_dir, finetune_sec
 def test_distilled_student_trains_and_loads_alone(teacher_dir, tfds_dir, tmp_path,
                                                   finetune_section):
   teacher, _ = teacher_dir
-  config = _short(load_recipe("distill_bert_tiny"), tfds_dir, steps=4)
+  config = short_config(load_recipe("distill_bert_tiny"), tfds_dir, steps=4)
   config.finetune.distill.teacher_model_dir = teacher
   summary = training.run(config, str(tmp_path), strategy_name="one_device",
                          log=lambda line: None)
@@ -69,7 +69,7 @@ def test_distilled_student_trains_and_loads_alone(teacher_dir, tfds_dir, tmp_pat
 def test_a_teacher_of_other_labels_is_refused(teacher_dir, tfds_dir, tmp_path,
                                               finetune_section):
   teacher, _ = teacher_dir
-  config = _short(load_recipe("distill_bert_tiny"), tfds_dir, steps=2)
+  config = short_config(load_recipe("distill_bert_tiny"), tfds_dir, steps=2)
   config.task.labels = ["bad", "good"]
   config.finetune.distill.teacher_model_dir = teacher
   with pytest.raises(ValueError, match=r"has task.labels=\['negative', 'positive'\]"):

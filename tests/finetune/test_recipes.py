@@ -55,8 +55,9 @@ def test_bad_finetune_values(finetune_section):
   config.finetune.update(strategy="lora", lora_rank=0)
   with pytest.raises(ConfigError, match="config.finetune.lora_rank=0 must be >= 1"):
     config_lib.validate(config)
-  config.finetune.update(strategy="adapters", lora_rank=8)
-  with pytest.raises(ConfigError, match="config.finetune.strategy='adapters' is not accepted"):
+  config.finetune.update(strategy="prefix", lora_rank=8)
+  with pytest.raises(ConfigError, match="config.finetune.strategy='prefix' is not accepted; "
+                                        "use one of: 'full', 'top_layers', 'lora', 'adapters'"):
     config_lib.validate(config)
 
 

@@ -39,6 +39,11 @@ LAYERS = {
     "rms_norm": (lambda: layers.RMSNorm(), _float_inputs, (BATCH, SEQ, HIDDEN)),
     "block_post_norm": (lambda: layers.TransformerBlock(4, 32, norm_first=False),
                         _float_inputs, (BATCH, SEQ, HIDDEN)),
+    "adapter": (lambda: layers.Adapter(4, activation="gelu"), _float_inputs,
+                (BATCH, SEQ, HIDDEN)),
+    "block_houlsby_adapters": (lambda: layers.TransformerBlock(4, 32, norm_first=False,
+                                                               adapter_size=4),
+                               _float_inputs, (BATCH, SEQ, HIDDEN)),
     "block_llama": (lambda: layers.TransformerBlock(
         4, 32, num_kv_heads=1, activation="swiglu", normalization="rms_norm", causal=True,
         use_bias=False, rotary_max_wavelength=10000.0), _float_inputs, (BATCH, SEQ, HIDDEN)),

@@ -1,6 +1,7 @@
-"""Fine-tuning a pretrained encoder: initialization, strategies (top layers, LoRA), int8
+"""Fine-tuning a pretrained encoder: initialization, strategies (top layers, LoRA, adapters), int8
 quantization, distillation and the task metrics (entity F1, classification F1)."""
 
+from tfllm.finetune.adapters import adapter_weights, load_adapter_weights, save_adapter_weights
 from tfllm.finetune.classification_f1 import ClassificationF1
 from tfllm.finetune.distillation import (TeacherStudent, distillation_loss,
                                          distillation_objective, distillation_sums, load_teacher,
@@ -11,8 +12,9 @@ from tfllm.finetune.lora import lora_weights, load_lora_weights, merge_lora, sav
 from tfllm.finetune.prepare import load_trained_model, minilm_l6_dir, prepare_model
 from tfllm.finetune.quantization import (load_quantized_weights, quantization_mode,
                                          quantize_int8, save_quantized_weights)
-from tfllm.finetune.strategies import (apply_strategy, enable_lora, freeze_all_but_top,
-                                       lora_target_layers, trainable_parameter_count)
+from tfllm.finetune.strategies import (adapters_enabled, apply_strategy, enable_adapters,
+                                       enable_lora, freeze_all_but_top, lora_target_layers,
+                                       trainable_parameter_count)
 
 
 def register_eval_metrics() -> None:
@@ -27,7 +29,8 @@ def register_eval_metrics() -> None:
 
 
 __all__ = [
-    "ClassificationF1", "EntityF1", "TeacherStudent", "apply_strategy", "distillation_loss",
+    "ClassificationF1", "EntityF1", "TeacherStudent", "adapter_weights", "adapters_enabled",
+    "apply_strategy", "enable_adapters", "load_adapter_weights", "save_adapter_weights", "distillation_loss",
     "distillation_objective", "distillation_sums", "enable_lora", "entity_counts", "entity_reports_from_results",
     "entity_scores",
     "format_entity_report", "freeze_all_but_top", "iob2_scheme", "load_lora_weights",

@@ -2,10 +2,16 @@
 
   init_checkpoint   a Hugging Face BERT directory (config.json, model.safetensors, vocab.txt)
                     whose weights initialize the backbone; "" = random initialization
-  strategy          full | top_layers | lora: which variables train (`tfllm.finetune.strategies`)
+  strategy          full | top_layers | lora | adapters: which variables train
+                    (`tfllm.finetune.strategies`)
   train_top_layers  top_layers: blocks that train; the embeddings and lower blocks are frozen
   lora_rank         lora: adapter rank (>= 1)
   lora_alpha        lora: scale numerator; 0 = lora_rank (scale 1)
+  adapter_placement adapters: houlsby (after attention and after the feed-forward) | pfeiffer
+                    (after the feed-forward only)
+  adapter_size      adapters: bottleneck width; 0 = hidden_dim // adapter_reduction_factor
+  adapter_reduction_factor  adapters: hidden_dim / bottleneck width, when adapter_size is 0
+  adapter_activation  adapters: relu | gelu | swish inside each adapter
   quantize          "" | int8: evaluate/export the int8-quantized model after training
   distill           teacher_model_dir: a tfllm model_dir (config.json + checkpoints) of the
                     fine-tuned teacher ("" = no distillation); temperature; alpha, the weight
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 from tfllm.config import ConfigError, SectionSchema
 from tfllm.finetune.strategies import STRATEGIES
+from tfllm.layers.adapter import ADAPTER_ACTIVATIONS, ADAPTER_PLACEMENTS
 
 
 def _finetune_defaults():
@@ -27,6 +34,10 @@ def _finetune_defaults():
       train_top_layers=2,
       lora_rank=8,
       lora_alpha=0.0,
+      adapter_placement="houlsby",
+      adapter_size=0,
+      adapter_reduction_factor=16,
+      adapter_activation="relu",
       quantize="",
       distill=dict(
           teacher_model_dir="",
@@ -60,8 +71,11 @@ def _check_finetune(section):
 SCHEMAS = {
     "finetune": SectionSchema(
         _finetune_defaults,
-        choices={"strategy": STRATEGIES, "quantize": ("", "int8")},
+        choices={"strategy": STRATEGIES, "quantize": ("", "int8"),
+                 "adapter_placement": ADAPTER_PLACEMENTS,
+                 "adapter_activation": ADAPTER_ACTIVATIONS},
         ranges={"train_top_layers": (0, None), "lora_rank": (0, None),
+                "adapter_size": (0, None), "adapter_reduction_factor": (1, None),
                 "lora_alpha": (0.0, None), "distill.temperature": (1e-6, None),
                 "distill.alpha": (0.0, 1.0)},
         check=_check_finetune,

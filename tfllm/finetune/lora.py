@@ -2,44 +2,22 @@
 
 An adapter file holds the variables a LoRA fine-tuning changed: every `lora_kernel_a/b` and
 the head (everything trainable), keyed by layer path below the model (`variable_keys`), as a
-NumPy `.npz`. With the pretrained
+NumPy `.npz` (`tfllm.finetune.trainable_weights`). With the pretrained
 checkpoint it rebuilds the fine-tuned model; for MiniLM it is about 1% of the full weights.
 """
 
 from __future__ import annotations
 
-import io
-import os
 from typing import Dict
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from tfllm import model_dir as model_dir_lib
-from tfllm.finetune.strategies import lora_enabled, lora_target_layers
+from tfllm.finetune.strategies import adapters_enabled, lora_enabled, lora_target_layers
+from tfllm.finetune.trainable_weights import (load_trainable_weights, save_trainable_weights,
+                                              trainable_weights, variable_keys)
 
 _LORA_VARIABLES = ("lora_kernel_a", "lora_kernel_b")
-
-
-def variable_keys(model: keras.Model) -> Dict[int, str]:
-  """`id(variable)` -> its layer path below the model and its name
-  (`backbone/block_0/attention/qkv/lora_kernel_a`).
-
-  Built from the layer tree, not `variable.path`: Keras names a variable by the scopes active
-  when it was created, which for LoRA weights added after building is the Dense layer's name
-  alone (`qkv/lora_kernel_a`, the same in every block).
-  """
-  keys = {}
-
-  def walk(layer, prefix):
-    for variable in layer._trainable_variables + layer._non_trainable_variables:  # pylint: disable=protected-access
-      keys.setdefault(id(variable), f"{prefix}{variable.name}")
-    for child in layer._flatten_layers(include_self=False, recursive=False):  # pylint: disable=protected-access
-      walk(child, f"{prefix}{child.name}/")
-
-  walk(model, "")
-  return keys
 
 
 def _require_lora(model: keras.Model) -> None:
@@ -51,8 +29,7 @@ def _require_lora(model: keras.Model) -> None:
 def lora_weights(model: keras.Model) -> Dict[str, np.ndarray]:
   """The adapter weights (LoRA matrices and head) of a LoRA-enabled model by key."""
   _require_lora(model)
-  keys = variable_keys(model)
-  return {keys[id(v)]: np.asarray(v.numpy()) for v in model.trainable_variables}
+  return trainable_weights(model)
 
 
 def save_lora_weights(model: keras.Model, path: str) -> str:
@@ -61,13 +38,8 @@ def save_lora_weights(model: keras.Model, path: str) -> str:
   Returns:
     The path written.
   """
-  path = os.fspath(path)
-  if not path.endswith(".npz"):
-    raise ValueError(f"LoRA weights path {path!r} must end with .npz")
-  weights = lora_weights(model)
-  data = io.BytesIO()
-  np.savez(data, **weights)
-  return model_dir_lib.write_atomically(path, data.getvalue())
+  _require_lora(model)
+  return save_trainable_weights(model, path, "LoRA weights")
 
 
 def load_lora_weights(model: keras.Model, path: str) -> None:
@@ -80,25 +52,7 @@ def load_lora_weights(model: keras.Model, path: str) -> None:
     ValueError: a variable missing from the file, one the model lacks, or a shape mismatch.
   """
   _require_lora(model)
-  with tf.io.gfile.GFile(os.fspath(path), "rb") as f:
-    data = io.BytesIO(f.read())
-  with np.load(data) as stored:
-    stored = {key: stored[key] for key in stored.files}
-  keys = variable_keys(model)
-  variables = {keys[id(v)]: v for v in model.trainable_variables}
-  for key, variable in variables.items():
-    if key not in stored:
-      raise ValueError(f"{path}: no weights for {key!r} (LoRA rank or head differ from the "
-                       "saved model?)")
-    if tuple(stored[key].shape) != tuple(variable.shape):
-      raise ValueError(f"{path}: {key!r} has shape {stored[key].shape}; the model expects "
-                       f"{tuple(variable.shape)} (a different LoRA rank or head?)")
-  unexpected = sorted(set(stored) - set(variables))
-  if unexpected:
-    raise ValueError(f"{path}: unexpected weights {unexpected[0]!r} (the model has no such "
-                     "trainable variable)")
-  for key, variable in variables.items():
-    variable.assign(stored[key])
+  load_trainable_weights(model, path, "LoRA rank or head")
 
 
 def _build_like(model: keras.Model) -> None:
@@ -116,7 +70,15 @@ def merge_lora(model: keras.Model) -> keras.Model:
 
   The result has the original architecture (plain `Dense` layers), so it exports, quantizes
   and serves like a fully fine-tuned model; `model` is left unchanged.
+
+  Raises:
+    ValueError: `model` has no LoRA adapters, or has bottleneck adapters (`strategy=adapters`),
+      which no kernel can absorb.
   """
+  if adapters_enabled(model):
+    raise ValueError(f"{model.name!r} has bottleneck adapters, which cannot be merged into the "
+                     "base weights (x + up(act(down(x))) is a nonlinear function of x): export "
+                     "and serve the model with its adapters")
   _require_lora(model)
   merged = model.__class__.from_config(model.get_config())
   _build_like(merged)

@@ -34,7 +34,7 @@ def prepare_model(model: keras.Model, config) -> Dict[str, Any]:
   `config.finetune.strategy`.
 
   A run that resumes from its own checkpoint calls this too (the strategy shapes the
-  variables a checkpoint holds: LoRA adds some); the restore then overwrites the pretrained
+  variables a checkpoint holds: LoRA and adapters add some); the restore then overwrites the pretrained
   values.
 
   Returns:
@@ -51,7 +51,8 @@ def prepare_model(model: keras.Model, config) -> Dict[str, Any]:
 
 def load_trained_model(model_dir: str) -> Tuple[keras.Model, Any]:
   """The trained model of a tfllm `model_dir`, ready to use: its `config.json`, every weight
-  of its newest checkpoint, LoRA adapters merged into the kernels.
+  of its newest checkpoint, LoRA adapters merged into the kernels (bottleneck adapters,
+  which cannot be merged, stay in the model).
 
   The inverse of `prepare_model` (without the pretrained load, which the checkpoint
   overwrites): export, generation and distillation teachers all load through here.

@@ -1,4 +1,4 @@
-"""Which variables fine-tuning trains: all, the top N blocks, or LoRA adapters.
+"""Which variables fine-tuning trains: all, the top N blocks, LoRA or bottleneck adapters.
 
 Each strategy edits a task model (a backbone plus head) in place before the optimizer is
 built; the head always trains. `trainable_parameter_count` reports what is left to train.
@@ -14,7 +14,7 @@ import numpy as np
 from tfllm.config import ConfigError
 from tfllm.models.backbone import TransformerBackbone
 
-STRATEGIES = ("full", "top_layers", "lora")
+STRATEGIES = ("full", "top_layers", "lora", "adapters")
 
 
 def backbone_of(model: keras.Model) -> TransformerBackbone:
@@ -98,12 +98,72 @@ def enable_lora(model: keras.Model, rank: int, alpha: float | None = None) -> No
     layer.enable_lora(int(rank), lora_alpha=alpha)
 
 
+def norm_layers(backbone: TransformerBackbone) -> List[keras.layers.Layer]:
+  """Every normalization layer of `backbone`: the embedding and final norms, each block's."""
+  norms = [backbone.embedding_norm, backbone.final_norm]
+  for block in backbone.blocks:
+    norms += [block.attention_norm, block.feed_forward_norm]
+  return [layer for layer in norms if layer is not None]
+
+
+def adapters_enabled(model: keras.Model) -> bool:
+  """Whether the blocks of `model` carry bottleneck adapters."""
+  return any(getattr(block, "adapter_size", 0) for block in backbone_of(model).blocks)
+
+
+def enable_adapters(model: keras.Model, size: int, placement: str = "houlsby",
+                    activation: str = "relu") -> None:
+  """Freezes the backbone but its norms and adds bottleneck adapters to every block.
+
+  Houlsby et al. (2019): an `Adapter` (`x + up(act(down(x)))`, up-projection zero, so the
+  model starts as the pretrained one) on the attention output and on the feed-forward output
+  (`houlsby`), or on the feed-forward output only (`pfeiffer`). The adapters, every layer
+  norm and the head train; everything else in the backbone is frozen.
+
+  Args:
+    model: a built task model or backbone.
+    size: the adapters' bottleneck width, >= 1.
+    placement: `houlsby` or `pfeiffer`.
+    activation: `relu`, `gelu` or `swish`.
+  """
+  if adapters_enabled(model):
+    raise ValueError(f"adapters are already enabled on {model.name!r}; enable them once per "
+                     "model")
+  backbone = backbone_of(model)
+  for block in backbone.blocks:   # the first block refuses bad arguments before any change
+    block.add_adapters(size, placement=placement, activation=activation)
+  adapters = [adapter for block in backbone.blocks
+              for adapter in (block.attention_adapter, block.feed_forward_adapter)
+              if adapter is not None]
+  trained = {id(v) for layer in adapters + norm_layers(backbone) for v in layer.weights}
+  for variable in backbone.weights:
+    variable.trainable = id(variable) in trained
+
+
+def adapter_bottleneck(finetune, hidden_dim: int) -> int:
+  """The bottleneck width `config.finetune` asks for on a backbone of width `hidden_dim`."""
+  if finetune.adapter_size:
+    return finetune.adapter_size
+  size = hidden_dim // finetune.adapter_reduction_factor
+  if size < 1:
+    raise ConfigError(f"config.finetune.adapter_reduction_factor="
+                      f"{finetune.adapter_reduction_factor} leaves no bottleneck of a "
+                      f"{hidden_dim}-wide model; accepted: 1 to {hidden_dim}, or set "
+                      "config.finetune.adapter_size")
+  return size
+
+
 def apply_strategy(model: keras.Model, finetune) -> None:
-  """Applies `config.finetune`'s strategy (`full`, `top_layers`, `lora`) to `model`."""
+  """Applies `config.finetune`'s strategy (`full`, `top_layers`, `lora`, `adapters`) to
+  `model`."""
   if finetune.strategy == "top_layers":
     freeze_all_but_top(model, finetune.train_top_layers)
   elif finetune.strategy == "lora":
     enable_lora(model, finetune.lora_rank, alpha=finetune.lora_alpha or None)
+  elif finetune.strategy == "adapters":
+    enable_adapters(model, adapter_bottleneck(finetune, backbone_of(model).hidden_dim),
+                    placement=finetune.adapter_placement,
+                    activation=finetune.adapter_activation)
   elif finetune.strategy != "full":
     raise ValueError(f"fine-tuning strategy {finetune.strategy!r} is not known; use one of: "
                      f"{', '.join(STRATEGIES)}")

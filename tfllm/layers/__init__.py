@@ -1,5 +1,6 @@
 """Keras layers of tfllm's Transformers, one concept a module."""
 
+from tfllm.layers.adapter import Adapter
 from tfllm.layers.attention import MultiHeadSelfAttention, compute_attention_mask
 from tfllm.layers.embeddings import PositionEmbedding, SinusoidalPositionEncoding, TokenEmbedding
 from tfllm.layers.feed_forward import FeedForward
@@ -9,7 +10,7 @@ from tfllm.layers.rotary import RotaryEmbedding
 from tfllm.layers.transformer_block import TransformerBlock
 
 __all__ = [
-    "FeedForward", "MultiHeadSelfAttention", "PositionEmbedding", "RMSNorm", "RotaryEmbedding",
+    "Adapter", "FeedForward", "MultiHeadSelfAttention", "PositionEmbedding", "RMSNorm", "RotaryEmbedding",
     "SinusoidalPositionEncoding", "TokenEmbedding", "TransformerBlock", "clone_initializer",
     "compute_attention_mask",
 ]

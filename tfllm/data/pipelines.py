@@ -49,7 +49,7 @@ import keras_hub
 import tensorflow as tf
 
 from tfllm.config import ConfigError
-from tfllm.data import sources
+from tfllm.data import sources, train_subset
 from tfllm.data.tokenizers import special_token_ids
 
 TASKS = ("causal_lm", "masked_lm", "sequence_classification", "token_classification")
@@ -108,9 +108,15 @@ def _examples(config, split, input_context, training, in_order=None) -> sources.
                      "documents in each input pipeline, but TFRecord records are sharded "
                      f"round-robin over {input_context.num_input_pipelines} pipelines; use a "
                      "TFDS dataset (contiguous shards) or context_tokens=0")
-  source = sources.load_source(config.data, split, input_context,
-                               shuffle=training and not keep_order, seed=config.data.seed)
+  # A low-resource subset is chosen from the whole split in source order, then sharded.
+  subset = bool(training and config.data.get("train_examples", 0)
+                and split == config.data.train_split)
+  source = sources.load_source(config.data, split, None if subset else input_context,
+                               shuffle=training and not keep_order and not subset,
+                               seed=config.data.seed)
   examples = in_order(source) if in_order else source.examples
+  if subset:
+    examples = train_subset.select(examples, source.num_examples, config.data, input_context)
   if training:
     examples = examples.shuffle(config.data.shuffle_buffer, seed=config.data.seed,
                                 reshuffle_each_iteration=True).repeat()

@@ -1,5 +1,7 @@
 """Adversarial training on the word embeddings (`finetune.adversarial`): FGM, PGD, FreeLB."""
 
+import json
+
 import keras
 import ml_collections
 import numpy as np
@@ -8,6 +10,7 @@ import tensorflow as tf
 
 from tests.training.helpers import make_trainer, tiny_config, two_cpu_mirrored
 from tfllm import config as config_lib
+from tfllm.data import train_subset
 from tfllm.finetune import adversarial
 from tfllm.models import SequenceClassifier, TransformerBackbone
 
@@ -212,3 +215,21 @@ def test_unsupported_tasks_and_distillation_are_refused():
   config.finetune.adversarial.method = ""
   assert adversarial.gradients_fn(config, 32) is None
 
+
+@pytest.mark.slow
+def test_a_low_resource_fgm_job_trains_on_its_saved_subset(tfds_dir, tmp_path, finetune_section):
+  from tests.finetune.test_job import _short  # pylint: disable=import-outside-toplevel
+  from tests.finetune.test_recipes import load_recipe  # pylint: disable=import-outside-toplevel
+  from tfllm import training  # pylint: disable=import-outside-toplevel
+  config = _short(load_recipe("distill_bert_tiny"), tfds_dir, steps=2)
+  config.data.update(train_examples=48, train_examples_seed=5)
+  config.train.jit_compile = "on"    # the adversarial step compiles with XLA in the job too
+  config.finetune.adversarial.update(method="fgm", epsilon=0.5)
+  lines = []
+  summary = training.run(config, str(tmp_path), strategy_name="one_device", log=lines.append)
+  assert summary["step"] == 2 and np.isfinite(summary["eval_metrics"]["loss"])
+  assert "adversarial training: fgm (epsilon 0.5, loss_weight 1)" in lines
+  with open(tmp_path / "train_examples.json") as f:
+    saved = json.load(f)
+  assert saved["split"] == "train[:128]" and saved["split_examples"] == 128
+  assert saved["indices"] == [int(i) for i in train_subset.selected_indices(128, 48, 5)]

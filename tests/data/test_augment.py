@@ -247,3 +247,12 @@ def test_eda_and_back_translation_copies(tmp_path):
   assert translated not in reviews and "film" in translated or "movie" in translated
   with augment.BackTranslator() as translate:
     assert translate(reviews[0]) == translated
+
+
+def test_a_low_resource_subset_is_chosen_before_it_is_augmented(tmp_path):
+  config = _tagged_config(tmp_path, methods=("label_wise_token_replacement",), copies=1)
+  config.data.train_examples = 5
+  source = augmented_source.augmented_source(config, "tagged")
+  rows = _rows(source)
+  # 5 originals and a copy of each: the whole split's 12 would give 24.
+  assert source.num_examples == len(rows) == 5 * 2

@@ -19,6 +19,7 @@ first, then the `.json` index that marks them complete.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -30,7 +31,7 @@ import tensorflow as tf
 
 from tfllm import model_dir
 from tfllm.config import ConfigError
-from tfllm.data import augment, sources
+from tfllm.data import augment, sources, train_subset
 
 CACHE_FOLDER = "tfllm_augment"
 TEXT_METHODS, TAGGING_METHODS = augment.TEXT_METHODS, augment.TAGGING_METHODS
@@ -232,6 +233,12 @@ def augmented_source(config, split: str, input_context=None) -> sources.Source:
   """
   check_task(config)
   source = sources.load_source(config.data, split)
+  if config.data.get("train_examples", 0) and split == config.data.train_split:
+    # The low-resource subset is chosen first, so only its examples are augmented (and the
+    # cache, keyed by the examples' content, differs from the whole split's).
+    source = dataclasses.replace(source, examples=train_subset.select(
+        source.examples, source.num_examples, config.data),
+        num_examples=config.data.train_examples)
   spec = source.examples.element_spec
   names = _kept_features(config, spec)
   # Reading the examples costs seconds (14,041 CoNLL sentences); augmenting them may cost

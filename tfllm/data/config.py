@@ -33,6 +33,10 @@ def _data_defaults():
       # int `document_feature`.
       context_tokens=0,
       document_feature="document",   # int feature naming a sentence's document
+      # > 0: train on this many examples of train_split, a fixed random subset chosen by
+      # train_examples_seed (tfllm.data.train_subset; written to the model dir); 0 = all.
+      train_examples=0,
+      train_examples_seed=0,
       shuffle_buffer=10000,
       seed=0,
       # Accepted for old config files, no longer read: every pipeline keeps one element
@@ -71,6 +75,7 @@ SCHEMAS = {
         _data_defaults,
         choices=dict(augment.AUGMENT_CHOICES),
         ranges={"sequence_length": (2, None), "context_tokens": (0, None), "shuffle_buffer": (1, None),
+                "train_examples": (0, None), "train_examples_seed": (0, None),
                 "mlm_probability": (0.0, 1.0), "max_predictions": (1, None),
                 **augment.AUGMENT_RANGES},
         check=_check_data),

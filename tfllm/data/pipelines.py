@@ -49,7 +49,7 @@ import keras_hub
 import tensorflow as tf
 
 from tfllm.config import ConfigError
-from tfllm.data import augmented_source, sources
+from tfllm.data import augmented_source, sources, train_subset
 from tfllm.data.tokenizers import special_token_ids
 
 TASKS = ("causal_lm", "masked_lm", "sequence_classification", "token_classification")
@@ -108,12 +108,20 @@ def _examples(config, split, input_context, training, in_order=None) -> sources.
                      "documents in each input pipeline, but TFRecord records are sharded "
                      f"round-robin over {input_context.num_input_pipelines} pipelines; use a "
                      "TFDS dataset (contiguous shards) or context_tokens=0")
-  if training and augmented_source.enabled(config.data):
+  # A low-resource subset is chosen from the whole split in source order, then sharded (an
+  # augmented source chooses it before augmenting).
+  augmented = bool(training and augmented_source.enabled(config.data))
+  subset = bool(training and not augmented and config.data.get("train_examples", 0)
+                and split == config.data.train_split)
+  if augmented:
     source = augmented_source.augmented_source(config, split, input_context)
   else:
-    source = sources.load_source(config.data, split, input_context,
-                                 shuffle=training and not keep_order, seed=config.data.seed)
+    source = sources.load_source(config.data, split, None if subset else input_context,
+                                 shuffle=training and not keep_order and not subset,
+                                 seed=config.data.seed)
   examples = in_order(source) if in_order else source.examples
+  if subset:
+    examples = train_subset.select(examples, source.num_examples, config.data, input_context)
   if training:
     examples = examples.shuffle(config.data.shuffle_buffer, seed=config.data.seed,
                                 reshuffle_each_iteration=True).repeat()

@@ -16,6 +16,9 @@
   distill           teacher_model_dir: a tfllm model_dir (config.json + checkpoints) of the
                     fine-tuned teacher ("" = no distillation); temperature; alpha, the weight
                     of the soft-target KL term (1 - alpha weighs the hard-label cross-entropy)
+  adversarial       method "" | fgm | pgd | freelb (adversarial training on the word
+                    embeddings, `tfllm.finetune.adversarial`); epsilon, steps, step_size,
+                    loss_weight
   head_data         multi_task: per head, the dataset (and features, splits) it trains on;
                     batches alternate between heads at random, in proportion to `weight`
 """
@@ -23,6 +26,8 @@
 from __future__ import annotations
 
 from tfllm.config import ConfigError, SectionSchema
+from tfllm.finetune.adversarial import METHODS as ADVERSARIAL_METHODS
+from tfllm.finetune.adversarial import adversarial_defaults
 from tfllm.finetune.strategies import STRATEGIES
 from tfllm.layers.adapter import ADAPTER_ACTIVATIONS, ADAPTER_PLACEMENTS
 
@@ -44,6 +49,7 @@ def _finetune_defaults():
           temperature=2.0,
           alpha=0.5,
       ),
+      adversarial=adversarial_defaults(),
       head_data={},              # multi_task: head name -> its data source (_head_data_defaults)
   )
 
@@ -73,11 +79,14 @@ SCHEMAS = {
         _finetune_defaults,
         choices={"strategy": STRATEGIES, "quantize": ("", "int8"),
                  "adapter_placement": ADAPTER_PLACEMENTS,
-                 "adapter_activation": ADAPTER_ACTIVATIONS},
+                 "adapter_activation": ADAPTER_ACTIVATIONS,
+                 "adversarial.method": ADVERSARIAL_METHODS},
         ranges={"train_top_layers": (0, None), "lora_rank": (0, None),
                 "adapter_size": (0, None), "adapter_reduction_factor": (1, None),
                 "lora_alpha": (0.0, None), "distill.temperature": (1e-6, None),
-                "distill.alpha": (0.0, 1.0)},
+                "distill.alpha": (0.0, 1.0), "adversarial.epsilon": (0.0, None),
+                "adversarial.steps": (1, None), "adversarial.step_size": (0.0, None),
+                "adversarial.loss_weight": (0.0, None)},
         check=_check_finetune,
         entry_schemas={"head_data": SectionSchema(
             _head_data_defaults, ranges={"weight": (0.0, None)})}),

@@ -50,6 +50,9 @@ class TransformerBackbone(keras.Model):
     inputs: dict with `token_ids` int `[batch, seq]`, optional `padding_mask` `[batch, seq]`
       (true at real tokens) and `token_type_ids` `[batch, seq]`.
     training: enables dropout.
+    word_embeddings_delta: optional float `[batch, seq, hidden_dim]` added to the word (token)
+      embeddings before positions, token types and the embedding norm (adversarial training
+      perturbs the input there); None (the default) runs the plain path.
 
   Returns:
     The final hidden states `[batch, seq, hidden_dim]` in the compute dtype.
@@ -155,9 +158,20 @@ class TransformerBackbone(keras.Model):
     children.update({block.name: block for block in self.blocks})
     return children
 
-  def embed(self, token_ids, token_type_ids=None, start_index=0, training=None):
-    """Token (+ position, + token type) embeddings of `token_ids` `[batch, seq]`."""
+  def embed(self, token_ids, token_type_ids=None, start_index=0, training=None,
+            word_embeddings_delta=None):
+    """Token (+ position, + token type) embeddings of `token_ids` `[batch, seq]`.
+
+    `call` is `encode(embed(...))`: the two halves let a caller change the embeddings
+    between them. `word_embeddings_delta` (float `[batch, seq, hidden_dim]`, cast to the
+    compute dtype) is added to the word embeddings only, before positions and token types.
+
+    Returns:
+      `[batch, seq, hidden_dim]` in the compute dtype.
+    """
     x = self.token_embedding(token_ids)
+    if word_embeddings_delta is not None:
+      x = x + ops.cast(word_embeddings_delta, x.dtype)
     if self.position_encoding is not None:
       x = x + self.position_encoding(x, start_index=start_index)
     if self.token_type_embedding is not None:
@@ -168,13 +182,35 @@ class TransformerBackbone(keras.Model):
       x = self.embedding_norm(x)
     return self.embedding_dropout(x, training=training)
 
-  def call(self, inputs, training=None):
-    inputs = _as_dict(inputs)
-    padding_mask = inputs.get("padding_mask")
-    x = self.embed(inputs["token_ids"], inputs.get("token_type_ids"), training=training)
+  def encode(self, embeddings, padding_mask=None, training=None):
+    """The blocks (and final norm) over `embeddings` `[batch, seq, hidden_dim]` from `embed`.
+
+    Args:
+      embeddings: the output of `embed`.
+      padding_mask: `[batch, seq]`, true at real tokens; None = every position is real.
+      training: enables dropout.
+
+    Returns:
+      The final hidden states `[batch, seq, hidden_dim]` in the compute dtype.
+
+    Example:
+      >>> backbone = TransformerBackbone(vocab_size=50, num_layers=1, hidden_dim=8,
+      ...                                num_heads=2, intermediate_dim=16, causal=False)
+      >>> ids = np.array([[5, 6, 7, 0]])
+      >>> mask = np.array([[True, True, True, False]])
+      >>> hidden = backbone.encode(backbone.embed(ids), padding_mask=mask)   # [1, 4, 8]
+      >>> # The same as backbone({"token_ids": ids, "padding_mask": mask}).
+    """
+    x = embeddings
     for block in self.blocks:
       x = block(x, padding_mask=padding_mask, training=training)
     return self.final_norm(x) if self.final_norm is not None else x
+
+  def call(self, inputs, training=None, word_embeddings_delta=None):
+    inputs = _as_dict(inputs)
+    x = self.embed(inputs["token_ids"], inputs.get("token_type_ids"), training=training,
+                   word_embeddings_delta=word_embeddings_delta)
+    return self.encode(x, inputs.get("padding_mask"), training=training)
 
   def init_cache(self, batch_size, max_length=None, dtype=None):
     """A zero KV cache `[batch, num_layers, 2, max_length, num_kv_heads, head_dim]`."""

@@ -2,7 +2,9 @@
 
 Every model takes the features dict that `tfllm.data.pipelines` produces (`token_ids`,
 `padding_mask`, and per task `token_type_ids` or `mask_positions`) and returns float32
-logits, under any mixed-precision policy.
+logits, under any mixed-precision policy. The single-task models also take
+`word_embeddings_delta`, float `[batch, seq, hidden_dim]`, added to the backbone's word
+embeddings (adversarial training, `tfllm.finetune.adversarial`); None = the plain path.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ class _TaskModel(keras.Model):
     self.head_args = head_args
     self.head = make_head(self.task, backbone, **head_args)
 
-  def call(self, inputs, training=None):
+  def call(self, inputs, training=None, word_embeddings_delta=None):
+    # word_embeddings_delta: see TransformerBackbone (adversarial training's perturbation).
     features = _as_dict(inputs)
-    hidden = self.backbone(features, training=training)
+    hidden = self.backbone(features, training=training,
+                           word_embeddings_delta=word_embeddings_delta)
     return self.head(hidden, features, training=training)
 
   def get_config(self):
@@ -91,6 +95,18 @@ class SequenceClassifier(_TaskModel):
     num_classes: number of labels.
     pooling: `first` token or `mean` over real tokens.
     dropout: dropout before the classifier.
+
+  Example:
+    >>> backbone = TransformerBackbone(vocab_size=50, num_layers=1, hidden_dim=8,
+    ...                                num_heads=2, intermediate_dim=16, causal=False)
+    >>> model = SequenceClassifier(backbone, num_classes=2)
+    >>> features = {"token_ids": np.array([[5, 6, 7, 0]]),
+    ...             "padding_mask": np.array([[True, True, True, False]])}
+    >>> model(features).shape                                        # [batch, num_classes]
+    (1, 2)
+    >>> delta = np.zeros((1, 4, 8), "float32")        # [batch, seq, hidden_dim]
+    >>> model(features, word_embeddings_delta=delta).shape   # perturbed word embeddings
+    (1, 2)
   """
 
   task = "sequence_classification"

@@ -136,6 +136,8 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
   pipelines.check_bucket_lengths(config)
   pipelines.check_context_tokens(config)
   augmented_source.check_task(config)
+  from tfllm.finetune import adversarial  # pylint: disable=g-import-not-at-top
+  gradients = adversarial.gradients_fn(config, config.model.hidden_dim)
   if config.data.bucket_lengths and isinstance(strategy, tf.distribute.TPUStrategy):
     raise config_lib.ConfigError(
         f"config.data.bucket_lengths={tuple(config.data.bucket_lengths)} gives "
@@ -157,6 +159,10 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
   changed = compare_with_model_dir(config, model_dir, ignore=())
   if chief:
     write_atomically(config_path(model_dir), config_lib.to_json(config))
+    if config.data.get("train_examples", 0):   # the low-resource subset's positions
+      from tfllm.data import train_subset  # pylint: disable=g-import-not-at-top
+      write_atomically(os.path.join(model_dir, train_subset.INDICES_FILE),
+                       train_subset.describe(config.data))
 
   from tfllm import finetune  # pylint: disable=g-import-not-at-top
   finetune.register_eval_metrics()
@@ -175,6 +181,8 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
       log(f"distilling from the teacher in {config.finetune.distill.teacher_model_dir} "
           f"(temperature {config.finetune.distill.temperature}, "
           f"alpha {config.finetune.distill.alpha})")
+    if gradients is not None:
+      log(f"adversarial training: {adversarial.describe(config.finetune.adversarial)}")
     # With a time budget the schedule decays over the budget as well as over the steps.
     budget_progress = (optimizer_lib.time_budget_progress()
                        if config.train.time_budget_minutes else None)
@@ -202,7 +210,7 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
       worker_dir=worker_dir, jit_compile=_jit_setting(config),
       flops_per_token=_flops_per_token(config, trained_model),
       peak_flops_per_device=peak.flops_per_second, budget_progress=budget_progress,
-      objective=objective, trained_model=trained_model, log=log)
+      objective=objective, trained_model=trained_model, gradients=gradients, log=log)
   # Evaluation alone reads the model training produced: early stopping's best checkpoint
   # when it kept one; resuming reads the newest.
   to_evaluate, which = checkpointing.checkpoint_to_use(model_dir)

@@ -161,6 +161,10 @@ class Trainer:
     trained_model: the model training produces, which checkpoints hold and evaluation runs
       (default `model`). A distillation run's `model` is the teacher-student pair that gives
       the loss; its `trained_model` is the student, so its model_dir loads like any other.
+    gradients: `fn(loss_fn, variables, scale_loss, loss_scale, features) -> (loss, gradients
+      of scale_loss(loss))` of one micro-batch, where `loss_fn(word_embeddings_delta=None)`
+      runs the model in training mode and gives the objective; default one forward and
+      backward pass (`tfllm.finetune.adversarial` gives the adversarial ones).
     log: where progress lines go (chief only).
     clock: seconds since an arbitrary origin (tests replace it).
 
@@ -180,6 +184,7 @@ class Trainer:
                budget_progress: Optional[tf.Variable] = None,
                objective: Optional[Callable] = None,
                trained_model: Optional[keras.Model] = None,
+               gradients: Optional[Callable] = None,
                log: Callable[[str], None] = print,
                clock: Callable[[], float] = time.perf_counter):
     self.config = config
@@ -209,6 +214,7 @@ class Trainer:
     self.budget_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False,
                                       name="budget_seconds")
     self._objective = objective or self._cross_entropy
+    self._gradients = gradients or self._plain_gradients
     self.trained_model = model if trained_model is None else trained_model
     state = dict(model=self.trained_model, optimizer=optimizer, step=self.step,
                  budget_seconds=self.budget_seconds)
@@ -313,11 +319,10 @@ class Trainer:
     grads = [tf.zeros_like(v) for v in variables]
     loss = tf.constant(0.0)
     for features, labels, sample_weight in micro_batches:
-      with tf.GradientTape() as tape:
-        logits = self.model(features, training=True)
-        micro_loss = self._objective(logits, labels, sample_weight, global_weights)
-        scaled = self.optimizer.scale_loss(micro_loss)
-      micro_grads = tape.gradient(scaled, variables)
+      loss_fn = functools.partial(self._micro_loss, features, labels, sample_weight,
+                                  global_weights)
+      micro_loss, micro_grads = self._gradients(loss_fn, variables, self.optimizer.scale_loss,
+                                                self._loss_scale(), features)
       grads = [g if mg is None else g + tf.convert_to_tensor(mg)
                for g, mg in zip(grads, micro_grads)]
       loss += micro_loss
@@ -334,6 +339,23 @@ class Trainer:
     tokens = tf.add_n([tf.cast(tf.size(features["token_ids"]), tf.float32)
                        for features, _, _ in micro_batches])
     return tf.stack([loss, tokens]), norm / scale
+
+  def _micro_loss(self, features, labels, sample_weight, global_weights,
+                  word_embeddings_delta=None):
+    """This replica's share of the objective on one micro-batch (training mode)."""
+    extra = {} if word_embeddings_delta is None else dict(
+        word_embeddings_delta=word_embeddings_delta)
+    logits = self.model(features, training=True, **extra)
+    return self._objective(logits, labels, sample_weight, global_weights)
+
+  @staticmethod
+  def _plain_gradients(loss_fn, variables, scale_loss, loss_scale, features):
+    """`(loss, gradients of the scaled loss)`: the step without `gradients`."""
+    del loss_scale, features
+    with tf.GradientTape() as tape:
+      loss = loss_fn()
+      scaled = scale_loss(loss)
+    return loss, tape.gradient(scaled, variables)
 
   def _cross_entropy(self, logits, labels, sample_weight, global_weights):
     logits, labels = losses.as_heads(logits), losses.as_heads(labels)

@@ -85,7 +85,7 @@ def _set_method_names(path, method_names):
 
 
 def export_saved_model(model, tokenizer, config, export_dir: str, version: Optional[int] = None,
-                       overwrite: bool = False) -> str:
+                       overwrite: bool = False, extra_files=None) -> str:
   """Exports `model` with in-graph tokenization as `<export_dir>/<version>/`.
 
   Args:
@@ -97,6 +97,7 @@ def export_saved_model(model, tokenizer, config, export_dir: str, version: Optio
     export_dir: the TF Serving model base path.
     version: integer version; None = one more than the newest present (1 if none).
     overwrite: replace an existing `version` (otherwise that is an error).
+    extra_files: optional `{name: text}` written into `assets.extra/` with the version.
 
   Returns:
     The path of the written version.
@@ -128,6 +129,9 @@ def export_saved_model(model, tokenizer, config, export_dir: str, version: Optio
                                        serving.warmup_inputs())
     with tf.io.gfile.GFile(os.path.join(extra, "tfllm_config.json"), "w") as f:
       f.write(config_lib.to_json(config))
+    for name, text in (extra_files or {}).items():
+      with tf.io.gfile.GFile(os.path.join(extra, name), "w") as f:
+        f.write(text)
     # TF Serving loads a version from its saved_model.pb: it arrives last where files move
     # one by one.
     model_dir_lib.publish_directory(saved_model_dir, target, last=("saved_model.pb",))

@@ -324,6 +324,10 @@ def export_members(model_dirs: Sequence[str], export_dir: str, soup: str = "",
     raise config_lib.ConfigError(f"--soup={soup!r} is not accepted; accepted: "
                                  f"{', '.join(SOUPS)}, or empty for an ensemble")
   members = load_members(model_dirs)
+  if dict(overrides or {}).get("format", members[0].config.export.format) != "saved_model":
+    raise config_lib.ConfigError("config.export.format='litert' is not accepted with "
+                                 "--ensemble; ensembles and soups are exported as SavedModels "
+                                 "(format 'saved_model'); LiteRT takes one --model_dir")
   if not soup:
     return export_ensemble(members, export_dir, version, overwrite, overrides)
   evaluate = None

@@ -178,7 +178,8 @@ def load_trained(model_dir: str):
 
 def export_model_dir(model_dir: str, export_dir: str, version: Optional[int] = None,
                      overwrite: bool = False, overrides=None) -> str:
-  """`export_saved_model` of what `load_trained(model_dir)` returns.
+  """`export_saved_model` of what `load_trained(model_dir)` returns (or, with
+  `config.export.format="litert"`, `tfllm.export.litert.export_litert`).
 
   Args:
     overrides: optional dict of `export` section values replacing the trained config's.
@@ -186,5 +187,8 @@ def export_model_dir(model_dir: str, export_dir: str, version: Optional[int] = N
   model, tokenizer, config = load_trained(model_dir)
   if overrides:
     config.export.update(dict(overrides))
+  if config.export.format == "litert":
+    from tfllm.export import litert  # pylint: disable=g-import-not-at-top
+    return litert.export_litert(model, tokenizer, config, export_dir, version, overwrite)
   return export_saved_model(model, tokenizer, config, export_dir, version, overwrite)
 

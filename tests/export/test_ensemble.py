@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from tfllm import config as config_lib
 from tfllm import export
-from tfllm.export import ensemble
+from tfllm.export import ensemble, latency
 from tfllm.export import signatures as signatures_lib
 from tfllm.finetune.tag_decoding import decode_word_tags
 from tests.export.conftest import make_model_dir, strings, tiny_config
@@ -48,16 +48,20 @@ def _loaded(path, texts):
   return tf.saved_model.load(path).signatures["serving_default"](text=tf.constant(texts))
 
 
+@pytest.mark.slow   # served in a fresh TensorFlow-only process, as a model server runs it
 def test_ensemble_probabilities_are_the_members_mean(member_dirs, tmp_path):
   dirs = member_dirs["sequence_classification"][:2]
   path = ensemble.export_members(dirs, str(tmp_path / "ens"))
-  served = _loaded(path, TEXTS)
+  result = latency.run_tf_only(path, calls=[("serving_default", {"text": strings(TEXTS)})],
+                               timeout=300)
+  assert not isinstance(result["outputs"][0], str), result["outputs"][0]
+  served = result["outputs"][0]
   members = [_in_process(d, TEXTS)["probabilities"].numpy() for d in dirs]
   assert not np.allclose(members[0], members[1], atol=1e-3)   # the members really differ
   mean = np.mean(members, axis=0)
-  np.testing.assert_allclose(served["probabilities"].numpy(), mean, atol=1e-6)
+  np.testing.assert_allclose(served["probabilities"], mean, atol=1e-6)
   labels = np.array(["negative", "positive"])[np.argmax(mean, axis=-1)]
-  assert [l.decode() for l in served["label"].numpy()] == list(labels)
+  assert [l.decode() for l in served["label"]] == list(labels)
   assert sorted(served) == ["label", "label_id", "probabilities"]   # a single model's keys
   with open(os.path.join(path, "assets.extra", ensemble.MEMBERS_FILE)) as f:
     assert json.load(f) == {"kind": "ensemble", "members": dirs}

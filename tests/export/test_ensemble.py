@@ -183,3 +183,15 @@ def test_served_strings_pass_through(member_dirs, tmp_path):
   path = ensemble.export_members(dirs, str(tmp_path / "ens"))
   served = _loaded(path, strings([b"", b"\xff\xfe john", b"paris " * 100]))
   assert list(served["num_words"].numpy())[:2] == [0, 2]
+
+
+def test_a_model_dir_from_before_the_new_export_keys_loads_with_their_defaults(member_dirs,
+                                                                               tmp_path):
+  old = tmp_path / "old"
+  make_model_dir(str(old), "sequence_classification")
+  saved = json.loads((old / "config.json").read_text())
+  for key in ("format", "litert_quantize", "soup_metric", "soup_mode"):
+    del saved["export"][key]
+  (old / "config.json").write_text(json.dumps(saved))
+  config = export.load_trained(str(old))[2]
+  assert (config.export.format, config.export.soup_mode) == ("saved_model", "max")

@@ -3,8 +3,6 @@ model dirs whose data are TFRecord files (train and validation splits)."""
 
 from __future__ import annotations
 
-import json
-import os
 
 import numpy as np
 import pytest

@@ -3,7 +3,6 @@ model dirs whose data are TFRecord files (train and validation splits)."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import tensorflow as tf

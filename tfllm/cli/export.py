@@ -30,7 +30,7 @@ FLAGS = flags.FLAGS
 PROGRAM = "tfllm-export"
 # Flags that override `config.export` keys of the same name when given.
 OVERRIDES = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "max_length",
-             "sequence_length", "jit_compile")
+             "sequence_length", "jit_compile", "format", "litert_quantize", "soup_metric")
 
 
 def define_flags():
@@ -50,6 +50,17 @@ def define_flags():
   flags.DEFINE_integer("seed", None, "Causal LM serving_default: sampling seed.")
   flags.DEFINE_integer("max_length", None, "Causal LM: prompt + continuation buffer.")
   flags.DEFINE_integer("sequence_length", None, "Classifiers, masked LM: tokens per text.")
+  flags.DEFINE_list("ensemble", None, "Model dirs (comma-separated, instead of --model_dir) "
+                    "served as one model: their averaged probabilities, or with --soup their "
+                    "averaged weights.")
+  flags.DEFINE_string("soup", "", "With --ensemble: uniform | greedy weight soup instead of "
+                      "an ensemble.")
+  flags.DEFINE_string("soup_metric", None, "Greedy soup: validation metric (default: "
+                      "accuracy / entity/micro/f1).")
+  flags.DEFINE_string("format", None, "saved_model (TF Serving) | litert (classifiers: a "
+                      ".tflite taking token ids, docs/serving.md).")
+  flags.DEFINE_string("litert_quantize", None, "LiteRT weights: none | dynamic_int8 | int8 "
+                      "(full integer, calibrated on the training split).")
 
 
 def main(argv):
@@ -58,21 +69,36 @@ def main(argv):
           file=sys.stderr)
     return 2
   for name in ("model_dir", "export_dir"):
-    if not FLAGS[name].value:
+    if not FLAGS[name].value and not (name == "model_dir" and FLAGS.ensemble):
       print(f"{PROGRAM}: error: --{name} is required", file=sys.stderr)
       return 2
+  if FLAGS.model_dir and FLAGS.ensemble:
+    print(f"{PROGRAM}: error: --model_dir and --ensemble exclude each other", file=sys.stderr)
+    return 2
   from tfllm import config as config_lib  # pylint: disable=g-import-not-at-top
   from tfllm import export  # pylint: disable=g-import-not-at-top
   overrides = {name: FLAGS[name].value for name in OVERRIDES if FLAGS[name].value is not None}
   try:
-    path = export.export_model_dir(FLAGS.model_dir, FLAGS.export_dir, version=FLAGS.version,
-                                   overwrite=FLAGS.overwrite, overrides=overrides)
+    if FLAGS.ensemble:
+      from tfllm.export import ensemble  # pylint: disable=g-import-not-at-top
+      from tfllm.training import evaluation  # pylint: disable=g-import-not-at-top
+      path = ensemble.export_members(FLAGS.ensemble, FLAGS.export_dir, soup=FLAGS.soup,
+                                     version=FLAGS.version, overwrite=FLAGS.overwrite,
+                                     overrides=overrides, evaluator=evaluation.evaluator,
+                                     log=print)
+    elif FLAGS.soup:
+      raise config_lib.ConfigError(f"--soup={FLAGS.soup} needs --ensemble=DIR1,DIR2,...")
+    else:
+      path = export.export_model_dir(FLAGS.model_dir, FLAGS.export_dir, version=FLAGS.version,
+                                     overwrite=FLAGS.overwrite, overrides=overrides)
   except Exception as error:  # pylint: disable=broad-except
     logging.debug("%s failed", PROGRAM, exc_info=True)
     print(f"{PROGRAM}: error: {tfllm_flags.one_line(error)}", file=sys.stderr)
     return 2 if isinstance(error, config_lib.ConfigError) else 1
   from tfllm.training import checkpointing  # pylint: disable=g-import-not-at-top
-  print(f"exported {checkpointing.checkpoint_to_use(FLAGS.model_dir)[1]}", flush=True)
+  for model_dir in FLAGS.ensemble or [FLAGS.model_dir]:
+    print(f"exported {checkpointing.checkpoint_to_use(model_dir)[1]}"
+          + (f" of {model_dir}" if FLAGS.ensemble else ""), flush=True)
   print(path, flush=True)
   return 0
 

@@ -21,13 +21,25 @@ def _export_defaults():
       # only with --xla_cpu_compilation_enabled; off is what every model server runs.
       jit_compile=False,
       warmup=True,              # write assets.extra/tf_serving_warmup_requests
+      # Greedy weight soup (tfllm-export --ensemble=DIRS --soup=greedy): the validation metric
+      # that decides which members enter ("" = accuracy / entity/micro/f1 by task) and its
+      # direction (docs/finetuning.md, "Ensembles and weight soups").
+      soup_metric="",
+      soup_mode="max",
+      # What tfllm-export writes: a TF Serving SavedModel, or a LiteRT (TFLite) flatbuffer of a
+      # classifier (token ids in; docs/serving.md, "LiteRT") with its weights' quantization.
+      format="saved_model",
+      litert_quantize="none",
+      litert_representative_examples=256,  # full int8: training-split examples calibrated on
   )
 
 
 SCHEMAS = {
     "export": SectionSchema(
         _export_defaults,
-        ranges={"max_new_tokens": (0, None), "temperature": (0.0, None), "top_k": (0, None),
+        choices={"soup_mode": ("max", "min"), "format": ("saved_model", "litert"),
+                 "litert_quantize": ("none", "dynamic_int8", "int8")},
+        ranges={"litert_representative_examples": (1, None), "max_new_tokens": (0, None), "temperature": (0.0, None), "top_k": (0, None),
                 "top_p": (0.0, 1.0), "max_length": (0, None), "sequence_length": (0, None),
                 "top_predictions": (1, None)}),
 }

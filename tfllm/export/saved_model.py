@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from tfllm import config as config_lib
 from tfllm import model_dir as model_dir_lib
+from tfllm.export import config as export_config
 from tfllm.export import signatures as signatures_lib
 from tfllm.export import warmup as warmup_lib
 
@@ -85,7 +86,7 @@ def _set_method_names(path, method_names):
 
 
 def export_saved_model(model, tokenizer, config, export_dir: str, version: Optional[int] = None,
-                       overwrite: bool = False) -> str:
+                       overwrite: bool = False, extra_files=None) -> str:
   """Exports `model` with in-graph tokenization as `<export_dir>/<version>/`.
 
   Args:
@@ -97,6 +98,7 @@ def export_saved_model(model, tokenizer, config, export_dir: str, version: Optio
     export_dir: the TF Serving model base path.
     version: integer version; None = one more than the newest present (1 if none).
     overwrite: replace an existing `version` (otherwise that is an error).
+    extra_files: optional `{name: text}` written into `assets.extra/` with the version.
 
   Returns:
     The path of the written version.
@@ -128,6 +130,9 @@ def export_saved_model(model, tokenizer, config, export_dir: str, version: Optio
                                        serving.warmup_inputs())
     with tf.io.gfile.GFile(os.path.join(extra, "tfllm_config.json"), "w") as f:
       f.write(config_lib.to_json(config))
+    for name, text in (extra_files or {}).items():
+      with tf.io.gfile.GFile(os.path.join(extra, name), "w") as f:
+        f.write(text)
     # TF Serving loads a version from its saved_model.pb: it arrives last where files move
     # one by one.
     model_dir_lib.publish_directory(saved_model_dir, target, last=("saved_model.pb",))
@@ -166,6 +171,10 @@ def load_trained(model_dir: str):
     model, config = load_trained_model(model_dir)
   except (FileNotFoundError, ValueError) as error:
     raise ExportError(str(error)) from error
+  # A model dir trained before an `export` key existed lacks it: the key's default applies.
+  for key, value in export_config.SCHEMAS["export"].defaults().items():
+    if key not in config.export:
+      config.export[key] = value
   if config.finetune.quantize == "int8":
     # Deterministic from the float weights: the same model the run evaluated and saved.
     quantize_int8(model)
@@ -174,7 +183,8 @@ def load_trained(model_dir: str):
 
 def export_model_dir(model_dir: str, export_dir: str, version: Optional[int] = None,
                      overwrite: bool = False, overrides=None) -> str:
-  """`export_saved_model` of what `load_trained(model_dir)` returns.
+  """`export_saved_model` of what `load_trained(model_dir)` returns (or, with
+  `config.export.format="litert"`, `tfllm.export.litert.export_litert`).
 
   Args:
     overrides: optional dict of `export` section values replacing the trained config's.
@@ -182,5 +192,8 @@ def export_model_dir(model_dir: str, export_dir: str, version: Optional[int] = N
   model, tokenizer, config = load_trained(model_dir)
   if overrides:
     config.export.update(dict(overrides))
+  if config.export.format == "litert":
+    from tfllm.export import litert  # pylint: disable=g-import-not-at-top
+    return litert.export_litert(model, tokenizer, config, export_dir, version, overwrite)
   return export_saved_model(model, tokenizer, config, export_dir, version, overwrite)
 

@@ -1,0 +1,55 @@
+"""Evaluating a model that is not being trained, through the trainer's own evaluation.
+
+`evaluator(config, tokenizer)` returns `evaluate(model) -> metrics`: the same eval split,
+batches, compiled step and metric table (`tfllm.training.metrics.eval_metrics`) as
+`tfllm-train --mode=eval`, for any model of the config's task (a greedy weight soup's
+candidates: `tfllm.export.ensemble`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Callable, Dict
+
+import keras
+import ml_collections
+
+from tfllm import distribute
+from tfllm.training import metrics as metrics_lib
+from tfllm.training.loop import Trainer
+
+
+def evaluator(config: ml_collections.ConfigDict, tokenizer,
+              strategy_name: str = "off") -> Callable[[keras.Model], Dict[str, float]]:
+  """`evaluate(model) -> {metric: value}` over `config.data.eval_split` (`config.train`'s
+  `eval_steps` batches of `global_batch_size`; the last partial one filled with weight-0
+  examples, as in training).
+
+  The trainer's summaries go to a scratch directory that lives as long as the evaluator.
+  """
+  # pylint: disable=g-import-not-at-top
+  from tfllm import finetune
+  from tfllm.data import pipelines
+  config = ml_collections.ConfigDict(config.to_dict())
+  finetune.register_eval_metrics()
+  strategy = distribute.get_strategy(strategy_name)
+  scratch = tempfile.TemporaryDirectory(prefix="tfllm-eval-")
+  trainer = None
+
+  def eval_data(context):
+    return pipelines.make_dataset(config, config.data.eval_split, tokenizer,
+                                  input_context=context, training=False)
+
+  def evaluate(model):
+    nonlocal trainer
+    if trainer is None:
+      with strategy.scope():
+        optimizer = keras.optimizers.SGD()   # never applied: the trainer's checkpoint needs one
+      jit = config.train.jit_compile
+      trainer = Trainer(config, strategy, model, optimizer, scratch.name, lambda context: None,
+                        eval_data, metrics=metrics_lib.eval_metrics(config, tokenizer),
+                        jit_compile=None if jit == "auto" else jit == "on", log=lambda line: None)
+    return trainer.evaluate(model=model)
+
+  evaluate.scratch = scratch   # removed with the evaluator
+  return evaluate

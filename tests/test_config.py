@@ -15,6 +15,19 @@ def test_default_config_is_valid_and_round_trips_through_json():
   assert json.loads(config_lib.to_json(restored)) == json.loads(config_lib.to_json(config))
 
 
+
+def test_a_config_json_without_newer_keys_loads_with_their_defaults():
+  """A model dir written before a key existed (adapters, pruning, adversarial training,
+  augmentation, LiteRT export) loads with the key's default rather than failing on it."""
+  written = json.loads(config_lib.to_json(config_lib.default_config()))
+  for section, key in (("finetune", "adversarial"), ("finetune", "adapter_size"),
+                       ("data", "augment"), ("data", "seed"), ("export", "format")):
+    del written[section][key]
+  written["finetune"]["distill"].pop("alpha")
+  restored = config_lib.from_json(json.dumps(written))
+  assert json.loads(config_lib.to_json(restored)) == json.loads(
+      config_lib.to_json(config_lib.default_config()))
+
 @pytest.mark.parametrize("mutate,message", [
     (lambda c: c.model.__setattr__("num_layer", 2), "config.model.num_layer is not a known key"),
     (lambda c: c.model.__setitem__("activation", "tanh"),

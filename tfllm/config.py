@@ -162,6 +162,21 @@ def to_json(config: ml_collections.ConfigDict) -> str:
   return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
 
 
+def _fill_missing(values: dict, defaults: Mapping[str, Any]) -> None:
+  for key, default in defaults.items():
+    if key not in values:
+      values[key] = default
+    elif isinstance(default, Mapping) and default and isinstance(values[key], dict):
+      _fill_missing(values[key], default)
+
+
 def from_json(text: str) -> ml_collections.ConfigDict:
-  """Inverse of `to_json`: a ConfigDict validated against the schema."""
-  return validate(ml_collections.ConfigDict(json.loads(text)))
+  """Inverse of `to_json`: a ConfigDict validated against the schema.
+
+  Keys that the schema gained after the JSON was written (a model dir of an older tfllm) take
+  their defaults, which keep what such a model dir did: every new option is off by default.
+  """
+  values = json.loads(text)
+  for name, module_name, section in _SECTIONS:
+    _fill_missing(values.setdefault(name, {}), _section_schema(module_name, section).defaults())
+  return validate(ml_collections.ConfigDict(values))

@@ -20,7 +20,6 @@ import tensorflow as tf
 
 from tfllm import config as config_lib
 from tfllm import model_dir as model_dir_lib
-from tfllm.export import config as export_config
 from tfllm.export import signatures as signatures_lib
 from tfllm.export import warmup as warmup_lib
 
@@ -171,10 +170,6 @@ def load_trained(model_dir: str):
     model, config = load_trained_model(model_dir)
   except (FileNotFoundError, ValueError) as error:
     raise ExportError(str(error)) from error
-  # A model dir trained before an `export` key existed lacks it: the key's default applies.
-  for key, value in export_config.SCHEMAS["export"].defaults().items():
-    if key not in config.export:
-      config.export[key] = value
   if config.finetune.quantize == "int8":
     # Deterministic from the float weights: the same model the run evaluated and saved.
     quantize_int8(model)

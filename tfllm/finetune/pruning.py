@@ -215,14 +215,17 @@ def due_tensor(step: tf.Tensor, pruning, total_steps: int) -> tf.Tensor:
 
 # ---------------------------------------------------------------- the trainer's hook
 
-def _update_everywhere(variable, value_fn, *args):
-  """`variable.assign(value_fn(variable, *args))` on every replica's copy, from replica
-  context (a merge call, as Keras's optimizer updates its variables) or from outside one."""
-  def merged(distribution, *merged_args):
-    return distribution.extended.update(
-        variable, lambda v, *a: v.assign(value_fn(v, *a)), args=merged_args, group=False)
-  return tf.__internal__.distribute.interim.maybe_merge_call(
-      merged, tf.distribute.get_strategy(), *args)
+def _apply_masks(kernels, masks, values):
+  """`mask <- value; kernel <- kernel * value` on every replica's copies, in one merge call
+  from replica context (as Keras's optimizer writes its variables), or directly outside one.
+  Each copy gets its own replica's value; those are equal (same weights, same rule)."""
+  def merged(distribution, values):
+    for kernel, mask, value in zip(kernels, masks, values):
+      distribution.extended.update(mask, lambda m, x: m.assign(x), args=(value,), group=False)
+      distribution.extended.update(kernel, lambda k, x: k.assign(k * tf.cast(x, k.dtype)),
+                                   args=(value,), group=False)
+  tf.__internal__.distribute.interim.maybe_merge_call(
+      merged, tf.distribute.get_strategy(), values)
 
 
 class Pruning:
@@ -291,10 +294,8 @@ class Pruning:
     new = tf.cond(due_tensor(step, self._config, self._total_steps),
                   lambda: self.new_masks(sparsity),
                   lambda: [tf.convert_to_tensor(m) for m in masks])
-    for kernel, mask, value in zip(self._kernels, masks, new):
-      _update_everywhere(mask, lambda _, x: x, value)
-      target = kernel.value if isinstance(kernel, keras.Variable) else kernel
-      _update_everywhere(target, lambda v, x: v * tf.cast(x, v.dtype), value)
+    _apply_masks([k.value if isinstance(k, keras.Variable) else k for k in self._kernels],
+                 masks, list(new))
 
   def sparsities(self) -> Dict[str, float]:
     """Host side: each pruned kernel's fraction of zeros in its mask, and "overall"."""

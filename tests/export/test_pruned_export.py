@@ -16,7 +16,7 @@ from tests.export.conftest import strings, tiny_config, tiny_tokenizer
 from tfllm import config as config_lib
 from tfllm import export
 from tfllm.data import tokenizers
-from tfllm.export import sizes
+from tfllm.export import latency, sizes
 from tfllm.finetune import pruning as pruning_lib
 from tfllm.models import build
 from tfllm.training import checkpointing
@@ -87,3 +87,15 @@ def test_export_folds_the_masks_and_keeps_every_zero(tmp_path):
   reference = sum(len(gzip.compress(open(f, "rb").read(), compresslevel=6)) for f in files)
   assert abs(size.gzip_bytes - reference) <= 16 * len(files)
   assert size.gzip_bytes < size.plain_bytes
+
+
+@pytest.mark.slow
+def test_pruned_export_serves_in_a_tf_only_process(tmp_path):
+  _pruned_model_dir(str(tmp_path / "run"))
+  model, tokenizer, config = export.load_trained(str(tmp_path / "run"))
+  path = export.export_saved_model(model, tokenizer, config, str(tmp_path / "serving"))
+  result = latency.run_tf_only(path, calls=[("serving_default", {"text": strings(TEXTS)})],
+                               list_ops=True, timeout=300)
+  assert result["ops"]["other"] == []
+  np.testing.assert_allclose(result["outputs"][0]["probabilities"],
+                             _probabilities(model, tokenizer), atol=1e-5)

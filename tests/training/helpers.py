@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from tfllm import config as config_lib
 from tfllm import models
+from tfllm.finetune.pruning import build_pruning
 from tfllm.finetune.strategies import apply_strategy
 from tfllm.training import metrics as metrics_lib
 from tfllm.training import optimizer as optimizer_lib
@@ -115,6 +116,9 @@ def make_trainer(config, model_dir, strategy=None, seed=0, train_fn=None, eval_f
     if policy == "mixed_float16":
       optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     optimizer.build(model.trainable_variables)
+    pruning = build_pruning(model, config)  # as the job does: masks beside the model
+  if pruning:
+    kwargs.setdefault("step_hooks", [pruning])
   kwargs.setdefault("jit_compile", {"on": True, "off": False}.get(config.train.jit_compile))
   kwargs.setdefault("log", lambda line: None)
   return Trainer(config, strategy, model, optimizer, str(model_dir),

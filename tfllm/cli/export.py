@@ -5,8 +5,9 @@
 
 Writes `<export_dir>/<version>/` (default version: one more than the newest there) with
 string-in signatures, the tokenizer inside, and warm-up requests; see docs/serving.md. The
-weights are the run's best checkpoint when it ran with early stopping, else its newest (the
-line before the path says which).
+weights are the run's best checkpoint when it ran with early stopping, else its newest (a
+line before the path says which; the line after it gives the size of the SavedModel's
+variables, plain and gzipped: a pruned model's zeros compress, its dense kernels do not shrink).
 The model's `config.json` supplies the `export` section; the flags below override it.
 
 Exit codes: 0 written (its path is printed); 2 bad flags, a bad config value or a model_dir or
@@ -95,10 +96,12 @@ def main(argv):
     logging.debug("%s failed", PROGRAM, exc_info=True)
     print(f"{PROGRAM}: error: {tfllm_flags.one_line(error)}", file=sys.stderr)
     return 2 if isinstance(error, config_lib.ConfigError) else 1
+  from tfllm.export import sizes  # pylint: disable=g-import-not-at-top
   from tfllm.training import checkpointing  # pylint: disable=g-import-not-at-top
   for model_dir in FLAGS.ensemble or [FLAGS.model_dir]:
     print(f"exported {checkpointing.checkpoint_to_use(model_dir)[1]}"
           + (f" of {model_dir}" if FLAGS.ensemble else ""), flush=True)
+  print(sizes.variables_size(path).describe(), flush=True)
   print(path, flush=True)
   return 0
 

@@ -9,6 +9,7 @@ from tfllm.finetune.distillation import (TeacherStudent, distillation_loss,
 from tfllm.finetune.entity_f1 import (EntityF1, entity_counts, entity_reports_from_results,
                                       entity_scores, format_entity_report, iob2_scheme)
 from tfllm.finetune.lora import lora_weights, load_lora_weights, merge_lora, save_lora_weights
+from tfllm.finetune.pruning import Pruning, build_pruning, fold_masks, weight_sparsity
 from tfllm.finetune.prepare import load_trained_model, minilm_l6_dir, prepare_model
 from tfllm.finetune.quantization import (load_quantized_weights, quantization_mode,
                                          quantize_int8, save_quantized_weights)
@@ -29,8 +30,9 @@ def register_eval_metrics() -> None:
 
 
 __all__ = [
-    "ClassificationF1", "EntityF1", "TeacherStudent", "adapter_weights", "adapters_enabled",
-    "apply_strategy", "enable_adapters", "load_adapter_weights", "save_adapter_weights", "distillation_loss",
+    "ClassificationF1", "EntityF1", "Pruning", "TeacherStudent", "adapter_weights",
+    "adapters_enabled", "apply_strategy", "build_pruning", "enable_adapters", "fold_masks",
+    "load_adapter_weights", "save_adapter_weights", "weight_sparsity", "distillation_loss",
     "distillation_objective", "distillation_sums", "enable_lora", "entity_counts", "entity_reports_from_results",
     "entity_scores",
     "format_entity_report", "freeze_all_but_top", "iob2_scheme", "load_lora_weights",

@@ -19,6 +19,11 @@
   adversarial       method "" | fgm | pgd | freelb (adversarial training on the word
                     embeddings, `tfllm.finetune.adversarial`); epsilon, steps, step_size,
                     loss_weight
+  pruning           magnitude pruning (`tfllm.finetune.pruning`): target_sparsity (0 = off),
+                    initial_sparsity, begin_step, end_step (0 = train.steps), frequency
+                    (steps between mask updates), scope (per_layer | global), structure
+                    ("unstructured" | "N:M", e.g. "2:4"), include / exclude (regular
+                    expressions on variable paths; default: the backbone's dense kernels)
   head_data         multi_task: per head, the dataset (and features, splits) it trains on;
                     batches alternate between heads at random, in proportion to `weight`
 """
@@ -28,6 +33,7 @@ from __future__ import annotations
 from tfllm.config import ConfigError, SectionSchema
 from tfllm.finetune.adversarial import METHODS as ADVERSARIAL_METHODS
 from tfllm.finetune.adversarial import adversarial_defaults
+from tfllm.finetune import pruning as pruning_lib
 from tfllm.finetune.strategies import STRATEGIES
 from tfllm.layers.adapter import ADAPTER_ACTIVATIONS, ADAPTER_PLACEMENTS
 
@@ -50,6 +56,17 @@ def _finetune_defaults():
           alpha=0.5,
       ),
       adversarial=adversarial_defaults(),
+      pruning=dict(
+          target_sparsity=0.0,
+          initial_sparsity=0.0,
+          begin_step=0,
+          end_step=0,
+          frequency=100,
+          scope="per_layer",
+          structure="unstructured",
+          include=("backbone/.*/kernel$",),
+          exclude=(),
+      ),
       head_data={},              # multi_task: head name -> its data source (_head_data_defaults)
   )
 
@@ -72,6 +89,11 @@ def _check_finetune(section):
   if section.strategy == "lora" and section.lora_rank < 1:
     raise ConfigError(f"config.finetune.lora_rank={section.lora_rank} must be >= 1 for "
                       "config.finetune.strategy='lora'")
+  pruning_lib.check_config(section.pruning)
+  if pruning_lib.is_enabled(section.pruning) and section.strategy == "lora":
+    raise ConfigError("config.finetune.strategy='lora' cannot be pruned (the merged adapters "
+                      "would fill the zeros); use strategy full or top_layers, or "
+                      "config.finetune.pruning.target_sparsity=0")
 
 
 SCHEMAS = {
@@ -80,13 +102,17 @@ SCHEMAS = {
         choices={"strategy": STRATEGIES, "quantize": ("", "int8"),
                  "adapter_placement": ADAPTER_PLACEMENTS,
                  "adapter_activation": ADAPTER_ACTIVATIONS,
-                 "adversarial.method": ADVERSARIAL_METHODS},
+                 "adversarial.method": ADVERSARIAL_METHODS,
+                 "pruning.scope": ("per_layer", "global")},
         ranges={"train_top_layers": (0, None), "lora_rank": (0, None),
                 "adapter_size": (0, None), "adapter_reduction_factor": (1, None),
                 "lora_alpha": (0.0, None), "distill.temperature": (1e-6, None),
                 "distill.alpha": (0.0, 1.0), "adversarial.epsilon": (0.0, None),
                 "adversarial.steps": (1, None), "adversarial.step_size": (0.0, None),
-                "adversarial.loss_weight": (0.0, None)},
+                "adversarial.loss_weight": (0.0, None),
+                "pruning.target_sparsity": (0.0, 0.999),
+                "pruning.initial_sparsity": (0.0, 0.999), "pruning.begin_step": (0, None),
+                "pruning.end_step": (0, None), "pruning.frequency": (1, None)},
         check=_check_finetune,
         entry_schemas={"head_data": SectionSchema(
             _head_data_defaults, ranges={"weight": (0.0, None)})}),

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from tfllm import model_dir as model_dir_lib
 from tfllm.finetune.lora import merge_lora
+from tfllm.finetune.pruning import fold_masks, is_enabled
 from tfllm.finetune.strategies import (apply_strategy, backbone_of, lora_enabled,
                                        trainable_parameter_count)
 
@@ -52,7 +53,7 @@ def prepare_model(model: keras.Model, config) -> Dict[str, Any]:
 def load_trained_model(model_dir: str) -> Tuple[keras.Model, Any]:
   """The trained model of a tfllm `model_dir`, ready to use: its `config.json`, every weight
   of its newest checkpoint, LoRA adapters merged into the kernels (bottleneck adapters,
-  which cannot be merged, stay in the model).
+  which cannot be merged, stay in the model), pruning masks folded in.
 
   The inverse of `prepare_model` (without the pretrained load, which the checkpoint
   overwrites): export, generation and distillation teachers all load through here.
@@ -76,7 +77,9 @@ def load_trained_model(model_dir: str) -> Tuple[keras.Model, Any]:
     config = config_lib.from_json(f.read())
   model = models.build(config)
   apply_strategy(model, config.finetune)
-  checkpointing.restore_model(model, model_dir)
+  path = checkpointing.restore_model(model, model_dir)
+  if is_enabled(config.finetune.pruning):
+    fold_masks(model, config, path)   # exact zeros; the model holds no mask variable
   if lora_enabled(model):
     model = merge_lora(model)
   return model, config

@@ -175,6 +175,9 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
           f"{config.finetune.init_checkpoint or 'scratch'}: "
           f"{prepared['trainable_parameters']:,} trainable parameters")
     trained_model, objective = model, None
+    pruning = finetune.build_pruning(model, config)  # None unless finetune.pruning is on
+    if pruning:
+      log(pruning.describe())
     if config.finetune.distill.teacher_model_dir:
       # The loss needs the teacher's logits; checkpoints and evaluation keep to the student.
       model, objective = finetune.teacher_student(trained_model, config)
@@ -210,7 +213,8 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
       worker_dir=worker_dir, jit_compile=_jit_setting(config),
       flops_per_token=_flops_per_token(config, trained_model),
       peak_flops_per_device=peak.flops_per_second, budget_progress=budget_progress,
-      objective=objective, trained_model=trained_model, gradients=gradients, log=log)
+      objective=objective, trained_model=trained_model, gradients=gradients,
+      step_hooks=[pruning] if pruning else [], log=log)
   # Evaluation alone reads the model training produced: early stopping's best checkpoint
   # when it kept one; resuming reads the newest.
   to_evaluate, which = checkpointing.checkpoint_to_use(model_dir)
@@ -248,6 +252,9 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
     summary["best_checkpoint"] = best["path"]
     log(f"early stopping kept {checkpointing.describe_best(best)}: {best['path']} (export and "
         "--mode=eval use it)")
+  if pruning and summary["eval_metrics"]:   # the zeros the evaluated kernels hold
+    summary["eval_metrics"]["sparsity"] = finetune.weight_sparsity(trained_model,
+                                                                   config.finetune.pruning)
   if summary["eval_metrics"]:
     metrics_text = "  ".join(f"{k} {v:.4f}" for k, v in sorted(summary["eval_metrics"].items()))
     log(f"{_eval_label(config)} at step {summary['step']}: {metrics_text}")

@@ -165,6 +165,11 @@ class Trainer:
       of scale_loss(loss))` of one micro-batch, where `loss_fn(word_embeddings_delta=None)`
       runs the model in training mode and gives the objective; default one forward and
       backward pass (`tfllm.finetune.adversarial` gives the adversarial ones).
+    step_hooks: objects run with every optimizer step (e.g. `tfllm.finetune.pruning.Pruning`):
+      `after_update(step)` runs inside the compiled step, in replica context, right after the
+      optimizer's update (`step`: the updates done, that one included); `checkpoint_items()`
+      gives trackables saved with the checkpoint; `summary_scalars()` gives host-side train
+      scalars written with each progress report.
     log: where progress lines go (chief only).
     clock: seconds since an arbitrary origin (tests replace it).
 
@@ -185,6 +190,7 @@ class Trainer:
                objective: Optional[Callable] = None,
                trained_model: Optional[keras.Model] = None,
                gradients: Optional[Callable] = None,
+               step_hooks: Sequence = (),
                log: Callable[[str], None] = print,
                clock: Callable[[], float] = time.perf_counter):
     self.config = config
@@ -218,6 +224,9 @@ class Trainer:
     self.trained_model = model if trained_model is None else trained_model
     state = dict(model=self.trained_model, optimizer=optimizer, step=self.step,
                  budget_seconds=self.budget_seconds)
+    self._step_hooks = list(step_hooks)
+    for hook in self._step_hooks:
+      state.update(hook.checkpoint_items())
     self.checkpoint = tf.train.Checkpoint(**state)
     required = None
     if self.train_config.early_stopping.metric:
@@ -335,6 +344,8 @@ class Trainer:
     else:
       norm = tf.linalg.global_norm(grads)
     self.optimizer.apply(grads, variables)
+    for hook in self._step_hooks:
+      hook.after_update(self.step + 1)
     # Positions run, padding included: batch x length varies with `data.bucket_lengths`.
     tokens = tf.add_n([tf.cast(tf.size(features["token_ids"]), tf.float32)
                        for features, _, _ in micro_batches])
@@ -658,6 +669,8 @@ class Trainer:
                                             self.strategy.num_replicas_in_sync)
         scalars["mfu"] = mfu
         line += f"  MFU {100 * mfu:.1f}%"
+    for hook in self._step_hooks:
+      scalars.update(hook.summary_scalars())
     with self._train_writer.as_default(step=step):
       for key, value in scalars.items():
         tf.summary.scalar(key, value)

@@ -13,6 +13,7 @@ Sections and the modules that own them:
   train      tfllm.training.config    optimizer, schedule, loop, checkpoints
   export     tfllm.export.config      SavedModel export and generation defaults
   finetune   tfllm.finetune.config    pretrained init, full/top-layers/LoRA, quantize, distill
+  runtime    tfllm.runtime            thread pools sized from the cores the process may use
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ _SECTIONS = (
     ("train", "tfllm.training.config", "train"),
     ("export", "tfllm.export.config", "export"),
     ("finetune", "tfllm.finetune.config", "finetune"),
+    ("runtime", "tfllm.runtime", "runtime"),
 )
 
 

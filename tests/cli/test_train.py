@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -117,6 +118,13 @@ def test_every_strategy_name_trains_or_fails_in_one_line(tmp_path, strategy):
   assert result.returncode == 0, result.stderr
   assert "trained to step 2 (steps)" in result.stdout
   assert "validation at step 2: accuracy" in result.stdout
+  # A fresh process sizes its pools itself and reports its start-up phases and CPU time.
+  assert re.search(r"^threads: intra-op \d+, inter-op \d+, tf.data \d+ \(\d+ cores available\)$",
+                   result.stdout, re.M), result.stdout
+  assert re.search(r"^time to first step [\d.]+ s: launch [\d.]+, import [\d.]+, strategy "
+                   r"[\d.]+, tokenizer [\d.]+, model [\d.]+, dataset [\d.]+, first call "
+                   r"\(compile \+ 2 steps\) [\d.]+$", result.stdout, re.M), result.stdout
+  assert re.search(r"^CPU time: user [\d.]+ s, kernel [\d.]+ s", result.stdout, re.M)
 
 
 def test_train_resume_and_refuse_a_different_model_shape(tmp_path):

@@ -7,6 +7,8 @@ Modes:
   pipeline   input-pipeline tokens/s (`tfllm.data.throughput`)
   serve      exported SavedModel latency p50/p99 and throughput, in a TensorFlow-only
              process (`tfllm.export.latency`; causal LMs also time KerasHub's generate)
+  hlo        XLA's cost of the compiled train step, FLOPs, bytes, fusions, peak buffers
+             and H100 roofline, tfllm next to KerasHub (`bench.hlo`)
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import keras
 
+from tfllm import runtime
 from tfllm.bench import mfu, report, sweep as sweep_lib
 
-MODES = ("train", "generate", "attention", "pipeline", "serve")
+MODES = ("train", "generate", "attention", "pipeline", "serve", "hlo")
 
 
 def run(config, mode: str = "train", compare: Optional[str] = None,
@@ -64,6 +67,8 @@ def run(config, mode: str = "train", compare: Optional[str] = None,
   if repeats < 1 or steps < 1:
     raise ValueError(f"repeats={repeats} and steps={steps} must be >= 1")
   parsed = [sweep_lib.parse_sweep(s) for s in sweeps]
+  threads = runtime.plan_threads(config.runtime)
+  log(runtime.configure_threads(threads) or threads.describe())
   previous_policy = keras.mixed_precision.global_policy()
   keras.mixed_precision.set_global_policy(mixed_precision)
   try:
@@ -111,6 +116,14 @@ def _run_mode(config, mode, compare, sweeps, batch_size, steps, repeats, jit_com
     result = benchmark_attention(config, lengths, attention_block_size, batch_size or 1,
                                  repeats, jit_compile, log=log)
     log(report.attention_table(result))
+    return result
+  if mode == "hlo":
+    from tfllm.bench import hlo  # pylint: disable=g-import-not-at-top
+    if sweeps:
+      raise ValueError("hlo mode takes no --sweep; set the shape with --batch_size and "
+                       "--config.data.sequence_length=")
+    result = hlo.benchmark_hlo(config, batch_size, compare, log)
+    log(hlo.table(result))
     return result
   if mode == "pipeline":
     _no_compare(compare, mode)

@@ -101,6 +101,14 @@ def keras_hub_candidate(config, token_ids) -> Candidate:
 def make_train_step(candidate: Candidate, labels, jit_compile: bool,
                     learning_rate: float = 1e-4) -> Callable[[], tf.Tensor]:
   """`step() -> loss`: one AdamW update of `candidate` on its fixed batch."""
+  step, arguments = train_step_function(candidate, labels, jit_compile, learning_rate)
+  return lambda: step(*arguments)
+
+
+def train_step_function(candidate: Candidate, labels, jit_compile: bool,
+                        learning_rate: float = 1e-4):
+  """`(step, arguments)`: the `tf.function` of one AdamW update of `candidate` and the
+  arguments `step(*arguments)` takes (its fixed batch); the HLO mode compiles it alone."""
   optimizer = keras.optimizers.AdamW(learning_rate=learning_rate)
   if keras.mixed_precision.global_policy().name == "mixed_float16":
     optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -118,7 +126,7 @@ def make_train_step(candidate: Candidate, labels, jit_compile: bool,
     optimizer.apply_gradients(zip(gradients, variables))
     return loss
 
-  return lambda: step(candidate.features, labels)
+  return step, (candidate.features, labels)
 
 
 def check_same_shape(candidates: List[Candidate]) -> int:

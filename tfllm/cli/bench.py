@@ -4,6 +4,7 @@
   tfllm-bench --mode=generate --compare=keras_hub --sweep=batch_size=1,8
   tfllm-bench --mode=train --sweep=seq_len=128,256,512 --sweep=num_layers=2,4,8 --output=s.json
   tfllm-bench --mode=attention --sweep=seq_len=4096,8192 --attention_block_size=512
+  tfllm-bench --mode=hlo --config=gpt_small --mixed_precision=mixed_bfloat16 --compare=keras_hub
 
 Prints a table (values are median [min..max] over rounds; compared models alternate within
 each round) and writes JSON with --output (and a PNG of each sweep next to it).
@@ -25,14 +26,14 @@ from tfllm.cli import flags as tfllm_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 PROGRAM = "tfllm-bench"
-MODES = ("train", "generate", "attention", "pipeline", "serve")  # tfllm.bench.run.MODES
+MODES = ("train", "generate", "attention", "pipeline", "serve", "hlo")  # tfllm.bench.run.MODES
 
 
 def define_flags():
   tfllm_flags.define_config_flag("gpt_tiny")
   flags.DEFINE_enum("mode", "train", list(MODES), "What to measure.")
   flags.DEFINE_enum("compare", None, ["keras_hub"],
-                    "Also time KerasHub's model of the same shape (train, generate).")
+                    "Also time KerasHub's model of the same shape (train, generate, hlo).")
   flags.DEFINE_string("output", None, "JSON file for the results (sweeps: a PNG beside it).")
   flags.DEFINE_string("plot", None, "PNG path of the sweep plot (default: --output's .png).")
   flags.DEFINE_multi_string("sweep", [], "NAME=V1,V2,... with NAME seq_len, num_layers or "

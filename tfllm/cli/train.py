@@ -57,9 +57,12 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     # Library INFO logs (TFDS, tokenizer training) only with --verbosity=0 or more.
     logging.set_verbosity(logging.WARNING)
+  from tfllm import runtime  # pylint: disable=g-import-not-at-top
+  startup = runtime.StartupTimer()
   # Imported here so that `--help` and flag errors answer before TensorFlow loads.
   from tfllm import config as config_lib  # pylint: disable=g-import-not-at-top
   from tfllm import training  # pylint: disable=g-import-not-at-top
+  startup.mark("import")
   multi_worker = FLAGS.distribution_strategy == "multi_worker_mirrored"
   try:
     config = tfllm_flags.load_config()
@@ -69,7 +72,7 @@ def main(argv):
     training.run(config, model_dir=model_dir, mode=FLAGS.mode,
                  strategy_name=FLAGS.distribution_strategy, tpu=FLAGS.tpu,
                  num_gpus=FLAGS.num_gpus, mixed_precision=FLAGS.mixed_precision,
-                 log=lambda line: print(line, flush=True))
+                 log=lambda line: print(line, flush=True), startup=startup)
     code = 0
   except config_lib.ConfigError as error:
     print(f"{PROGRAM}: error: {tfllm_flags.one_line(error)}", file=sys.stderr)

@@ -15,7 +15,7 @@ import ml_collections
 import tensorflow as tf
 
 from tfllm import config as config_lib
-from tfllm import distribute, precision
+from tfllm import distribute, precision, runtime
 from tfllm.model_dir import (EVAL_FILE, INT8_EVAL_FILE, INT8_WEIGHTS_FILE, config_path,
                              write_atomically)
 from tfllm.training import checkpointing, flops
@@ -96,7 +96,8 @@ def _peak(config, strategy, policy: str) -> flops.Peak:
 def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_and_eval",
         strategy_name: str = "mirrored", tpu: Optional[str] = None,
         num_gpus: Optional[int] = None, mixed_precision: str = "float32",
-        log: Callable[[str], None] = print) -> Dict[str, Any]:
+        log: Callable[[str], None] = print,
+        startup: Optional[runtime.StartupTimer] = None) -> Dict[str, Any]:
   """Trains and/or evaluates the model `config` describes, in `model_dir`.
 
   A `model_dir` holding a checkpoint resumes from it exactly (model, optimizer, step, data
@@ -111,6 +112,9 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
     num_gpus: GPUs for `mirrored` (None = all).
     mixed_precision: see `tfllm.precision.set_policy`.
     log: where the chief's progress and results go.
+    startup: times the phases up to the first training step (a command-line app passes
+      the one it started at launch); None: a new one, from this call. The chief logs them
+      after the first step (`time to first step ...`).
 
   Returns:
     dict with `step`, `eval_metrics`, `stop_reason`, `tokens_per_second`, `train_seconds`,
@@ -120,18 +124,23 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
     raise config_lib.ConfigError(f"mode={mode!r} is not known; use one of: {', '.join(MODES)}")
   if not model_dir:
     raise config_lib.ConfigError("model_dir is empty; give the directory to train in")
+  startup = startup or runtime.StartupTimer(since_process_start=False)
   config = config_lib.validate(ml_collections.ConfigDict(config.to_dict()))
   if config.train.model_parallel > 1:  # the sharded model is not wired into the loop yet
     raise config_lib.ConfigError(
         f"config.train.model_parallel={config.train.model_parallel}: tfllm-train does not "
         "train tensor-parallel models yet (tfllm-summary and tfllm.models.tensor_parallel "
         "build them); use config.train.model_parallel=1")
+  # Thread pools are fixed when the runtime initializes, which the strategy does.
+  threads = runtime.plan_threads(config.runtime)
+  threads_note = runtime.configure_threads(threads)
   if mode == "train" and config.train.early_stopping.metric:
     raise config_lib.ConfigError(
         f"config.train.early_stopping.metric={config.train.early_stopping.metric!r} needs "
         "evaluations, which mode=train does not run; use mode=train_and_eval or set "
         "config.train.early_stopping.metric=''")
   strategy = distribute.get_strategy(strategy_name, tpu=tpu, num_gpus=num_gpus)
+  startup.mark("strategy")
   from tfllm.data import augmented_source, pipelines, tokenizers  # pylint: disable=g-import-not-at-top
   pipelines.check_bucket_lengths(config)
   pipelines.check_context_tokens(config)
@@ -156,6 +165,7 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
   from tfllm.finetune.multitask_data import multitask_dataset  # pylint: disable=g-import-not-at-top
   tokenizer = tokenizers.get_tokenizer(config, model_dir if chief else worker_dir)
   config.model.vocab_size = int(tokenizer.vocabulary_size())
+  startup.mark("tokenizer")
   changed = compare_with_model_dir(config, model_dir, ignore=())
   if chief:
     write_atomically(config_path(model_dir), config_lib.to_json(config))
@@ -193,18 +203,21 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
                                               budget_progress=budget_progress)
     optimizer = precision.wrap_optimizer(optimizer, policy)
     optimizer.build(model.trainable_variables)
+  startup.mark("model")
 
-  def train_data(context):
-    if config.task.name == "multi_task":
-      return multitask_dataset(config, "train", tokenizer, context, True)
-    return pipelines.make_dataset(config, config.data.train_split, tokenizer,
-                                  input_context=context, training=True)
+  data_options = runtime.dataset_options(threads)
 
-  def eval_data(context):
+  def data(context, which: str, training: bool):
     if config.task.name == "multi_task":
-      return multitask_dataset(config, "eval", tokenizer, context, False)
-    return pipelines.make_dataset(config, config.data.eval_split, tokenizer,
-                                  input_context=context, training=False)
+      dataset = multitask_dataset(config, which, tokenizer, context, training)
+    else:
+      split = config.data.train_split if training else config.data.eval_split
+      dataset = pipelines.make_dataset(config, split, tokenizer, input_context=context,
+                                       training=training)
+    return dataset.with_options(data_options)
+
+  train_data = lambda context: data(context, "train", True)
+  eval_data = lambda context: data(context, "eval", False)
 
   peak = _peak(config, strategy, policy)
   trainer = Trainer(
@@ -214,7 +227,7 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
       flops_per_token=_flops_per_token(config, trained_model),
       peak_flops_per_device=peak.flops_per_second, budget_progress=budget_progress,
       objective=objective, trained_model=trained_model, gradients=gradients,
-      step_hooks=[pruning] if pruning else [], log=log)
+      step_hooks=[pruning] if pruning else [], log=log, startup=startup)
   # Evaluation alone reads the model training produced: early stopping's best checkpoint
   # when it kept one; resuming reads the newest.
   to_evaluate, which = checkpointing.checkpoint_to_use(model_dir)
@@ -229,6 +242,7 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
   log(f"model: {trained_model.count_params():,} parameters; strategy: {type(strategy).__name__} "
       f"({strategy.num_replicas_in_sync} replicas); precision: {policy}; "
       f"XLA: {'on' if trainer.jit_compile else 'off'}")
+  log(threads_note or threads.describe())
   log(f"MFU peak: {peak.flops_per_second / 1e12:g} TFLOP/s per device ({peak.source})"
       if peak.flops_per_second else
       f"MFU: not reported ({peak.source}; set config.train.peak_flops_per_device)")
@@ -246,6 +260,7 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
                    train_seconds=result.train_seconds)
     log(f"trained to step {result.step} ({result.stop_reason}) in {result.train_seconds:.1f} s "
         f"of steps, {result.tokens_per_second:,.0f} tokens/s")
+    log(runtime.describe_thread_cpu(runtime.thread_cpu_seconds()))
   summary["checkpoint"] = trainer.checkpointer.latest
   best = checkpointing.best_checkpoint(model_dir) if mode != "eval" else None
   if best is not None:

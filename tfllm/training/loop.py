@@ -192,7 +192,8 @@ class Trainer:
                gradients: Optional[Callable] = None,
                step_hooks: Sequence = (),
                log: Callable[[str], None] = print,
-               clock: Callable[[], float] = time.perf_counter):
+               clock: Callable[[], float] = time.perf_counter,
+               startup=None):
     self.config = config
     self.train_config = config.train
     self.strategy = strategy
@@ -214,6 +215,7 @@ class Trainer:
     self._check_batch_size()
     self.budget_progress = budget_progress
     self._clock = clock
+    self._startup = startup  # a `tfllm.runtime.StartupTimer`: phases up to the first step
     with strategy.scope():
       self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     # Host-side only (never read in a step): wall-clock seconds of the time budget spent.
@@ -513,6 +515,8 @@ class Trainer:
     if self._train_loop_fn is None:
       self._train_loop_fn = self._build_train_loop()
     iterator = iter(self._distributed_dataset(self._train_dataset_fn, skip_steps=start_step))
+    if self._startup is not None:
+      self._startup.mark("dataset")
     budget_s = tc.time_budget_minutes * 60.0
     budget_spent_before = float(self.budget_seconds.numpy())
     stop_metric = tc.early_stopping
@@ -558,6 +562,9 @@ class Trainer:
                                                          tf.constant(end - step, tf.int32))
         step_losses, tokens = step_losses.numpy(), int(tokens.numpy())
         seconds = self._clock() - started
+        if self._startup is not None and step == start_step:
+          self._startup.mark(f"first call (compile + {end - step} steps)")
+          self._log(self._startup.line())
         self.budget_seconds.assign(budget_spent())
         if not np.all(np.isfinite(step_losses)):
           bad = step + int(np.argmin(np.isfinite(step_losses))) + 1

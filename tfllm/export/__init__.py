@@ -1,10 +1,13 @@
-"""SavedModel export for TF Serving: string-in signatures per task, warm-up records."""
+"""SavedModel export for TF Serving: string-in signatures per task, warm-up records.
 
-from tfllm.export.saved_model import (ExportError, existing_versions, export_model_dir,
-                                      export_saved_model, load_trained, next_version)
-from tfllm.export.signatures import signatures_for
+The public names below import their module on first use, so that the TF-free config schema
+(`tfllm.export.config`) imports without TensorFlow (`tfllm.lazy_exports`).
+"""
 
-__all__ = [
-    "ExportError", "existing_versions", "export_model_dir", "export_saved_model",
-    "load_trained", "next_version", "signatures_for",
-]
+from tfllm.lazy_exports import lazy_exports
+
+__getattr__, __all__ = lazy_exports(__name__, {
+    "saved_model": ["ExportError", "existing_versions", "export_model_dir",
+                    "export_saved_model", "load_trained", "next_version"],
+    "signatures": ["signatures_for"],
+})

@@ -31,22 +31,9 @@ import ml_collections
 import tensorflow as tf
 
 from tfllm.config import ConfigError
-
-METHODS = ("", "fgm", "pgd", "freelb")
-# Tasks whose models take `word_embeddings_delta` (the single-task fine-tuning models).
-SUPPORTED_TASKS = ("sequence_classification", "token_classification")
-
-
-def adversarial_defaults():
-  """`config.finetune.adversarial`: off by default (`method=""`)."""
-  return dict(
-      method="",         # "" | fgm | pgd | freelb
-      epsilon=1.0,       # radius of the perturbation (L2 norm per sequence)
-      steps=3,           # pgd, freelb: ascent steps
-      step_size=0.3,     # pgd, freelb: L2 length of each ascent step (per sequence)
-      loss_weight=1.0,   # fgm, pgd: weight of the adversarial loss beside the clean one
-  )
-
+from tfllm.finetune.config import ADVERSARIAL_METHODS as METHODS
+from tfllm.finetune.config import ADVERSARIAL_TASKS as SUPPORTED_TASKS
+from tfllm.finetune.config import adversarial_defaults
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Refuses adversarial training where it is not wired (one-line `ConfigError`s)."""

@@ -30,12 +30,79 @@
 
 from __future__ import annotations
 
+import re
+from typing import Optional, Tuple
+
 from tfllm.config import ConfigError, SectionSchema
-from tfllm.finetune.adversarial import METHODS as ADVERSARIAL_METHODS
-from tfllm.finetune.adversarial import adversarial_defaults
-from tfllm.finetune import pruning as pruning_lib
 from tfllm.finetune.strategies import STRATEGIES
 from tfllm.layers.adapter import ADAPTER_ACTIVATIONS, ADAPTER_PLACEMENTS
+
+
+ADVERSARIAL_METHODS = ("", "fgm", "pgd", "freelb")
+# Tasks whose models take `word_embeddings_delta` (the single-task fine-tuning models).
+ADVERSARIAL_TASKS = ("sequence_classification", "token_classification")
+
+
+def adversarial_defaults():
+  """`config.finetune.adversarial`: off by default (`method=""`)."""
+  return dict(
+      method="",         # "" | fgm | pgd | freelb
+      epsilon=1.0,       # radius of the perturbation (L2 norm per sequence)
+      steps=3,           # pgd, freelb: ascent steps
+      step_size=0.3,     # pgd, freelb: L2 length of each ascent step (per sequence)
+      loss_weight=1.0,   # fgm, pgd: weight of the adversarial loss beside the clean one
+  )
+
+
+PRUNING_STRUCTURES_HELP = "'unstructured' or 'N:M' with 0 < N < M (e.g. '2:4')"
+
+
+def n_m(structure: str) -> Optional[Tuple[int, int]]:
+  """`(N, M)` of an "N:M" structure, None for "unstructured".
+
+  Raises:
+    ConfigError: `structure` is neither.
+  """
+  if structure == "unstructured":
+    return None
+  match = re.fullmatch(r"(\d+):(\d+)", structure)
+  if not match or not 0 < int(match.group(1)) < int(match.group(2)):
+    raise ConfigError(f"config.finetune.pruning.structure={structure!r} is not accepted; use "
+                      f"{PRUNING_STRUCTURES_HELP}")
+  return int(match.group(1)), int(match.group(2))
+
+
+def pruning_enabled(pruning) -> bool:
+  """Whether a `finetune.pruning` section prunes anything."""
+  return pruning.target_sparsity > 0 or pruning.structure != "unstructured"
+
+
+def check_pruning(pruning) -> None:
+  """The rules of `finetune.pruning` that involve several keys (one-line `ConfigError`s)."""
+  structure = n_m(pruning.structure)
+  key = "config.finetune.pruning"
+  if structure is not None:
+    for name in ("target_sparsity", "initial_sparsity"):
+      if pruning[name]:
+        raise ConfigError(f"{key}.{name}={pruning[name]} must be 0 with structure="
+                          f"{pruning.structure!r} (its sparsity is 1 - N/M)")
+    if pruning.scope != "per_layer":
+      raise ConfigError(f"{key}.scope={pruning.scope!r} must be 'per_layer' with structure="
+                        f"{pruning.structure!r} (N:M groups are local)")
+  elif pruning.initial_sparsity > pruning.target_sparsity:
+    raise ConfigError(f"{key}.initial_sparsity={pruning.initial_sparsity} is above "
+                      f"target_sparsity={pruning.target_sparsity}; accepted: "
+                      f"[0, target_sparsity]")
+  if pruning.end_step and pruning.end_step < pruning.begin_step:
+    raise ConfigError(f"{key}.end_step={pruning.end_step} is before begin_step="
+                      f"{pruning.begin_step}; accepted: 0 (= train.steps) or >= begin_step")
+  for name in ("include", "exclude"):
+    for pattern in pruning[name]:
+      try:
+        re.compile(pattern)
+      except (re.error, TypeError) as error:
+        raise ConfigError(f"{key}.{name} pattern {pattern!r} is not a regular expression "
+                          f"({error})") from error
 
 
 def _finetune_defaults():
@@ -89,8 +156,8 @@ def _check_finetune(section):
   if section.strategy == "lora" and section.lora_rank < 1:
     raise ConfigError(f"config.finetune.lora_rank={section.lora_rank} must be >= 1 for "
                       "config.finetune.strategy='lora'")
-  pruning_lib.check_config(section.pruning)
-  if pruning_lib.is_enabled(section.pruning) and section.strategy == "lora":
+  check_pruning(section.pruning)
+  if pruning_enabled(section.pruning) and section.strategy == "lora":
     raise ConfigError("config.finetune.strategy='lora' cannot be pruned (the merged adapters "
                       "would fill the zeros); use strategy full or top_layers, or "
                       "config.finetune.pruning.target_sparsity=0")

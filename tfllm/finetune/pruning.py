@@ -35,58 +35,13 @@ import numpy as np
 import tensorflow as tf
 
 from tfllm.config import ConfigError
+from tfllm.finetune.config import PRUNING_STRUCTURES_HELP as STRUCTURES_HELP
+from tfllm.finetune.config import check_pruning as check_config
+from tfllm.finetune.config import n_m
+from tfllm.finetune.config import pruning_enabled as is_enabled
 
 # The trainer's checkpoint holds the masks under this name.
 CHECKPOINT_KEY = "pruning"
-STRUCTURES_HELP = "'unstructured' or 'N:M' with 0 < N < M (e.g. '2:4')"
-
-
-def n_m(structure: str) -> Optional[Tuple[int, int]]:
-  """`(N, M)` of an "N:M" structure, None for "unstructured".
-
-  Raises:
-    ConfigError: `structure` is neither.
-  """
-  if structure == "unstructured":
-    return None
-  match = re.fullmatch(r"(\d+):(\d+)", structure)
-  if not match or not 0 < int(match.group(1)) < int(match.group(2)):
-    raise ConfigError(f"config.finetune.pruning.structure={structure!r} is not accepted; use "
-                      f"{STRUCTURES_HELP}")
-  return int(match.group(1)), int(match.group(2))
-
-
-def is_enabled(pruning) -> bool:
-  """Whether a `finetune.pruning` section prunes anything."""
-  return pruning.target_sparsity > 0 or pruning.structure != "unstructured"
-
-
-def check_config(pruning) -> None:
-  """The rules of `finetune.pruning` that involve several keys (one-line `ConfigError`s)."""
-  structure = n_m(pruning.structure)
-  key = "config.finetune.pruning"
-  if structure is not None:
-    for name in ("target_sparsity", "initial_sparsity"):
-      if pruning[name]:
-        raise ConfigError(f"{key}.{name}={pruning[name]} must be 0 with structure="
-                          f"{pruning.structure!r} (its sparsity is 1 - N/M)")
-    if pruning.scope != "per_layer":
-      raise ConfigError(f"{key}.scope={pruning.scope!r} must be 'per_layer' with structure="
-                        f"{pruning.structure!r} (N:M groups are local)")
-  elif pruning.initial_sparsity > pruning.target_sparsity:
-    raise ConfigError(f"{key}.initial_sparsity={pruning.initial_sparsity} is above "
-                      f"target_sparsity={pruning.target_sparsity}; accepted: "
-                      f"[0, target_sparsity]")
-  if pruning.end_step and pruning.end_step < pruning.begin_step:
-    raise ConfigError(f"{key}.end_step={pruning.end_step} is before begin_step="
-                      f"{pruning.begin_step}; accepted: 0 (= train.steps) or >= begin_step")
-  for name in ("include", "exclude"):
-    for pattern in pruning[name]:
-      try:
-        re.compile(pattern)
-      except (re.error, TypeError) as error:
-        raise ConfigError(f"{key}.{name} pattern {pattern!r} is not a regular expression "
-                          f"({error})") from error
 
 
 def end_step(pruning, total_steps: int) -> int:

@@ -102,12 +102,11 @@ def blockwise_attention(query, key, value, block_size, causal=False, query_start
     return ops.slice(tensor, (0, query_index * query_block, 0, 0, 0),
                      (batch, query_block, num_kv_heads, groups, head_dim))
 
-  def block_scores(q, query_index, index):
+  def block_scores(q, kp, query_index, index):
     """Masked float32 scores `[b, K, G, query_block, block]` of one query and key block."""
     start = index * block_size
     offset = query_index * query_block
-    key_block = ops.slice(key_p, (0, start, 0, 0), (batch, block_size, num_kv_heads,
-                                                    head_dim))
+    key_block = ops.slice(kp, (0, start, 0, 0), (batch, block_size, num_kv_heads, head_dim))
     scores = ops.cast(ops.einsum("bqkgd,bskd->bkgqs", q, key_block), "float32")
     block_padding = None
     if padding_p is not None:
@@ -131,13 +130,16 @@ def blockwise_attention(query, key, value, block_size, causal=False, query_start
     return ops.slice(vp, (0, start, 0, 0), (batch, block_size, num_kv_heads, head_dim))
 
   stats_shape = (batch, num_kv_heads, groups, query_block)
-  # A query row that sees no real key (all masked) is uniform over all keys in standard
-  # attention: its output is the mean of all values, whatever blocks were skipped.
-  value_mean = ops.mean(ops.cast(value, "float32"), axis=1)[:, :, None, None, :]  # [b,K,1,1,d]
 
+  # `attend` reads the tensors it differentiates only from its arguments: JAX's custom
+  # gradient must not close over a value being differentiated outside it (docs/stack.md).
   @ops.custom_gradient
   def attend(q, kp, vp):
-    del kp  # `block_scores` reads `key_p`, the tensor passed as `kp`.
+    # A query row that sees no real key (all masked) is uniform over all keys in standard
+    # attention: its output is the mean of all values, whatever blocks were skipped (the
+    # padded keys' values are zeros, so the sum over `vp` is the sum over real keys).
+    value_mean = (ops.sum(ops.cast(vp, "float32"), axis=1)
+                  / ops.cast(k_len, "float32"))[:, :, None, None, :]            # [b,K,1,1,d]
 
     def forward_query_block(query_index, outputs):
       out_buffer, max_buffer, sum_buffer = outputs
@@ -145,7 +147,7 @@ def blockwise_attention(query, key, value, block_size, causal=False, query_start
 
       def forward_block(index, carry):
         running_max, running_sum, accumulator = carry
-        scores, _, _, start, _ = block_scores(q_block, query_index, index)
+        scores, _, _, start, _ = block_scores(q_block, kp, query_index, index)
         new_max = ops.maximum(running_max, ops.max(scores, axis=-1))
         correction = ops.exp(running_max - new_max)
         weights = ops.exp(scores - new_max[..., None])
@@ -205,7 +207,8 @@ def blockwise_attention(query, key, value, block_size, causal=False, query_start
 
         def backward_block(index, inner):
           d_query_block, d_key, d_value = inner
-          scores, mask, in_range, start, key_block = block_scores(q_block, query_index, index)
+          scores, mask, in_range, start, key_block = block_scores(q_block, kp, query_index,
+                                                                  index)
           probabilities = (ops.exp(scores - block_max[..., None])
                            * block_inverse_sum[..., None])
           d_value_block = ops.einsum("bkgqs,bkgqd->bskd", probabilities, block_d_out)
@@ -235,13 +238,13 @@ def blockwise_attention(query, key, value, block_size, causal=False, query_start
         d_query = ops.slice_update(d_query, (0, offset, 0, 0, 0), d_query_block)
         return d_query, d_key, d_value
 
-      init_grads = (ops.zeros(ops.shape(q), "float32"), ops.zeros(ops.shape(key_p), "float32"),
+      init_grads = (ops.zeros(ops.shape(q), "float32"), ops.zeros(ops.shape(kp), "float32"),
                     ops.zeros(ops.shape(vp), "float32"))
       d_query, d_key, d_value = ops.fori_loop(0, num_query_blocks, backward_query_block,
                                               init_grads)
       real_key = (ops.arange(ops.shape(vp)[1]) < k_len)[None, :, None, None]
       d_value = d_value + ops.where(real_key, uniform[:, None, :, :], 0.0)
-      return (ops.cast(d_query, q.dtype), ops.cast(d_key, key_p.dtype),
+      return (ops.cast(d_query, q.dtype), ops.cast(d_key, kp.dtype),
               ops.cast(d_value, vp.dtype))
 
     result = ops.cast(ops.transpose(out, (0, 3, 1, 2, 4)), vp.dtype)   # [b, q, K, G, d]

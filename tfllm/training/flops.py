@@ -8,6 +8,8 @@ The peak an MFU divides by is the one of the device *and* of the dtype its matmu
 (`peak_flops`): a float32 step on an H100 is held to the TF32 tensor-core peak (TF enables
 TF32 by default), not to the bf16 one; a TPU runs float32 matmuls as bf16 passes by default.
 `device_kind` names the device from what TF exposes; docs/benchmarks.md lists the table.
+TensorFlow is imported where a device is asked about, so that the formula and the peak table
+serve the JAX-backend benchmark (`tools/jax_train_bench.py`), where TF is absent.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import dataclasses
 import math
 import os
 import re
-from typing import Mapping, Optional
+from typing import TYPE_CHECKING, Mapping, Optional
 
-import tensorflow as tf
+if TYPE_CHECKING:
+  import tensorflow as tf
 
 # Dense peak FLOP/s of one TensorFlow device (vendor datasheets, without sparsity), by the
 # dtype its matmuls run in: "bf16" (also fp16 where the chip has the same rate), "fp16" where
@@ -104,6 +107,7 @@ def device_kind(strategy: Optional[tf.distribute.Strategy] = None,
     strategy: the run's strategy (a `TPUStrategy` means TPU); None: the local devices.
     environ: the environment to read (default `os.environ`).
   """
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel,redefined-outer-name
   environ = os.environ if environ is None else environ
   is_tpu = isinstance(strategy, tf.distribute.TPUStrategy) or (
       strategy is None and bool(tf.config.list_logical_devices("TPU")))
@@ -156,6 +160,7 @@ def peak_flops(device: str, compute_dtype: str = "bfloat16",
     The peak, or None: an unknown device, or a dtype the table has no number for.
   """
   if tf32 is None:
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel,redefined-outer-name
     tf32 = tf.config.experimental.tensor_float_32_execution_enabled()
   key = _dtype_key(compute_dtype, tf32)
   text = device.upper()

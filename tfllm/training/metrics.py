@@ -100,6 +100,9 @@ def register_eval_metric(task_name: str, factory: Callable[..., EvalMetric]) -> 
 
 def eval_metrics(config: ml_collections.ConfigDict, tokenizer=None) -> List[EvalMetric]:
   """The metrics an evaluation of `config.task` reports."""
+  # The built-in loss per character registers itself on import (it imports this module, so
+  # not at the top); `tfllm.training` imports its modules on use (`tfllm.lazy_exports`).
+  from tfllm.training import char_loss  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   metrics: List[EvalMetric] = [LossAndAccuracy(config.task)]
   tasks = [config.task.name]
   if config.task.name == "multi_task":

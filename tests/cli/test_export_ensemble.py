@@ -72,7 +72,8 @@ def test_ensemble_and_litert_from_the_cli(members, tmp_path):
   lite = run_cli("tfllm.cli.export", f"--model_dir={members[0]}", "--format=litert",
                  "--litert_quantize=int8", f"--export_dir={tmp_path / 'lite'}")
   assert lite.returncode == 0, lite.stderr
-  path = lite.stdout.strip().splitlines()[-1]
+  *_, size_line, path = lite.stdout.strip().splitlines()
+  assert size_line.startswith(f"{litert.MODEL_FILE}: ") and "gzipped" in size_line
   assert litert.LiteRTClassifier(path)(["a great movie"])["probabilities"].shape == (1, 2)
   bad = run_cli("tfllm.cli.export", f"--ensemble={members[0]},{members[1]}", "--soup=average",
                 f"--export_dir={tmp_path / 'x'}")

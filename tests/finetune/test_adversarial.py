@@ -218,10 +218,10 @@ def test_unsupported_tasks_and_distillation_are_refused():
 
 @pytest.mark.slow
 def test_a_low_resource_fgm_job_trains_on_its_saved_subset(tfds_dir, tmp_path, finetune_section):
-  from tests.finetune.test_job import _short  # pylint: disable=import-outside-toplevel
+  from tests.finetune.test_job import short_config  # pylint: disable=import-outside-toplevel
   from tests.finetune.test_recipes import load_recipe  # pylint: disable=import-outside-toplevel
   from tfllm import training  # pylint: disable=import-outside-toplevel
-  config = _short(load_recipe("distill_bert_tiny"), tfds_dir, steps=2)
+  config = short_config(load_recipe("distill_bert_tiny"), tfds_dir, steps=2)
   config.data.update(train_examples=48, train_examples_seed=5)
   config.train.jit_compile = "on"    # the adversarial step compiles with XLA in the job too
   config.finetune.adversarial.update(method="fgm", epsilon=0.5)

@@ -96,12 +96,12 @@ def main(argv):
     logging.debug("%s failed", PROGRAM, exc_info=True)
     print(f"{PROGRAM}: error: {tfllm_flags.one_line(error)}", file=sys.stderr)
     return 2 if isinstance(error, config_lib.ConfigError) else 1
-  from tfllm.export import sizes  # pylint: disable=g-import-not-at-top
+  from tfllm.export import litert, sizes  # pylint: disable=g-import-not-at-top
   from tfllm.training import checkpointing  # pylint: disable=g-import-not-at-top
   for model_dir in FLAGS.ensemble or [FLAGS.model_dir]:
     print(f"exported {checkpointing.checkpoint_to_use(model_dir)[1]}"
           + (f" of {model_dir}" if FLAGS.ensemble else ""), flush=True)
-  print(sizes.variables_size(path).describe(), flush=True)
+  print(sizes.export_size(path, litert.MODEL_FILE).describe(), flush=True)
   print(path, flush=True)
   return 0
 

@@ -21,11 +21,12 @@ _CHUNK = 1 << 22
 class VariablesSize:
   plain_bytes: int
   gzip_bytes: int
+  what: str = "variables"
 
   def describe(self) -> str:
     ratio = self.gzip_bytes / self.plain_bytes if self.plain_bytes else 0.0
-    return (f"variables: {self.plain_bytes / 1e6:.2f} MB, gzipped {self.gzip_bytes / 1e6:.2f} "
-            f"MB ({100 * ratio:.0f}%)")
+    return (f"{self.what}: {self.plain_bytes / 1e6:.2f} MB, gzipped "
+            f"{self.gzip_bytes / 1e6:.2f} MB ({100 * ratio:.0f}%)")
 
 
 def gzip_size(path: str) -> int:
@@ -50,3 +51,12 @@ def variables_size(saved_model_path: str) -> VariablesSize:
     plain += tf.io.gfile.stat(path).length
     packed += gzip_size(path)
   return VariablesSize(plain, packed)
+
+
+def export_size(export_path: str, litert_file: str = "model.tflite") -> VariablesSize:
+  """`variables_size` of a SavedModel version, or the plain and gzipped bytes of a LiteRT
+  export's `litert_file` (its weights are inside the flatbuffer)."""
+  if tf.io.gfile.isdir(os.path.join(export_path, "variables")):
+    return variables_size(export_path)
+  path = os.path.join(export_path, litert_file)
+  return VariablesSize(tf.io.gfile.stat(path).length, gzip_size(path), what=litert_file)

@@ -16,7 +16,7 @@ import ml_collections
 
 from tfllm import distribute
 from tfllm.training import metrics as metrics_lib
-from tfllm.training.loop import Trainer
+from tfllm.training.loop import Trainer, jit_compile_setting
 
 
 def evaluator(config: ml_collections.ConfigDict, tokenizer,
@@ -45,10 +45,10 @@ def evaluator(config: ml_collections.ConfigDict, tokenizer,
     if trainer is None:
       with strategy.scope():
         optimizer = keras.optimizers.SGD()   # never applied: the trainer's checkpoint needs one
-      jit = config.train.jit_compile
       trainer = Trainer(config, strategy, model, optimizer, scratch.name, lambda context: None,
                         eval_data, metrics=metrics_lib.eval_metrics(config, tokenizer),
-                        jit_compile=None if jit == "auto" else jit == "on", log=lambda line: None)
+                        jit_compile=jit_compile_setting(config.train),
+                        log=lambda line: None)
     return trainer.evaluate(model=model)
 
   evaluate.scratch = scratch   # removed with the evaluator

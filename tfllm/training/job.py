@@ -21,7 +21,7 @@ from tfllm.model_dir import (EVAL_FILE, INT8_EVAL_FILE, INT8_WEIGHTS_FILE, confi
 from tfllm.training import checkpointing, flops
 from tfllm.training import metrics as metrics_lib
 from tfllm.training import optimizer as optimizer_lib
-from tfllm.training.loop import Trainer
+from tfllm.training.loop import Trainer, jit_compile_setting
 from tfllm.training.sampling import sample_continuation
 
 MODES = ("train", "eval", "train_and_eval")
@@ -223,7 +223,7 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
   trainer = Trainer(
       config, strategy, model, optimizer, model_dir, train_data, eval_data,
       metrics=metrics_lib.eval_metrics(config, tokenizer), is_chief=chief,
-      worker_dir=worker_dir, jit_compile=_jit_setting(config),
+      worker_dir=worker_dir, jit_compile=jit_compile_setting(config.train),
       flops_per_token=_flops_per_token(config, trained_model),
       peak_flops_per_device=peak.flops_per_second, budget_progress=budget_progress,
       objective=objective, trained_model=trained_model, gradients=gradients,
@@ -321,11 +321,6 @@ def _eval_label(config) -> str:
   split = _eval_split(config)
   names = sorted(set(split.values()) if isinstance(split, dict) else {split})
   return "validation" if names == ["validation"] else f"evaluation on {', '.join(names)}"
-
-
-def _jit_setting(config) -> Optional[bool]:
-  setting = config.train.jit_compile
-  return None if setting == "auto" else setting == "on"
 
 
 def _sample(config, model, tokenizer, eval_data) -> str:

@@ -102,6 +102,13 @@ def auto_jit_compile(device_types: Sequence[str], multi_worker: bool = False) ->
   return list(device_types) == ["CPU"] and not multi_worker
 
 
+def jit_compile_setting(train_config) -> Optional[bool]:
+  """The `Trainer`'s `jit_compile` argument for `train.jit_compile` (None: "auto", decided
+  from the devices by `default_jit_compile`)."""
+  setting = train_config.jit_compile
+  return None if setting == "auto" else setting == "on"
+
+
 def default_jit_compile(strategy: tf.distribute.Strategy) -> bool:
   """`auto_jit_compile` of the devices `strategy` runs this worker's replicas on."""
   return auto_jit_compile(

@@ -207,7 +207,7 @@ class TransformerBackbone(keras.Model):
     return self.final_norm(x) if self.final_norm is not None else x
 
   def call(self, inputs, training=None, word_embeddings_delta=None):
-    inputs = _as_dict(inputs)
+    inputs = as_features(inputs)
     x = self.embed(inputs["token_ids"], inputs.get("token_type_ids"), training=training,
                    word_embeddings_delta=word_embeddings_delta)
     return self.encode(x, inputs.get("padding_mask"), training=training)
@@ -258,6 +258,10 @@ class TransformerBackbone(keras.Model):
         attention_block_size=self.attention_block_size)
 
 
-def _as_dict(inputs):
-  """Accepts a features dict or a bare `token_ids` tensor."""
+def as_features(inputs):
+  """The features dict of a model input: `inputs` itself, or `{"token_ids": inputs}`.
+
+  Backbones and task models accept either a features dict or a bare `[batch, seq]`
+  `token_ids` tensor; this turns both into the dict.
+  """
   return inputs if isinstance(inputs, dict) else {"token_ids": inputs}

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import keras
 
-from tfllm.models.backbone import TransformerBackbone, _as_dict
+from tfllm.models import generation
+from tfllm.models.backbone import TransformerBackbone, as_features
 from tfllm.models.heads import make_head
 
 
@@ -29,7 +30,7 @@ class _TaskModel(keras.Model):
 
   def call(self, inputs, training=None, word_embeddings_delta=None):
     # word_embeddings_delta: see TransformerBackbone (adversarial training's perturbation).
-    features = _as_dict(inputs)
+    features = as_features(inputs)
     hidden = self.backbone(features, training=training,
                            word_embeddings_delta=word_embeddings_delta)
     return self.head(hidden, features, training=training)
@@ -74,7 +75,6 @@ class CausalLM(_TaskModel):
 
   def generate(self, prompts, tokenizer=None, **kwargs):
     """Continues `prompts` (strings or token-id lists); see `tfllm.models.generation.generate`."""
-    from tfllm.models import generation  # generation imports this module
     return generation.generate(self, prompts, tokenizer=tokenizer, **kwargs)
 
 
@@ -152,7 +152,7 @@ class MultiTaskModel(keras.Model):
     return children
 
   def call(self, inputs, training=None):
-    features = _as_dict(inputs)
+    features = as_features(inputs)
     hidden = self.backbone(features, training=training)
     return {head_name: head(hidden, features, training=training)
             for head_name, head in self.heads.items()}

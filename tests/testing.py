@@ -191,23 +191,10 @@ def run_layer_test(layer_cls, init_kwargs, input_data, expected_output_shape,
                  expected_num_trainable_weights=1)
   ```
   """
-  call = call or _default_call
-  make = lambda: layer_cls(**init_kwargs)  # noqa: E731
-  layer = make()
-  outputs = call(layer, input_data)
-  shapes = tf.nest.map_structure(lambda x: tuple(x.shape), outputs)
-  assert shapes == expected_output_shape, f"{layer_cls.__name__}: output shapes {shapes}"
-  for output in tf.nest.flatten(outputs):
-    assert output.dtype == expected_output_dtype, f"{layer_cls.__name__}: {output.dtype}"
-  _check_weight_counts(layer, expected_num_trainable_weights,
-                       expected_num_non_trainable_weights)
-  _check_config_round_trip(layer, call, input_data)
-  _check_keras_file_round_trip(layer, call, input_data)
-  if run_xla_check:
-    _check_xla(layer, call, input_data, xla_atol)
-  if run_precision_checks:
-    _check_precision(make, call, input_data, float32_output)
-  return layer, outputs
+  return _run_contract(lambda: layer_cls(**init_kwargs), call or _default_call, input_data,
+                       expected_output_shape, expected_output_dtype,
+                       (expected_num_trainable_weights, expected_num_non_trainable_weights),
+                       run_precision_checks, run_xla_check, xla_atol, float32_output)
 
 
 def run_model_test(make_model, input_data, expected_output_shape,
@@ -235,17 +222,28 @@ def run_model_test(make_model, input_data, expected_output_shape,
                  np.ones((1, 4), "int32"), (1, 4, 97), run_precision_checks=False)
   ```
   """
-  call = call or _default_call
-  model = make_model()
-  outputs = call(model, input_data)
+  return _run_contract(make_model, call or _default_call, input_data, expected_output_shape,
+                       "float32" if float32_output else None,
+                       (expected_num_trainable_weights, expected_num_non_trainable_weights),
+                       run_precision_checks, run_xla_check, xla_atol, float32_output)
+
+
+def _run_contract(make, call, input_data, expected_output_shape, expected_output_dtype,
+                  weight_counts, run_precision_checks, run_xla_check, xla_atol, float32_output):
+  """The checks of `run_layer_test` and `run_model_test` on the instance `make()` builds."""
+  instance = make()
+  name = type(instance).__name__
+  outputs = call(instance, input_data)
   shapes = tf.nest.map_structure(lambda x: tuple(x.shape), outputs)
-  assert shapes == expected_output_shape, f"{type(model).__name__}: output shapes {shapes}"
-  _check_weight_counts(model, expected_num_trainable_weights,
-                       expected_num_non_trainable_weights)
-  _check_config_round_trip(model, call, input_data)
-  _check_keras_file_round_trip(model, call, input_data)
+  assert shapes == expected_output_shape, f"{name}: output shapes {shapes}"
+  if expected_output_dtype is not None:
+    for output in tf.nest.flatten(outputs):
+      assert output.dtype == expected_output_dtype, f"{name}: output dtype {output.dtype}"
+  _check_weight_counts(instance, *weight_counts)
+  _check_config_round_trip(instance, call, input_data)
+  _check_keras_file_round_trip(instance, call, input_data)
   if run_xla_check:
-    _check_xla(model, call, input_data, xla_atol)
+    _check_xla(instance, call, input_data, xla_atol)
   if run_precision_checks:
-    _check_precision(make_model, call, input_data, float32_output)
-  return model, outputs
+    _check_precision(make, call, input_data, float32_output)
+  return instance, outputs

@@ -48,6 +48,19 @@ class MultiHeadSelfAttention(keras.layers.Layer):
 
   Returns:
     `[batch, seq, hidden]`, and with a cache also the updated cache (same shape as `cache`).
+
+  Example:
+
+  ```python
+  import numpy as np
+  from tfllm.layers import MultiHeadSelfAttention
+
+  layer = MultiHeadSelfAttention(num_heads=4, head_dim=8, num_kv_heads=2)
+  inputs = np.random.default_rng(0).normal(size=(2, 5, 32)).astype("float32")
+  padding = np.array([[True] * 5, [True] * 3 + [False] * 2])
+  outputs = layer(inputs, padding_mask=padding, use_causal_mask=True)
+  assert outputs.shape == (2, 5, 32)
+  ```
   """
 
   # The output projection's bias; a tensor-parallel shard (`tfllm.layers.tensor_parallel`)

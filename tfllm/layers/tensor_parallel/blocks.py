@@ -4,7 +4,6 @@ built from them (Megatron-LM's column-parallel then row-parallel projections).""
 from __future__ import annotations
 
 import keras
-import numpy as np  # noqa: F401  (the docstring examples use it)
 import tensorflow as tf
 
 from tfllm.layers.attention import MultiHeadSelfAttention
@@ -46,9 +45,13 @@ class TensorParallelAttention(ShardedLayer):
 
   Example:
 
-  >>> layer = TensorParallelAttention(4, 8, devices=["/CPU:0", "/CPU:0"], num_kv_heads=2)
-  >>> layer(np.zeros((2, 5, 32), "float32"), use_causal_mask=True).shape
-  TensorShape([2, 5, 32])
+  ```python
+  import numpy as np
+  from tfllm.layers.tensor_parallel import TensorParallelAttention
+
+  layer = TensorParallelAttention(4, 8, devices=["/CPU:0", "/CPU:0"], num_kv_heads=2)
+  assert layer(np.zeros((2, 5, 32), "float32"), use_causal_mask=True).shape == (2, 5, 32)
+  ```
   """
 
   def __init__(self, num_heads, head_dim, devices, num_kv_heads=None, use_bias=True,
@@ -124,9 +127,13 @@ class TensorParallelFeedForward(ShardedLayer):
 
   Example:
 
-  >>> layer = TensorParallelFeedForward(64, devices=["/CPU:0", "/CPU:0"], activation="swiglu")
-  >>> layer(np.zeros((2, 5, 32), "float32")).shape
-  TensorShape([2, 5, 32])
+  ```python
+  import numpy as np
+  from tfllm.layers.tensor_parallel import TensorParallelFeedForward
+
+  layer = TensorParallelFeedForward(64, devices=["/CPU:0", "/CPU:0"], activation="swiglu")
+  assert layer(np.zeros((2, 5, 32), "float32")).shape == (2, 5, 32)
+  ```
   """
 
   def __init__(self, intermediate_dim, devices, activation="gelu", use_bias=True, dropout=0.0,
@@ -187,9 +194,13 @@ class TensorParallelTransformerBlock(TransformerBlock):
 
   Example:
 
-  >>> block = TensorParallelTransformerBlock(4, 64, devices=["/CPU:0", "/CPU:0"], causal=True)
-  >>> block(np.zeros((2, 5, 32), "float32")).shape
-  TensorShape([2, 5, 32])
+  ```python
+  import numpy as np
+  from tfllm.layers.tensor_parallel import TensorParallelTransformerBlock
+
+  block = TensorParallelTransformerBlock(4, 64, devices=["/CPU:0", "/CPU:0"], causal=True)
+  assert block(np.zeros((2, 5, 32), "float32")).shape == (2, 5, 32)
+  ```
   """
 
   def __init__(self, num_heads, intermediate_dim, devices, **kwargs):

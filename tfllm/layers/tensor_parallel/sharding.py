@@ -100,6 +100,15 @@ class ShardedLayer(keras.layers.Layer):
   Args:
     devices: the `N` device names of the tensor-parallel group (shard `i` lives on
       `devices[i]`).
+
+  Example:
+
+  ```python
+  from tfllm.layers.tensor_parallel import ShardedLayer
+
+  layer = ShardedLayer(devices=["/CPU:0", "/CPU:0"])
+  assert layer.degree == 2 and layer.local_size("num_heads", 8) == 4
+  ```
   """
 
   def __init__(self, devices, **kwargs):

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import List, Sequence
 
 import keras
-import numpy as np  # noqa: F401  (the docstring examples use it)
 import tensorflow as tf
 
 from tfllm.layers.initializers import clone_initializer
@@ -40,11 +39,15 @@ class VocabParallelEmbedding(ShardedLayer):
 
   Example:
 
-  >>> layer = VocabParallelEmbedding(10, 4, devices=["/CPU:0", "/CPU:0"])
-  >>> layer(np.array([[1, 7]])).shape
-  TensorShape([1, 2, 4])
-  >>> [logits.shape for logits in layer(np.zeros((1, 2, 4), "float32"), reverse=True)]
-  [TensorShape([1, 2, 5]), TensorShape([1, 2, 5])]
+  ```python
+  import numpy as np
+  from tfllm.layers.tensor_parallel import VocabParallelEmbedding
+
+  layer = VocabParallelEmbedding(10, 4, devices=["/CPU:0", "/CPU:0"])
+  assert layer(np.array([[1, 7]])).shape == (1, 2, 4)
+  shard_logits = layer(np.zeros((1, 2, 4), "float32"), reverse=True)
+  assert [tuple(logits.shape) for logits in shard_logits] == [(1, 2, 5), (1, 2, 5)]
+  ```
   """
 
   def __init__(self, input_dim, output_dim, devices, embeddings_initializer="uniform",
@@ -116,9 +119,14 @@ class VocabParallelProjection(ShardedLayer):
 
   Example:
 
-  >>> layer = VocabParallelProjection(10, devices=["/CPU:0", "/CPU:0"])
-  >>> [logits.shape for logits in layer(np.zeros((1, 2, 4), "float32"))]
-  [TensorShape([1, 2, 5]), TensorShape([1, 2, 5])]
+  ```python
+  import numpy as np
+  from tfllm.layers.tensor_parallel import VocabParallelProjection
+
+  layer = VocabParallelProjection(10, devices=["/CPU:0", "/CPU:0"])
+  shard_logits = layer(np.zeros((1, 2, 4), "float32"))
+  assert [tuple(logits.shape) for logits in shard_logits] == [(1, 2, 5), (1, 2, 5)]
+  ```
   """
 
   def __init__(self, units, devices, kernel_initializer="glorot_uniform", **kwargs):

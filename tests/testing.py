@@ -22,20 +22,24 @@ from tfllm.models.config import model_preset
 TINY_MODEL = dict(vocab_size=97, num_layers=2, hidden_dim=32, num_heads=4, intermediate_dim=64,
                   max_sequence_length=32)
 CLASSIFICATION_TASKS = ("sequence_classification", "token_classification")
+ENCODER_TASKS = ("masked_lm", "multi_task", *CLASSIFICATION_TASKS)
+LABELS = ("a", "b", "c")
 PRECISION_POLICIES = ("mixed_float16", "mixed_bfloat16")
+STYLES = ("gpt2", "bert", "llama")
 
 
-def tiny_config(style: str | None = "gpt2", task: str = "causal_lm", *, labels=None,
+def tiny_config(style: str | None = "gpt2", task: str = "causal_lm", *, labels=LABELS,
                 model=None, data=None, train=None, optimizer=None, tokenizer=None, export=None,
                 task_options=None, validate: bool = False, **model_overrides):
   """A full config of a tiny model (`TINY_MODEL`) for `task`.
 
   Args:
     style: a `model_preset` name ("gpt2", "bert", "llama"), or None to keep the default
-      config's model keys (then `masked_lm` and the classification tasks turn `causal` off).
+      config's model keys (then the encoder tasks, `ENCODER_TASKS`, turn `causal` off).
       Llama gets 2 KV heads (grouped-query attention).
     task: `config.task.name`.
-    labels: the labels of a classification task; default `["a", "b", "c"]`.
+    labels: `config.task.labels` of a classification task; None sets none (then give
+      `task_options=dict(num_classes=...)`).
     model, data, train, optimizer, tokenizer, export, task_options: dicts of keys set on
       `config.model`, `config.data`, `config.train`, `config.train.optimizer`,
       `config.tokenizer`, `config.export` and `config.task`, after everything else.
@@ -61,10 +65,10 @@ def tiny_config(style: str | None = "gpt2", task: str = "causal_lm", *, labels=N
   if style == "llama":
     config.model.num_kv_heads = 2
   config.task.name = task
-  if style is None and (task == "masked_lm" or task in CLASSIFICATION_TASKS):
+  if style is None and task in ENCODER_TASKS:
     config.model.causal = False
-  if task in CLASSIFICATION_TASKS:
-    config.task.labels = list(labels or ["a", "b", "c"])
+  if task in CLASSIFICATION_TASKS and labels is not None:
+    config.task.labels = list(labels)
   for section, values in ((config.model, model), (config.data, data), (config.train, train),
                           (config.train.optimizer, optimizer), (config.tokenizer, tokenizer),
                           (config.export, export), (config.task, task_options),

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from tests.models.helpers import tiny_config
-from tests.testing import run_model_test
+from tests.testing import run_model_test, tiny_config
 from tfllm import models
 
 B, T = 2, 8

@@ -16,24 +16,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.testing import tiny_config
 from tfllm import config as config_lib
 from tfllm.bench import keras_hub_models, measure, mfu, sweep
 from tfllm.bench import run as bench
 from tfllm.bench import train
-from tfllm.models.config import model_preset
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _config(style="gpt2", **model):
-  config = config_lib.default_config()
-  config.model.update(model_preset(style))
-  config.model.update(vocab_size=100, num_layers=2, hidden_dim=32, num_heads=4,
-                      intermediate_dim=64, max_sequence_length=32, **model)
-  config.task.name = "causal_lm" if style == "gpt2" else "masked_lm"
-  config.data.sequence_length = 16
-  config.train.global_batch_size = 2
-  return config
+  """A tiny GPT-2 causal LM or BERT masked LM, vocabulary 100, batch 2 x 16 tokens."""
+  return tiny_config(style, "causal_lm" if style == "gpt2" else "masked_lm", vocab_size=100,
+                     data=dict(sequence_length=16), train=dict(global_batch_size=2), **model)
 
 
 def _gpt2_parameters(vocab, positions, hidden, layers, intermediate):

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests import testing
 from tfllm import config as config_lib
 from tfllm import export
 from tfllm.data import tokenizers
 from tfllm.export import latency, warmup
 from tfllm.models import build
-from tfllm.models.config import model_preset
 from tfllm.training import checkpointing
 from tests.models.test_configs import load_config
 
@@ -51,33 +51,25 @@ def tiny_tokenizer(kind: str = "word_piece"):
 def tiny_config(task: str, tokenizer: str = "word_piece"):
   """A full config of a 2-layer, width-32 model for `task` over a tiny `tokenizer` kind.
 
-  `multi_task` has a sentiment head (`sentiment`, 2 labels) and an NER head (`ner`, IOB2
-  tags decoded by Viterbi).
+  `tests.testing.tiny_config` (GPT-2 for `causal_lm`, else BERT) sized to the tokenizer,
+  without dropout, greedy export. `multi_task` has a sentiment head (`sentiment`, 2 labels)
+  and an NER head (`ner`, IOB2 tags decoded by Viterbi).
   """
-  config = config_lib.default_config()
-  style = "gpt2" if task == "causal_lm" else "bert"
-  config.model.update(model_preset(style))
-  config.model.update(vocab_size=int(tiny_tokenizer(tokenizer).vocabulary_size()), num_layers=2,
-                      hidden_dim=32, num_heads=2, intermediate_dim=64, max_sequence_length=32,
-                      dropout=0.0, attention_dropout=0.0)
-  config.tokenizer.type = tokenizer
-  config.task.name = task
-  config.task.dropout = 0.0
-  config.data.sequence_length = 16
-  if task == "sequence_classification":
-    config.task.labels = SENTIMENT_LABELS
-  elif task == "token_classification":
-    config.task.labels = NER_TAGS
-  elif task == "multi_task":
-    config.task.heads = {
+  task_options = dict(dropout=0.0)
+  if task == "multi_task":
+    task_options["heads"] = {
         "sentiment": dict(task="sequence_classification", labels=SENTIMENT_LABELS,
                           dropout=0.0),
         "ner": dict(task="token_classification", labels=NER_TAGS, dropout=0.0,
                     decoding="iob2_viterbi"),
     }
-  config.export.max_new_tokens = 8
-  config.export.temperature = 0.0
-  return config
+  return testing.tiny_config(
+      "gpt2" if task == "causal_lm" else "bert", task,
+      labels=NER_TAGS if task == "token_classification" else SENTIMENT_LABELS,
+      model=dict(vocab_size=int(tiny_tokenizer(tokenizer).vocabulary_size()), num_heads=2,
+                 dropout=0.0, attention_dropout=0.0),
+      tokenizer=dict(type=tokenizer), task_options=task_options,
+      data=dict(sequence_length=16), export=dict(max_new_tokens=8, temperature=0.0))
 
 
 def default_job_config():

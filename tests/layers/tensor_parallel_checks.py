@@ -22,22 +22,18 @@ BATCH, SEQ, ADAM_STEPS = 2, 8, 3
 
 
 def tiny_config(style: str, degree: int):
-  """A causal LM (GPT-2, Llama) or an encoder (BERT) config, tiny."""
-  from tfllm import config as config_lib
-  from tfllm.models.config import model_preset
-  config = config_lib.default_config()
-  config.model.update(model_preset(style))
-  config.model.update(TINY)
-  if style == "llama":
-    config.model.num_kv_heads = 4  # grouped: 2 query heads a KV head, also at N = 4
-  if style == "bert":
-    config.task.name = "masked_lm"
-  config.train.model_parallel = degree
+  """`tests.testing.tiny_config` at the `TINY` sizes for degree `degree`: a causal LM (GPT-2,
+  Llama with 4 KV heads, grouped: 2 query heads a KV head, also at N = 4) or an encoder
+  (BERT, masked LM)."""
+  # Imported here, as TensorFlow is everywhere in this module: run as a program, `main`
+  # splits the CPU into devices before anything touches the runtime.
+  from tests import testing  # pylint: disable=import-outside-toplevel
   # Adam divides by sqrt(v): a gradient element near 0 turns float32 rounding (1e-7) into
   # an update difference up to the learning rate; 1e-3 keeps three steps within 1e-5.
-  config.train.optimizer.learning_rate = 1e-3
-  config.train.optimizer.warmup_steps = 0
-  return config
+  return testing.tiny_config(style, "masked_lm" if style == "bert" else "causal_lm",
+                             model=TINY, train=dict(model_parallel=degree),
+                             optimizer=dict(learning_rate=1e-3, warmup_steps=0),
+                             **(dict(num_kv_heads=4) if style == "llama" else {}))
 
 
 def batch(seed: int = 0):

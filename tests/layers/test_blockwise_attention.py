@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.testing import tiny_config
 from tfllm import config as config_lib
 from tfllm.layers.attention import MultiHeadSelfAttention, compute_attention_mask
 from tfllm.layers.blockwise_attention import blockwise_attention
 from tfllm.models import build
-from tfllm.models.config import model_preset
 
 BATCH, LENGTH, HEADS, HEAD_DIM = 2, 37, 4, 8
 
@@ -96,12 +96,7 @@ def test_layer_rejects_attention_dropout_with_blocks():
 
 
 def _causal_lm_config(**model):
-  config = config_lib.default_config()
-  config.model.update(model_preset("gpt2"))
-  config.model.update(vocab_size=50, num_layers=2, hidden_dim=32, num_heads=4,
-                      intermediate_dim=64, max_sequence_length=24, **model)
-  config.task.name = "causal_lm"
-  return config
+  return tiny_config("gpt2", vocab_size=50, max_sequence_length=24, **model)
 
 
 def test_model_option_gives_the_same_logits_and_serializes():

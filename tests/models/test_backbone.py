@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.models.helpers import STYLES, tiny_config
+from tests.testing import STYLES, tiny_config
 from tfllm import models
 
 T = 10

@@ -1,10 +1,9 @@
 """Task models: output shapes, heads' numerics, serialization, and build(config)."""
 
-import keras
 import numpy as np
 import pytest
 
-from tests.models.helpers import tiny_config
+from tests.testing import run_model_test, tiny_config
 from tfllm import models
 
 B, T = 2, 8
@@ -20,26 +19,29 @@ def _features(with_positions=False):
   return features
 
 
+# case -> (style, task, logits shape, trainable weights). GPT-2: token and position tables,
+# 2 blocks of 12 (QKV, output, up, down: kernel and bias; two LayerNorms), a final LayerNorm,
+# the tied head adds none: 28. Llama: token table, 2 blocks of 7 (bias-free attention 2,
+# SwiGLU 3, two RMSNorms), final RMSNorm, untied head kernel: 17. BERT: three tables, the
+# embedding LayerNorm and 2 blocks: 29, plus the MLM head's 5 (transform kernel and bias,
+# LayerNorm, output bias) or a classifier's kernel and bias.
 CASES = {
-    "causal_lm": ("gpt2", "causal_lm", (B, T, 97)),
-    "causal_lm_untied": ("llama", "causal_lm", (B, T, 97)),
-    "masked_lm": ("bert", "masked_lm", (B, 3, 97)),
-    "sequence_classification": ("bert", "sequence_classification", (B, 3)),
-    "token_classification": ("bert", "token_classification", (B, T, 3)),
+    "causal_lm": ("gpt2", "causal_lm", (B, T, 97), 28),
+    "causal_lm_untied": ("llama", "causal_lm", (B, T, 97), 17),
+    "masked_lm": ("bert", "masked_lm", (B, 3, 97), 34),
+    "sequence_classification": ("bert", "sequence_classification", (B, 3), 31),
+    "token_classification": ("bert", "token_classification", (B, T, 3), 31),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_output_shapes_and_keras_file_round_trip(case, tmp_path):
-  style, task, shape = CASES[case]
-  model = models.build(tiny_config(style, task=task))
-  features = _features(with_positions=task == "masked_lm")
-  logits = model(features)
-  assert tuple(logits.shape) == shape and logits.dtype == "float32"
-  path = str(tmp_path / "model.keras")
-  model.save(path)
-  restored = keras.saving.load_model(path)
-  np.testing.assert_array_equal(restored(features), logits)
+def test_task_model_contract(case):
+  """Shapes, float32 logits under every policy, weight counts, config and `.keras` round
+  trips (bitwise), and XLA."""
+  style, task, shape, trainable = CASES[case]
+  run_model_test(lambda: models.build(tiny_config(style, task=task)),
+                 _features(with_positions=task == "masked_lm"), shape,
+                 expected_num_trainable_weights=trainable)
 
 
 def test_tied_causal_lm_head_is_the_embedding_transpose():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfllm import config as config_lib
+from tests import testing
 from tfllm import models
 from tfllm.finetune.pruning import build_pruning
 from tfllm.finetune.strategies import apply_strategy
@@ -18,29 +18,28 @@ SEQ = 16
 
 
 def tiny_config(task: str = "causal_lm", **train):
-  """2 layers, width 32, sequence 16, vocabulary 64; `train` overrides `config.train`."""
-  config = config_lib.default_config()
-  config.model.update(vocab_size=VOCAB, num_layers=2, hidden_dim=32, num_heads=2,
-                      intermediate_dim=64, max_sequence_length=SEQ, dropout=0.0)
-  config.data.sequence_length = SEQ
-  config.task.name = task
-  config.task.dropout = 0.0
-  if task == "masked_lm":
-    config.model.causal = False
+  """2 layers, width 32, sequence 16, vocabulary 64; `train` overrides `config.train`.
+
+  `tests.testing.tiny_config` (no style preset) with the trainer's settings: no dropout,
+  3 classes, a 2-head multi-task model, 20 steps in loops of 5; validated.
+  """
+  task_options = dict(dropout=0.0)
   if task in ("sequence_classification", "token_classification"):
-    config.model.causal = False
-    config.task.num_classes = 3
+    task_options["num_classes"] = 3
   if task == "multi_task":
-    config.model.causal = False
-    config.task.heads = {"sentiment": dict(task="sequence_classification", num_classes=2,
-                                           dropout=0.0, loss_weight=1.0),
-                         "tags": dict(task="token_classification", num_classes=3, dropout=0.0,
-                                      loss_weight=0.5)}
-  config.train.update(global_batch_size=8, steps=20, steps_per_loop=5, eval_steps=2,
-                      checkpoint_every_steps=10, sample_new_tokens=0, jit_compile="off")
-  config.train.optimizer.update(warmup_steps=2, learning_rate=3e-3)
-  config.train.update(train)
-  return config_lib.validate(config)
+    task_options["heads"] = {
+        "sentiment": dict(task="sequence_classification", num_classes=2, dropout=0.0,
+                          loss_weight=1.0),
+        "tags": dict(task="token_classification", num_classes=3, dropout=0.0,
+                     loss_weight=0.5)}
+  return testing.tiny_config(
+      None, task, labels=None, task_options=task_options,
+      model=dict(vocab_size=VOCAB, num_heads=2, max_sequence_length=SEQ, dropout=0.0),
+      data=dict(sequence_length=SEQ),
+      train=dict(dict(global_batch_size=8, steps=20, steps_per_loop=5, eval_steps=2,
+                      checkpoint_every_steps=10, sample_new_tokens=0, jit_compile="off"),
+                 **train),
+      optimizer=dict(warmup_steps=2, learning_rate=3e-3), validate=True)
 
 
 def _example(task: str, index):

@@ -33,8 +33,12 @@ class Adapter(keras.layers.Layer):
   Example:
 
   ```python
-  adapter = tfllm.layers.Adapter(24)
-  y = adapter(np.ones((2, 5, 384), "float32"))   # [2, 5, 384]; equal to the input at first
+  import numpy as np
+  from tfllm.layers import Adapter
+
+  inputs = np.random.default_rng(0).normal(size=(2, 5, 32)).astype("float32")
+  adapter = Adapter(bottleneck_dim=4)
+  np.testing.assert_allclose(adapter(inputs), inputs)   # the identity until trained
   ```
   """
 

@@ -7,42 +7,10 @@ import math
 import keras
 from keras import ops
 
-from tfllm.layers import blockwise_attention as blockwise_lib
+from tfllm.layers.blockwise_attention import blockwise_attention
 from tfllm.layers.initializers import clone_initializer
+from tfllm.layers.masking import MASKED_SCORE, compute_attention_mask
 from tfllm.layers.rotary import RotaryEmbedding
-
-# Masked scores are set to this before the float32 softmax: large enough that exp() is 0,
-# finite so that a fully masked row (a padded query) gives a uniform row, not NaN.
-_MASKED_SCORE = -1e9
-
-
-def compute_attention_mask(query_length, key_length, query_start=0, padding_mask=None,
-                           attention_mask=None, causal=False):
-  """Merges causal, padding and explicit masks into one boolean mask `[batch|1, q, k]`.
-
-  Args:
-    query_length: number of queries `q` (static or a scalar tensor).
-    key_length: number of keys `k`.
-    query_start: absolute position of the first query (the cache index while decoding); key
-      `j` is at position `j`.
-    padding_mask: `[batch, k]`, true (or 1) at real keys; padded keys are never attended.
-    attention_mask: `[batch, q, k]`, true where query `i` may attend key `j`.
-    causal: if true, query at position `p` attends only keys at positions `<= p`.
-
-  Returns:
-    A boolean tensor broadcastable to `[batch, q, k]`, or None when nothing is masked.
-  """
-  mask = None
-  if causal:
-    query_positions = ops.arange(query_length) + query_start
-    mask = (ops.arange(key_length)[None, :] <= query_positions[:, None])[None, :, :]
-  if padding_mask is not None:
-    key_mask = ops.cast(padding_mask, "bool")[:, None, :]
-    mask = key_mask if mask is None else ops.logical_and(mask, key_mask)
-  if attention_mask is not None:
-    explicit = ops.cast(attention_mask, "bool")
-    mask = explicit if mask is None else ops.logical_and(mask, explicit)
-  return mask
 
 
 @keras.saving.register_keras_serializable(package="tfllm")
@@ -80,6 +48,19 @@ class MultiHeadSelfAttention(keras.layers.Layer):
 
   Returns:
     `[batch, seq, hidden]`, and with a cache also the updated cache (same shape as `cache`).
+
+  Example:
+
+  ```python
+  import numpy as np
+  from tfllm.layers import MultiHeadSelfAttention
+
+  layer = MultiHeadSelfAttention(num_heads=4, head_dim=8, num_kv_heads=2)
+  inputs = np.random.default_rng(0).normal(size=(2, 5, 32)).astype("float32")
+  padding = np.array([[True] * 5, [True] * 3 + [False] * 2])
+  outputs = layer(inputs, padding_mask=padding, use_causal_mask=True)
+  assert outputs.shape == (2, 5, 32)
+  ```
   """
 
   # The output projection's bias; a tensor-parallel shard (`tfllm.layers.tensor_parallel`)
@@ -153,8 +134,8 @@ class MultiHeadSelfAttention(keras.layers.Layer):
                       attention_mask=attention_mask, causal=use_causal_mask)
     if self.attention_block_size:
       # Each key block builds its own mask: the whole [q, k] mask never exists either.
-      output = blockwise_lib.blockwise_attention(query, key, value, self.attention_block_size,
-                                                 **mask_parts)
+      output = blockwise_attention(query, key, value, self.attention_block_size,
+                                           **mask_parts)
     else:
       output = self._attend(query, key, value,
                             compute_attention_mask(seq, ops.shape(key)[1], **mask_parts),
@@ -173,7 +154,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     scores = ops.einsum("bqkgd,bskd->bkgqs", query, ops.cast(key, query.dtype))
     scores = ops.cast(scores, "float32")
     if mask is not None:
-      scores = ops.where(mask[:, None, None, :, :], scores, _MASKED_SCORE)
+      scores = ops.where(mask[:, None, None, :, :], scores, MASKED_SCORE)
     probabilities = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
     probabilities = self.probability_dropout(probabilities, training=training)
     output = ops.einsum("bkgqs,bskd->bqkgd", probabilities, ops.cast(value, self.compute_dtype))

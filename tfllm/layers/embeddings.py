@@ -28,6 +28,18 @@ class TokenEmbedding(keras.layers.Embedding):
     reverse: if True, returns logits `[..., input_dim]` in float32 (computed in the compute
       dtype, then cast: under mixed precision the matmul runs in bf16/fp16 like every other
       matmul, and the softmax/loss that follow see float32).
+
+  Example:
+
+  ```python
+  import numpy as np
+  from tfllm.layers import TokenEmbedding
+
+  embedding = TokenEmbedding(50, 8)
+  hidden = embedding(np.array([[1, 2, 3]]))        # [1, 3, 8]
+  logits = embedding(hidden, reverse=True)         # [1, 3, 50], through the same table
+  assert hidden.shape == (1, 3, 8) and logits.shape == (1, 3, 50)
+  ```
   """
 
   def call(self, inputs, reverse=False):
@@ -58,6 +70,17 @@ class PositionEmbedding(keras.layers.Layer):
 
   Returns:
     `[1, seq, hidden]` position embeddings, broadcastable onto `inputs`.
+
+  Example:
+
+  ```python
+  import numpy as np
+  from tfllm.layers import PositionEmbedding
+
+  positions = PositionEmbedding(max_sequence_length=32)
+  table = positions(np.zeros((2, 5, 8), "float32"))   # one row per position, broadcast over batch
+  assert table.shape == (1, 5, 8)
+  ```
   """
 
   def __init__(self, max_sequence_length, initializer="glorot_uniform", **kwargs):
@@ -104,6 +127,16 @@ class SinusoidalPositionEncoding(keras.layers.Layer):
 
   Returns:
     `[1, seq, hidden]` encodings in the compute dtype (computed in float32).
+
+  Example:
+
+  ```python
+  import numpy as np
+  from tfllm.layers import SinusoidalPositionEncoding
+
+  encoding = SinusoidalPositionEncoding()(np.zeros((2, 5, 8), "float32"), start_index=3)
+  assert encoding.shape == (1, 5, 8)               # positions 3..7, no weights
+  ```
   """
 
   def __init__(self, max_wavelength=10000.0, **kwargs):

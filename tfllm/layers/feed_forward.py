@@ -29,6 +29,16 @@ class FeedForward(keras.layers.Layer):
 
   Returns:
     `[..., hidden]`.
+
+  Example:
+
+  ```python
+  import numpy as np
+  from tfllm.layers import FeedForward
+
+  layer = FeedForward(intermediate_dim=64, activation="swiglu", use_bias=False)
+  assert layer(np.zeros((2, 5, 32), "float32")).shape == (2, 5, 32)
+  ```
   """
 
   # The down projection's bias; a tensor-parallel shard (`tfllm.layers.tensor_parallel`)

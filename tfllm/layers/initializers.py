@@ -25,10 +25,15 @@ def clone_initializer(initializer):
 
   Example:
 
-  >>> template = keras.initializers.TruncatedNormal(stddev=0.02)
-  >>> a, b = clone_initializer(template), clone_initializer(template)
-  >>> bool((a((4, 4)) == b((4, 4))).numpy().all())
-  False
+  ```python
+  import keras
+  import numpy as np
+  from tfllm.layers import clone_initializer
+
+  template = keras.initializers.TruncatedNormal(stddev=0.02)
+  a, b = clone_initializer(template), clone_initializer(template)
+  assert not np.array_equal(a((4, 4)), b((4, 4)))   # two kernels never start equal
+  ```
   """
   initializer = keras.initializers.get(initializer)
   return initializer.__class__.from_config(initializer.get_config())

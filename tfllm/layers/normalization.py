@@ -22,6 +22,16 @@ class RMSNorm(keras.layers.Layer):
 
   Returns:
     A tensor of the same shape.
+
+  Example:
+
+  ```python
+  import numpy as np
+  from tfllm.layers import RMSNorm
+
+  outputs = np.asarray(RMSNorm()(np.full((1, 2, 4), 3.0, "float32")))
+  np.testing.assert_allclose(outputs, 1.0, rtol=1e-5)   # 3 / rms(3) with scale 1
+  ```
   """
 
   def __init__(self, epsilon=1e-6, **kwargs):

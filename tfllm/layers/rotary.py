@@ -24,6 +24,17 @@ class RotaryEmbedding(keras.layers.Layer):
 
   Returns:
     The rotated tensor, same shape and dtype.
+
+  Example:
+
+  ```python
+  import numpy as np
+  from tfllm.layers import RotaryEmbedding
+
+  queries = np.ones((2, 5, 4, 8), "float32")       # [batch, seq, heads, head_dim]
+  rotated = RotaryEmbedding(max_wavelength=10000.0)(queries)
+  assert rotated.shape == (2, 5, 4, 8)
+  ```
   """
 
   def __init__(self, max_wavelength=10000.0, scaling_factor=1.0, **kwargs):

@@ -53,6 +53,18 @@ class TransformerBlock(keras.layers.Layer):
 
   Returns:
     `[batch, seq, hidden]`, and with a cache also the updated cache.
+
+  Example:
+
+  ```python
+  import numpy as np
+  from tfllm.layers import TransformerBlock
+
+  block = TransformerBlock(num_heads=4, intermediate_dim=64, causal=True)
+  inputs = np.zeros((2, 5, 32), "float32")
+  padding = np.array([[True] * 5, [True] * 3 + [False] * 2])
+  assert block(inputs, padding_mask=padding).shape == (2, 5, 32)
+  ```
   """
 
   def __init__(self, num_heads, intermediate_dim, head_dim=None, num_kv_heads=None,

@@ -56,6 +56,19 @@ class TransformerBackbone(keras.Model):
 
   Returns:
     The final hidden states `[batch, seq, hidden_dim]` in the compute dtype.
+
+  Example:
+
+  ```python
+  import numpy as np
+  from tfllm.models import TransformerBackbone
+
+  backbone = TransformerBackbone(vocab_size=50, num_layers=1, hidden_dim=8, num_heads=2,
+                                 intermediate_dim=16, causal=True)
+  features = {"token_ids": np.array([[5, 6, 7, 0]]),
+              "padding_mask": np.array([[True, True, True, False]])}
+  assert backbone(features).shape == (1, 4, 8)    # [batch, seq, hidden_dim]
+  ```
   """
 
   def __init__(self, vocab_size, num_layers, hidden_dim, num_heads, intermediate_dim,
@@ -138,17 +151,14 @@ class TransformerBackbone(keras.Model):
 
   def build(self, input_shape=None):
     shape = (None, None, self.hidden_dim)
-    self.token_embedding.build((None, None))
-    if self.position_encoding is not None:
-      self.position_encoding.build(shape)
-    if self.token_type_embedding is not None:
-      self.token_type_embedding.build((None, None))
-    if self.embedding_norm is not None:
-      self.embedding_norm.build(shape)
-    for block in self.blocks:
-      block.build(shape)
-    if self.final_norm is not None:
-      self.final_norm.build(shape)
+    sublayers = [(self.token_embedding, (None, None)), (self.position_encoding, shape),
+                 (self.token_type_embedding, (None, None)), (self.embedding_norm, shape),
+                 *[(block, shape) for block in self.blocks], (self.final_norm, shape)]
+    for layer, layer_shape in sublayers:
+      # `embed` and `encode` called before the model build their sublayers on first use;
+      # building those again would add their weights twice.
+      if layer is not None and not layer.built:
+        layer.build(layer_shape)
     self.built = True
 
   def _trackable_children(self, save_type="checkpoint", **kwargs):
@@ -194,12 +204,19 @@ class TransformerBackbone(keras.Model):
       The final hidden states `[batch, seq, hidden_dim]` in the compute dtype.
 
     Example:
-      >>> backbone = TransformerBackbone(vocab_size=50, num_layers=1, hidden_dim=8,
-      ...                                num_heads=2, intermediate_dim=16, causal=False)
-      >>> ids = np.array([[5, 6, 7, 0]])
-      >>> mask = np.array([[True, True, True, False]])
-      >>> hidden = backbone.encode(backbone.embed(ids), padding_mask=mask)   # [1, 4, 8]
-      >>> # The same as backbone({"token_ids": ids, "padding_mask": mask}).
+
+    ```python
+    import numpy as np
+    from tfllm.models import TransformerBackbone
+
+    backbone = TransformerBackbone(vocab_size=50, num_layers=1, hidden_dim=8, num_heads=2,
+                                   intermediate_dim=16, causal=False)
+    ids = np.array([[5, 6, 7, 0]])
+    mask = np.array([[True, True, True, False]])
+    hidden = backbone.encode(backbone.embed(ids), padding_mask=mask)   # [1, 4, 8]
+    whole = backbone({"token_ids": ids, "padding_mask": mask})
+    np.testing.assert_allclose(hidden, whole, atol=1e-6)
+    ```
     """
     x = embeddings
     for block in self.blocks:
@@ -207,7 +224,7 @@ class TransformerBackbone(keras.Model):
     return self.final_norm(x) if self.final_norm is not None else x
 
   def call(self, inputs, training=None, word_embeddings_delta=None):
-    inputs = _as_dict(inputs)
+    inputs = as_features(inputs)
     x = self.embed(inputs["token_ids"], inputs.get("token_type_ids"), training=training,
                    word_embeddings_delta=word_embeddings_delta)
     return self.encode(x, inputs.get("padding_mask"), training=training)
@@ -258,6 +275,10 @@ class TransformerBackbone(keras.Model):
         attention_block_size=self.attention_block_size)
 
 
-def _as_dict(inputs):
-  """Accepts a features dict or a bare `token_ids` tensor."""
+def as_features(inputs):
+  """The features dict of a model input: `inputs` itself, or `{"token_ids": inputs}`.
+
+  Backbones and task models accept either a features dict or a bare `[batch, seq]`
+  `token_ids` tensor; this turns both into the dict.
+  """
   return inputs if isinstance(inputs, dict) else {"token_ids": inputs}

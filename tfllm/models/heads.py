@@ -23,6 +23,16 @@ class CausalLMHead(keras.layers.Layer):
       bias-free projection (Llama).
 
   Call: hidden `[batch, seq, hidden]` -> logits `[batch, seq, vocab]` float32.
+
+  Example:
+
+  ```python
+  import numpy as np
+  from tfllm.models import CausalLMHead
+
+  head = CausalLMHead(vocab_size=50)                # untied: its own projection
+  assert head(np.zeros((2, 5, 8), "float32")).shape == (2, 5, 50)
+  ```
   """
 
   def __init__(self, vocab_size, token_embedding=None, **kwargs):
@@ -63,6 +73,20 @@ class MaskedLMHead(keras.layers.Layer):
 
   Call: hidden `[batch, seq, hidden]`, `features["mask_positions"]` int `[batch, P]` ->
   logits `[batch, P, vocab]` float32.
+
+  Example:
+
+  ```python
+  import numpy as np
+  from tfllm.layers import TokenEmbedding
+  from tfllm.models import MaskedLMHead
+
+  embedding = TokenEmbedding(50, 8)
+  embedding.build((None, None))
+  head = MaskedLMHead(50, embedding)
+  features = {"mask_positions": np.array([[0, 3], [1, 2]])}
+  assert head(np.zeros((2, 5, 8), "float32"), features).shape == (2, 2, 50)
+  ```
   """
 
   def __init__(self, vocab_size, token_embedding, activation="gelu", normalization="layer_norm",
@@ -110,6 +134,17 @@ class SequenceClassificationHead(keras.layers.Layer):
 
   Call: hidden `[batch, seq, hidden]` (+ `features["padding_mask"]` for mean pooling) ->
   logits `[batch, num_classes]` float32.
+
+  Example:
+
+  ```python
+  import numpy as np
+  from tfllm.models import SequenceClassificationHead
+
+  head = SequenceClassificationHead(num_classes=3, pooling="mean")
+  features = {"padding_mask": np.array([[True] * 5, [True] * 3 + [False] * 2])}
+  assert head(np.zeros((2, 5, 8), "float32"), features).shape == (2, 3)
+  ```
   """
 
   def __init__(self, num_classes, pooling="first", dropout=0.1, **kwargs):
@@ -152,6 +187,16 @@ class TokenClassificationHead(keras.layers.Layer):
     dropout: dropout before the classifier.
 
   Call: hidden `[batch, seq, hidden]` -> logits `[batch, seq, num_classes]` float32.
+
+  Example:
+
+  ```python
+  import numpy as np
+  from tfllm.models import TokenClassificationHead
+
+  head = TokenClassificationHead(num_classes=3)
+  assert head(np.zeros((2, 5, 8), "float32")).shape == (2, 5, 3)
+  ```
   """
 
   def __init__(self, num_classes, dropout=0.1, **kwargs):

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import keras
 
-from tfllm.models.backbone import TransformerBackbone, _as_dict
+from tfllm.models import generation
+from tfllm.models.backbone import TransformerBackbone, as_features
 from tfllm.models.heads import make_head
 
 
@@ -29,7 +30,7 @@ class _TaskModel(keras.Model):
 
   def call(self, inputs, training=None, word_embeddings_delta=None):
     # word_embeddings_delta: see TransformerBackbone (adversarial training's perturbation).
-    features = _as_dict(inputs)
+    features = as_features(inputs)
     hidden = self.backbone(features, training=training,
                            word_embeddings_delta=word_embeddings_delta)
     return self.head(hidden, features, training=training)
@@ -53,6 +54,18 @@ class CausalLM(_TaskModel):
     backbone: a causal `TransformerBackbone`.
     tie_embeddings: project with the token embedding's transpose (GPT-2) or a separate
       matrix (Llama).
+
+  Example:
+
+  ```python
+  import numpy as np
+  from tfllm.models import CausalLM, TransformerBackbone
+
+  backbone = TransformerBackbone(vocab_size=50, num_layers=1, hidden_dim=8, num_heads=2,
+                                 intermediate_dim=16, causal=True)
+  model = CausalLM(backbone)                         # tied to the token embedding
+  assert model(np.array([[5, 6, 7]])).shape == (1, 3, 50)
+  ```
   """
 
   task = "causal_lm"
@@ -74,14 +87,27 @@ class CausalLM(_TaskModel):
 
   def generate(self, prompts, tokenizer=None, **kwargs):
     """Continues `prompts` (strings or token-id lists); see `tfllm.models.generation.generate`."""
-    from tfllm.models import generation  # generation imports this module
     return generation.generate(self, prompts, tokenizer=tokenizer, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="tfllm")
 class MaskedLM(_TaskModel):
   """Masked-token prediction (BERT); logits `[batch, num_predictions, vocab]` float32 at
-  `features["mask_positions"]` only, so the vocabulary projection runs on P, not seq, rows."""
+  `features["mask_positions"]` only, so the vocabulary projection runs on P, not seq, rows.
+
+  Example:
+
+  ```python
+  import numpy as np
+  from tfllm.models import MaskedLM, TransformerBackbone
+
+  backbone = TransformerBackbone(vocab_size=50, num_layers=1, hidden_dim=8, num_heads=2,
+                                 intermediate_dim=16, causal=False)
+  model = MaskedLM(backbone)
+  features = {"token_ids": np.array([[5, 1, 7, 1]]), "mask_positions": np.array([[1, 3]])}
+  assert model(features).shape == (1, 2, 50)         # logits at the 2 masked positions
+  ```
+  """
 
   task = "masked_lm"
 
@@ -97,16 +123,20 @@ class SequenceClassifier(_TaskModel):
     dropout: dropout before the classifier.
 
   Example:
-    >>> backbone = TransformerBackbone(vocab_size=50, num_layers=1, hidden_dim=8,
-    ...                                num_heads=2, intermediate_dim=16, causal=False)
-    >>> model = SequenceClassifier(backbone, num_classes=2)
-    >>> features = {"token_ids": np.array([[5, 6, 7, 0]]),
-    ...             "padding_mask": np.array([[True, True, True, False]])}
-    >>> model(features).shape                                        # [batch, num_classes]
-    (1, 2)
-    >>> delta = np.zeros((1, 4, 8), "float32")        # [batch, seq, hidden_dim]
-    >>> model(features, word_embeddings_delta=delta).shape   # perturbed word embeddings
-    (1, 2)
+
+  ```python
+  import numpy as np
+  from tfllm.models import SequenceClassifier, TransformerBackbone
+
+  backbone = TransformerBackbone(vocab_size=50, num_layers=1, hidden_dim=8, num_heads=2,
+                                 intermediate_dim=16, causal=False)
+  model = SequenceClassifier(backbone, num_classes=2)
+  features = {"token_ids": np.array([[5, 6, 7, 0]]),
+              "padding_mask": np.array([[True, True, True, False]])}
+  assert model(features).shape == (1, 2)                     # [batch, num_classes]
+  delta = np.zeros((1, 4, 8), "float32")                     # [batch, seq, hidden_dim]
+  assert model(features, word_embeddings_delta=delta).shape == (1, 2)   # perturbed words
+  ```
   """
 
   task = "sequence_classification"
@@ -120,6 +150,18 @@ class TokenClassifier(_TaskModel):
     backbone: a `TransformerBackbone`.
     num_classes: number of tags.
     dropout: dropout before the classifier.
+
+  Example:
+
+  ```python
+  import numpy as np
+  from tfllm.models import TokenClassifier, TransformerBackbone
+
+  backbone = TransformerBackbone(vocab_size=50, num_layers=1, hidden_dim=8, num_heads=2,
+                                 intermediate_dim=16, causal=False)
+  model = TokenClassifier(backbone, num_classes=3)
+  assert model(np.array([[5, 6, 7, 8]])).shape == (1, 4, 3)
+  ```
   """
 
   task = "token_classification"
@@ -133,6 +175,21 @@ class MultiTaskModel(keras.Model):
     backbone: a `TransformerBackbone`, run once per batch for all heads.
     heads: head name -> dict of `make_head` arguments with `task` (`masked_lm`,
       `sequence_classification`, `token_classification`), `num_classes`, `pooling`, `dropout`.
+
+  Example:
+
+  ```python
+  import numpy as np
+  from tfllm.models import MultiTaskModel, TransformerBackbone
+
+  backbone = TransformerBackbone(vocab_size=50, num_layers=1, hidden_dim=8, num_heads=2,
+                                 intermediate_dim=16, causal=False)
+  model = MultiTaskModel(backbone, heads={
+      "sentiment": dict(task="sequence_classification", num_classes=2),
+      "ner": dict(task="token_classification", num_classes=5)})
+  outputs = model({"token_ids": np.array([[5, 6, 7, 8]])})
+  assert outputs["sentiment"].shape == (1, 2) and outputs["ner"].shape == (1, 4, 5)
+  ```
   """
 
   def __init__(self, backbone, heads, name=None):
@@ -152,7 +209,7 @@ class MultiTaskModel(keras.Model):
     return children
 
   def call(self, inputs, training=None):
-    features = _as_dict(inputs)
+    features = as_features(inputs)
     hidden = self.backbone(features, training=training)
     return {head_name: head(hidden, features, training=training)
             for head_name, head in self.heads.items()}

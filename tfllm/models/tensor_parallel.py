@@ -38,10 +38,14 @@ class TensorParallelBackbone(TransformerBackbone):
 
   Example:
 
-  >>> backbone = TensorParallelBackbone(model_parallel=1, vocab_size=16, num_layers=1,
-  ...                                   hidden_dim=8, num_heads=2, intermediate_dim=16)
-  >>> backbone({"token_ids": np.zeros((1, 3), "int32")}).shape
-  TensorShape([1, 3, 8])
+  ```python
+  import numpy as np
+  from tfllm.models.tensor_parallel import TensorParallelBackbone
+
+  backbone = TensorParallelBackbone(model_parallel=1, vocab_size=16, num_layers=1,
+                                    hidden_dim=8, num_heads=2, intermediate_dim=16)
+  assert backbone({"token_ids": np.zeros((1, 3), "int32")}).shape == (1, 3, 8)
+  ```
   """
 
   def __init__(self, model_parallel=1, **kwargs):
@@ -111,11 +115,16 @@ class TensorParallelCausalLM(keras.Model):
 
   Example:
 
-  >>> backbone = TensorParallelBackbone(model_parallel=1, vocab_size=16, num_layers=1,
-  ...                                   hidden_dim=8, num_heads=2, intermediate_dim=16)
-  >>> model = TensorParallelCausalLM(backbone)
-  >>> [t.shape for t in model({"token_ids": np.zeros((1, 3), "int32")})]
-  [TensorShape([1, 3, 16])]
+  ```python
+  import numpy as np
+  from tfllm.models.tensor_parallel import TensorParallelBackbone, TensorParallelCausalLM
+
+  backbone = TensorParallelBackbone(model_parallel=1, vocab_size=16, num_layers=1,
+                                    hidden_dim=8, num_heads=2, intermediate_dim=16)
+  model = TensorParallelCausalLM(backbone)
+  shard_logits = model({"token_ids": np.zeros((1, 3), "int32")})
+  assert [tuple(logits.shape) for logits in shard_logits] == [(1, 3, 16)]
+  ```
   """
 
   def __init__(self, backbone: TensorParallelBackbone, tie_embeddings=True, **kwargs):

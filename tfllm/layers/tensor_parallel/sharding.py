@@ -1,0 +1,142 @@
+"""Tensor-parallel groundwork: the group's devices, weight (un)sharding, the partial-sum
+reduce and `ShardedLayer`, the base of every sharded layer (layout: the package docstring)."""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfllm.config import ConfigError
+
+
+def tensor_parallel_devices(degree: int) -> List[str]:
+  """The first `degree` local GPUs, or logical CPU devices on a machine without GPUs.
+
+  Raises:
+    ConfigError: `degree` < 1, or more devices than this machine has.
+  """
+  degree = int(degree)
+  if degree < 1:
+    raise ConfigError(f"config.train.model_parallel={degree} must be >= 1")
+  gpus = [device.name for device in tf.config.list_logical_devices("GPU")]
+  devices = gpus or [device.name for device in tf.config.list_logical_devices("CPU")]
+  if degree > len(devices):
+    kind = "GPUs" if gpus else "logical CPU devices (no GPUs; split the CPU into more)"
+    raise ConfigError(f"config.train.model_parallel={degree} needs {degree} devices but this "
+                      f"machine has {len(devices)} {kind}")
+  return devices[:degree]
+
+
+def check_degree(degree: int, num_heads: int, num_kv_heads: int, intermediate_dim: int,
+                 vocab_size: int) -> None:
+  """Raises a one-line `ConfigError` when `degree` does not divide a sharded dimension."""
+  for key, size in (("num_heads", num_heads), ("num_kv_heads", num_kv_heads),
+                    ("intermediate_dim", intermediate_dim), ("vocab_size", vocab_size)):
+    if int(size) % int(degree):
+      divisors = [d for d in range(1, int(size) + 1) if size % d == 0 and d <= 64]
+      raise ConfigError(f"config.train.model_parallel={degree} does not divide "
+                        f"config.model.{key}={size}; use one of: "
+                        f"{', '.join(map(str, divisors))}")
+
+
+def sum_partials(partials: Sequence[tf.Tensor], device: str) -> tf.Tensor:
+  """The sum of the shards' partial outputs, formed on `device` (the group's first).
+
+  This is the all-reduce of a row-parallel layer, done as a reduce onto one device; each
+  shard's next column-parallel layer reads the result from there (TF copies it over).
+  """
+  with tf.device(device):
+    return tf.add_n(list(partials))
+
+
+def variable_bytes_by_device(variables) -> Dict[str, int]:
+  """Bytes of `variables` per device they actually live on (`variable.value.device`)."""
+  totals: Dict[str, int] = {}
+  for variable in variables:
+    value = getattr(variable, "value", variable)
+    device = tf.DeviceSpec.from_string(value.device).to_string() or "unplaced"
+    size = math.prod(int(d) for d in variable.shape) * tf.as_dtype(variable.dtype).size
+    totals[device] = totals.get(device, 0) + size
+  return totals
+
+
+def split_sections(size: int, sections: Sequence[int] | None) -> List[int]:
+  """The sizes of the separately split parts of an axis of `size`: `sections`, or all of it."""
+  return list(sections) if sections else [size]
+
+
+def shard_value(value: np.ndarray, degree: int, axis: int,
+                sections: Sequence[int] | None = None) -> List[np.ndarray]:
+  """Splits an unsharded weight into `degree` shards along `axis`.
+
+  `sections` are the sizes of consecutive parts of that axis that are split separately
+  (the fused QKV kernel's `[Q | K | V]` columns): shard `i` is the concatenation of the
+  `i`-th piece of every section.
+  """
+  value = np.asarray(value)
+  parts = np.split(value, np.cumsum(split_sections(value.shape[axis], sections))[:-1], axis)
+  pieces = [np.split(part, degree, axis) for part in parts]
+  return [np.concatenate([piece[i] for piece in pieces], axis) for i in range(degree)]
+
+
+def unshard_values(shards: Sequence[np.ndarray], axis: int,
+                   sections: Sequence[int] | None = None) -> np.ndarray:
+  """The inverse of `shard_value`: the unsharded weight from its shards."""
+  degree = len(shards)
+  size = sum(np.asarray(shard).shape[axis] for shard in shards)
+  local = [s // degree for s in split_sections(size, sections)]
+  split_shards = [np.split(np.asarray(shard), np.cumsum(local)[:-1], axis) for shard in shards]
+  return np.concatenate([np.concatenate([parts[s] for parts in split_shards], axis)
+                         for s in range(len(local))], axis)
+
+
+class ShardedLayer(keras.layers.Layer):
+  """Base of the sharded layers: holds `devices`; subclasses build one sublayer per device.
+
+  Args:
+    devices: the `N` device names of the tensor-parallel group (shard `i` lives on
+      `devices[i]`).
+
+  Example:
+
+  ```python
+  from tfllm.layers.tensor_parallel import ShardedLayer
+
+  layer = ShardedLayer(devices=["/CPU:0", "/CPU:0"])
+  assert layer.degree == 2 and layer.local_size("num_heads", 8) == 4
+  ```
+  """
+
+  def __init__(self, devices, **kwargs):
+    super().__init__(**kwargs)
+    self.devices = [str(device) for device in devices]
+    if not self.devices:
+      raise ValueError("a tensor-parallel layer needs at least one device")
+
+  @property
+  def degree(self) -> int:
+    return len(self.devices)
+
+  def local_size(self, name: str, size: int) -> int:
+    """`size / N`, the part of dimension `name` one shard holds; `N` must divide it."""
+    if size % self.degree:
+      raise ValueError(f"{self.name}: {self.degree} devices do not divide {name}={size}")
+    return size // self.degree
+
+  def build_shards(self, make_shard, input_shape):
+    """`self.shards[i] = make_shard(i)`, built on `devices[i]` (its variables live there)."""
+    self.shards = []
+    for i, device in enumerate(self.devices):
+      shard = make_shard(i)
+      with tf.device(device):
+        shard.build(input_shape)
+      self.shards.append(shard)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(devices=list(self.devices))
+    return config

@@ -1,0 +1,195 @@
+"""Vocabulary-parallel layers: the token embedding, the tied or untied logits projection and
+the cross-entropy over sharded logits, so `[batch, seq, vocab]` logits never meet on one device."""
+
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import keras
+import tensorflow as tf
+
+from tfllm.layers.initializers import clone_initializer
+from tfllm.layers.tensor_parallel.sharding import ShardedLayer, sum_partials
+
+
+@keras.saving.register_keras_serializable(package="tfllm")
+class VocabParallelEmbedding(ShardedLayer):
+  """Token embedding with its vocabulary rows split over `devices`; also the tied logits.
+
+  Shard `i` is a `keras.layers.Embedding` of rows `i*V/N ... (i+1)*V/N - 1` on `devices[i]`
+  (its variable is named `embeddings`, so AdamW's embedding rules apply to it as to the
+  unsharded table). A lookup takes each id's row from the shard that owns it (zeros from
+  the others) and sums the shards' results; the reverse projection returns the shards'
+  logits unjoined, for `vocab_parallel_cross_entropy`.
+
+  Args:
+    input_dim: vocabulary size `V` (divisible by `N`).
+    output_dim: hidden size.
+    devices: the `N` device names of the tensor-parallel group.
+    embeddings_initializer: initializer of the table (each shard gets a clone).
+
+  Call arguments:
+    inputs: int `[batch, seq]` token ids, or with `reverse=True` hidden states
+      `[..., output_dim]`.
+    reverse: if True, returns a list of `N` float32 logits `[..., V / N]`, shard `i`'s on
+      `devices[i]`.
+
+  Returns:
+    `[batch, seq, output_dim]` embeddings, or the list of shard logits.
+
+  Example:
+
+  ```python
+  import numpy as np
+  from tfllm.layers.tensor_parallel import VocabParallelEmbedding
+
+  layer = VocabParallelEmbedding(10, 4, devices=["/CPU:0", "/CPU:0"])
+  assert layer(np.array([[1, 7]])).shape == (1, 2, 4)
+  shard_logits = layer(np.zeros((1, 2, 4), "float32"), reverse=True)
+  assert [tuple(logits.shape) for logits in shard_logits] == [(1, 2, 5), (1, 2, 5)]
+  ```
+  """
+
+  def __init__(self, input_dim, output_dim, devices, embeddings_initializer="uniform",
+               **kwargs):
+    super().__init__(devices, **kwargs)
+    self.input_dim = int(input_dim)
+    self.output_dim = int(output_dim)
+    self.local_vocab = self.local_size("input_dim (vocab_size)", self.input_dim)
+    self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+
+  def build(self, input_shape=None):
+    self.build_shards(lambda i: keras.layers.Embedding(
+        self.local_vocab, self.output_dim,
+        embeddings_initializer=clone_initializer(self.embeddings_initializer),
+        dtype=self.dtype_policy, name=f"shard_{i}"), (None, None))
+    self.built = True
+
+  def call(self, inputs, reverse=False):
+    if reverse:
+      return self.logits(inputs)
+    token_ids = tf.cast(inputs, tf.int32)
+    partials = []
+    for i, (shard, device) in enumerate(zip(self.shards, self.devices)):
+      with tf.device(device):
+        local = token_ids - i * self.local_vocab
+        owned = tf.logical_and(local >= 0, local < self.local_vocab)
+        rows = tf.gather(tf.cast(shard.embeddings, self.compute_dtype),
+                         tf.where(owned, local, 0))
+        partials.append(rows * tf.cast(owned, self.compute_dtype)[..., None])
+    return sum_partials(partials, self.devices[0])
+
+  def logits(self, hidden) -> List[tf.Tensor]:
+    """Tied logits `[..., V / N]` per shard, float32 (matmul in the compute dtype)."""
+    outputs = []
+    for shard, device in zip(self.shards, self.devices):
+      with tf.device(device):
+        table = tf.cast(shard.embeddings, self.compute_dtype)
+        outputs.append(tf.cast(tf.matmul(tf.cast(hidden, self.compute_dtype), table,
+                                         transpose_b=True), tf.float32))
+    return outputs
+
+  def compute_output_shape(self, input_shape, reverse=False):
+    if reverse:
+      return [(*input_shape[:-1], self.local_vocab)] * self.degree
+    return (*input_shape, self.output_dim)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(input_dim=self.input_dim, output_dim=self.output_dim,
+                  embeddings_initializer=keras.initializers.serialize(
+                      self.embeddings_initializer))
+    return config
+
+
+@keras.saving.register_keras_serializable(package="tfllm")
+class VocabParallelProjection(ShardedLayer):
+  """An untied, bias-free vocabulary projection (Llama's) split by output columns.
+
+  Args:
+    units: vocabulary size `V` (divisible by `N`).
+    devices: the `N` device names of the tensor-parallel group.
+    kernel_initializer: initializer of the kernel (each shard gets a clone).
+
+  Call arguments:
+    inputs: `[..., hidden]`.
+
+  Returns:
+    A list of `N` float32 logits `[..., V / N]`, shard `i`'s on `devices[i]`.
+
+  Example:
+
+  ```python
+  import numpy as np
+  from tfllm.layers.tensor_parallel import VocabParallelProjection
+
+  layer = VocabParallelProjection(10, devices=["/CPU:0", "/CPU:0"])
+  shard_logits = layer(np.zeros((1, 2, 4), "float32"))
+  assert [tuple(logits.shape) for logits in shard_logits] == [(1, 2, 5), (1, 2, 5)]
+  ```
+  """
+
+  def __init__(self, units, devices, kernel_initializer="glorot_uniform", **kwargs):
+    super().__init__(devices, **kwargs)
+    self.units = int(units)
+    self.local_units = self.local_size("units (vocab_size)", self.units)
+    self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+  def build(self, input_shape):
+    self.build_shards(lambda i: keras.layers.Dense(
+        self.local_units, use_bias=False, dtype=self.dtype_policy,
+        kernel_initializer=clone_initializer(self.kernel_initializer), name=f"shard_{i}"),
+                       input_shape)
+    self.built = True
+
+  def call(self, inputs):
+    outputs = []
+    for shard, device in zip(self.shards, self.devices):
+      with tf.device(device):
+        outputs.append(tf.cast(shard(inputs), tf.float32))
+    return outputs
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(units=self.units,
+                  kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
+    return config
+
+
+def vocab_parallel_cross_entropy(shard_logits: Sequence[tf.Tensor], labels: tf.Tensor,
+                                 devices: Sequence[str]) -> tf.Tensor:
+  """Sparse softmax cross-entropy over vocabulary-sharded logits, never joining them.
+
+  Each shard reduces its own logits to three numbers per position (its max, its sum of
+  `exp(logit - max)`, and the label's logit when it owns the label); only those
+  `[batch, seq]` tensors are combined, on `devices[0]`:
+  `ce = log(sum_i sumexp_i) + max - logit[label]`. The max is a constant for the gradient
+  (it cancels out of the loss), so the gradient is exactly `softmax - onehot` per shard.
+
+  Args:
+    shard_logits: `N` float logits `[..., V / N]`, shard `i` on `devices[i]`.
+    labels: int `[...]` in `[0, V)`.
+    devices: the `N` devices.
+
+  Returns:
+    float32 `[...]` per-position cross-entropy, on `devices[0]`.
+  """
+  labels = tf.cast(labels, tf.int32)
+  local_vocab = shard_logits[0].shape[-1]
+  batch_dims = labels.shape.rank
+  maxes, sums, targets = [], [], []
+  for logits, device in zip(shard_logits, devices):
+    with tf.device(device):
+      maxes.append(tf.reduce_max(tf.stop_gradient(tf.cast(logits, tf.float32)), axis=-1))
+  with tf.device(devices[0]):
+    global_max = tf.reduce_max(tf.stack(maxes), axis=0)
+  for i, (logits, device) in enumerate(zip(shard_logits, devices)):
+    with tf.device(device):
+      logits = tf.cast(logits, tf.float32)
+      sums.append(tf.reduce_sum(tf.exp(logits - global_max[..., None]), axis=-1))
+      local = labels - i * local_vocab
+      owned = tf.logical_and(local >= 0, local < local_vocab)
+      picked = tf.gather(logits, tf.where(owned, local, 0), batch_dims=batch_dims)
+      targets.append(tf.where(owned, picked, 0.0))
+  with tf.device(devices[0]):
+    return tf.math.log(tf.add_n(sums)) + global_max - tf.add_n(targets)

@@ -70,6 +70,37 @@ def _check_data(section):
   augment.check_augment(section.augment)
 
 
+# Tasks whose examples are padded (not packed): length buckets apply to them.
+CLASSIFICATION_TASKS = ("sequence_classification", "token_classification")
+
+
+def check_bucket_lengths(config) -> None:
+  """Cross-section rule (`data` and `task`): raises ConfigError unless
+  `config.data.bucket_lengths` suits the task and the sequence length."""
+  buckets = tuple(config.data.bucket_lengths)
+  if not buckets:
+    return
+  task = config.task.name
+  # multi_task: every head is a classification task (`multitask_data` checks them).
+  if task not in CLASSIFICATION_TASKS + ("multi_task",):
+    raise ConfigError(f"config.data.bucket_lengths={buckets} applies to "
+                      f"{' and '.join(CLASSIFICATION_TASKS)}; task {task} packs full-length "
+                      "blocks (set it to ())")
+  if (list(buckets) != sorted(set(buckets)) or buckets[0] < 1
+      or buckets[-1] >= config.data.sequence_length):
+    raise ConfigError(f"config.data.bucket_lengths={buckets} is not accepted; give increasing "
+                      f"lengths from 1 to below config.data.sequence_length="
+                      f"{config.data.sequence_length}")
+
+
+def check_context_tokens(config) -> None:
+  """Cross-section rule (`data` and `task`): raises ConfigError unless
+  `config.data.context_tokens` suits the task."""
+  if config.data.context_tokens and config.task.name != "token_classification":
+    raise ConfigError(f"config.data.context_tokens={config.data.context_tokens} applies to "
+                      f"token_classification, not task {config.task.name} (set it to 0)")
+
+
 SCHEMAS = {
     "data": SectionSchema(
         _data_defaults,

@@ -101,6 +101,30 @@ def check_context_tokens(config) -> None:
                       f"token_classification, not task {config.task.name} (set it to 0)")
 
 
+def check_augment_task(config) -> None:
+  """Cross-section rule (`data` and `task`): raises ConfigError unless the augmentation
+  methods suit `config.task.name`."""
+  section = config.data.get("augment")
+  if not (section and section.methods):
+    return
+  fitting = {"sequence_classification": augment.TEXT_METHODS,
+             "token_classification": augment.TAGGING_METHODS}.get(config.task.name, ())
+  for method in tuple(section.methods):
+    if method not in fitting:
+      raise ConfigError(f"config.data.augment.methods holds {method!r}, which does not apply "
+                        f"to task {config.task.name}; accepted: {', '.join(fitting) or 'none'}")
+
+
+def check_with_task(config) -> None:
+  """The `data` section's rules that read `task` too (run by `tfllm.config.validate` once
+  every section is checked on its own)."""
+  if "task" not in config:
+    return
+  check_bucket_lengths(config)
+  check_context_tokens(config)
+  check_augment_task(config)
+
+
 SCHEMAS = {
     "data": SectionSchema(
         _data_defaults,
@@ -109,7 +133,7 @@ SCHEMAS = {
                 "train_examples": (0, None), "train_examples_seed": (0, None),
                 "mlm_probability": (0.0, 1.0), "max_predictions": (1, None),
                 **augment.AUGMENT_RANGES},
-        check=_check_data),
+        check=_check_data, config_check=check_with_task),
     "tokenizer": SectionSchema(
         _tokenizer_defaults,
         choices={"type": ("word_piece", "sentence_piece", "byte"),

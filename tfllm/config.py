@@ -69,15 +69,18 @@ class SectionSchema:
     check: optional callable(section ConfigDict) -> None raising ConfigError for rules
       that involve several keys.
     entry_schemas: key path of an open dict -> SectionSchema of its entries.
+    config_check: optional callable(whole config) -> None raising ConfigError for rules
+      that involve other sections too; runs after every section passed its own checks.
   """
 
   def __init__(self, defaults: Callable[[], Dict[str, Any]], choices=None, ranges=None,
-               check=None, entry_schemas=None):
+               check=None, entry_schemas=None, config_check=None):
     self.defaults = defaults
     self.choices = dict(choices or {})
     self.ranges = dict(ranges or {})
     self.check = check
     self.entry_schemas = dict(entry_schemas or {})
+    self.config_check = config_check
 
 
 def _is_mapping(value):
@@ -156,6 +159,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _validate_section(f"{name}.", config[name], schema.defaults(), schema)
     if schema.check:
       schema.check(config[name])
+  for name, module_name, section in _SECTIONS:
+    schema = _section_schema(module_name, section)
+    if name in config and schema.config_check:
+      schema.config_check(config)
   return config
 
 

@@ -18,6 +18,7 @@ import tensorflow as tf
 from tfllm import export
 from tfllm.export import latency, tf_only, warmup
 from tfllm.export import signatures as signatures_lib
+from tfllm.tagging import spans as spans_lib
 from tfllm.models import generation
 from tests.export.conftest import NER_TAGS, VOCABULARY, served, strings
 from tests.finetune.test_tag_decoding import reference_viterbi
@@ -141,7 +142,7 @@ def _classifier_expected(model, tokenizer, texts):
 
 
 def _examples(texts):
-  return strings([signatures_lib._serialized_example("text", t) for t in texts])
+  return strings([signatures_lib.serialized_example("text", t) for t in texts])
 
 
 @pytest.mark.slow
@@ -281,11 +282,11 @@ def test_token_classifier_serves_iob2_viterbi_decoding(exports, tmp_path):
 
 
 def test_entity_spans_decode_bio():
-  type_of, begins, types = signatures_lib.tag_spans(NER_TAGS)
+  type_of, begins, types = spans_lib.tag_spans(NER_TAGS)
   tag_rows = [["B-PER", "I-PER", "O", "B-LOC"], ["I-LOC", "I-LOC", "B-LOC", "I-PER"],
               ["O", "O", "O", "O"]]
   ids = tf.constant([[NER_TAGS.index(t) for t in row] for row in tag_rows])
-  kinds, starts, ends, counts = signatures_lib.entity_spans(
+  kinds, starts, ends, counts = spans_lib.entity_spans(
       ids, tf.constant([4, 4, 2]), type_of, begins)
   for row, tags in enumerate(tag_rows):
     k = int(counts[row])

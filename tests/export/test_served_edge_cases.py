@@ -65,7 +65,7 @@ def _requests(path, config):
 
     def with_texts(texts, name=name, warm=warm):
       if name == "inputs":  # serve_examples: tf.Example protos
-        texts = [signatures_lib._serialized_example(config.data.text_feature, t)  # pylint: disable=protected-access
+        texts = [signatures_lib.serialized_example(config.data.text_feature, t)
                  for t in texts]
       return dict(warm, **{name: strings(texts)})
 

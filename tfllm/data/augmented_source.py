@@ -30,8 +30,10 @@ import numpy as np
 import tensorflow as tf
 
 from tfllm import model_dir
-from tfllm.config import ConfigError
 from tfllm.data import augment, sources, train_subset
+# The rule lives with the schema (a cross-section check run by `tfllm.config.validate`);
+# `check_task` is the name the trainer and `augmented_source` call it by.
+from tfllm.data.config import check_augment_task as check_task
 
 CACHE_FOLDER = "tfllm_augment"
 TEXT_METHODS, TAGGING_METHODS = augment.TEXT_METHODS, augment.TAGGING_METHODS
@@ -40,19 +42,6 @@ TEXT_METHODS, TAGGING_METHODS = augment.TEXT_METHODS, augment.TAGGING_METHODS
 def enabled(data_config) -> bool:
   section = data_config.get("augment")
   return bool(section and section.methods)
-
-
-def check_task(config) -> None:
-  """Raises ConfigError unless the augmentation methods suit `config.task.name`."""
-  if not enabled(config.data):
-    return
-  methods = tuple(config.data.augment.methods)
-  fitting = {"sequence_classification": TEXT_METHODS,
-             "token_classification": TAGGING_METHODS}.get(config.task.name, ())
-  for method in methods:
-    if method not in fitting:
-      raise ConfigError(f"config.data.augment.methods holds {method!r}, which does not apply "
-                        f"to task {config.task.name}; accepted: {', '.join(fitting) or 'none'}")
 
 
 def _settings(config, split: str) -> dict:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import keras_hub
 import numpy as np
 
-from tfllm.data.tokenizers import ByteLevelTokenizer, _sentence_piece_proto
+from tfllm.data.tokenizers import ByteLevelTokenizer, sentence_piece_proto
 
 # SentencePiece's default decoding of an unknown piece (`unk_surface`): " \u2047 ".
 _SENTENCE_PIECE_UNK_CHARACTERS = 3
@@ -75,7 +75,7 @@ def _word_piece(tokenizer: keras_hub.tokenizers.WordPieceTokenizer) -> np.ndarra
 def _sentence_piece(tokenizer: keras_hub.tokenizers.SentencePieceTokenizer) -> np.ndarray:
   import sentencepiece  # pylint: disable=g-import-not-at-top
   processor = sentencepiece.SentencePieceProcessor(
-      model_proto=_sentence_piece_proto(tokenizer))
+      model_proto=sentence_piece_proto(tokenizer))
   counts = np.zeros([processor.get_piece_size()], np.int32)
   for i in range(processor.get_piece_size()):
     if processor.is_control(i) or processor.is_unused(i):

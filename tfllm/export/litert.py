@@ -5,7 +5,7 @@ The `.tflite` model takes token ids, not text: TF-Text's WordPiece op
 (`SELECT_TF_OPS`) op, so a string-in graph does not convert (`ERROR_NEEDS_CUSTOM_OPS`;
 docs/stack.md). Tokenization is the documented preprocessing step instead: the tokenizer
 ships beside the model and `LiteRTClassifier` runs the same encoder as the served
-SavedModel (`tfllm.export.signatures.TextEncoder` / `WordEncoder`).
+SavedModel (`tfllm.export.heads.TextEncoder` / `WordEncoder`).
 
 Layout of `<export_dir>/<version>/`:
   model.tflite   inputs `token_ids`, `padding_mask` (int32 `[batch, sequence_length]`, mask
@@ -36,6 +36,7 @@ from tfllm import config as config_lib
 from tfllm import model_dir as model_dir_lib
 from tfllm.data import tokenizers
 from tfllm.export import saved_model
+from tfllm.export import heads
 from tfllm.export import signatures as signatures_lib
 from tfllm.models.config import tag_decoding
 
@@ -157,7 +158,7 @@ def export_litert(model, tokenizer, config, export_dir: str, version: Optional[i
                                   "overwrite")
   flatbuffer = convert(model, task, length, quantize, representative)
   special = tokenizers.special_token_ids(tokenizer)
-  info = dict(task=task, labels=list(signatures_lib.label_names(config.task)),
+  info = dict(task=task, labels=list(heads.label_names(config.task)),
               decoding=tag_decoding(config.task) if task == "token_classification" else "",
               sequence_length=length, quantize=quantize, inputs=list(INPUTS),
               output=_output_name(task), vocabulary_size=int(tokenizer.vocabulary_size()),
@@ -201,18 +202,14 @@ class LiteRTClassifier:
     self.runner = self.interpreter.get_signature_runner()
     self.tokenizer = tokenizers.load_tokenizer(os.path.join(path, "tokenizer"))
     self.sequence_length = int(self.info["sequence_length"])
-    special = self.info["special_token_ids"]
-    cls, sep, pad = special["cls"], special["sep"], special["pad"]
     if self.info["task"] == "sequence_classification":
-      self.outputs = signatures_lib.LabelOutputs(self.info["labels"])
-      self.encoder = signatures_lib.TextEncoder(self.tokenizer, cls, sep, pad,
-                                                self.sequence_length)
+      self.outputs = heads.LabelOutputs(self.info["labels"])
     else:
-      self.outputs = signatures_lib.TagOutputs(self.info["labels"], self.info["decoding"])
-      self.encoder = signatures_lib.WordEncoder(self.tokenizer, cls, sep, pad,
-                                                special.get("unk", pad), self.sequence_length)
+      self.outputs = heads.TagOutputs(self.info["labels"], self.info["decoding"])
+    # The served encoder over the exported tokenizer (its special ids are the info file's).
+    self.encoder = self.outputs.encoder(self.tokenizer, self.sequence_length)
     # In a graph, as in serving (eager keras-hub tokenizers return Python lists).
-    self._encode = tf.function(lambda text: self.encoder(signatures_lib.sanitize_text(text)))
+    self._encode = tf.function(lambda text: self.encoder(heads.sanitize_text(text)))
 
   def encode(self, texts: Sequence):
     """The preprocessing step: strings -> (`{token_ids, padding_mask}` int32 NumPy

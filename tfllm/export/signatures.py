@@ -16,9 +16,10 @@ so no served input can fail the graph or grow its cost without bound.
   multi_task               <head>(text) -> what that head's task serves from serving_default
                            serving_default(text) -> every head's outputs as `<head>_<output>`
 
-What a classification or tagging head computes (text -> features as in training, logits ->
-outputs) lives in `TextEncoder`/`WordEncoder` and `LabelOutputs`/`TagOutputs`, which the
-single-task and the multi-task signatures share.
+Text becomes features through the task's preprocessor (`tfllm.data.preprocessors`), the
+object the training pipeline maps with, so serving cannot drift from training. What a
+classification or tagging head computes (encoders and outputs, shared by the single-task and
+the multi-task signatures) lives in `tfllm.export.heads`.
 
 `docs/serving.md` documents shapes, padding values and REST requests.
 """
@@ -27,32 +28,17 @@ from __future__ import annotations
 
 from typing import Dict, Sequence, Tuple
 
-import keras_hub
 import numpy as np
 import tensorflow as tf
 
 from tfllm.config import ConfigError
-from tfllm.data import pipelines
-from tfllm.data.tokenizers import special_token_ids
-from tfllm.finetune.tag_decoding import decode_word_tags
+from tfllm.data.preprocessors import CausalLMPreprocessor, MaskedLMPreprocessor
+from tfllm.export.heads import head_outputs, sanitize_text
 from tfllm.models import generation
-from tfllm.models.config import tag_decoding
 
 TEXT = tf.TensorSpec([None], tf.string)
 # Method name that lets TF Serving's Classify API (and Predict) use `serve_examples`.
 CLASSIFY_METHOD_NAME = "tensorflow/serving/classify"
-
-
-def sanitize_text(text):
-  """Replaces invalid UTF-8 bytes with U+FFFD, so tokenizers never see malformed input."""
-  return tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace")
-
-
-def label_names(section) -> Tuple[str, ...]:
-  """Class or tag names of a task or head section: its `labels`, else `"0" ... "n-1"`."""
-  if section.labels:
-    return tuple(str(label) for label in section.labels)
-  return tuple(str(i) for i in range(section.num_classes))
 
 
 def _maybe_jit(function, jit_compile: bool):
@@ -60,13 +46,12 @@ def _maybe_jit(function, jit_compile: bool):
 
 
 class _Signatures:
-  """Common parts: model, tokenizer, special ids, the forward pass (XLA or not)."""
+  """Common parts: model, tokenizer, sequence length, the forward pass (XLA or not)."""
 
   def __init__(self, model, tokenizer, config):
     self.model = model
     self.tokenizer = tokenizer
     self.config = config
-    self.special = special_token_ids(tokenizer)
     self.jit_compile = bool(config.export.jit_compile)
     self.sequence_length = int(config.export.sequence_length or config.data.sequence_length)
     limit = model.backbone.max_sequence_length
@@ -76,22 +61,6 @@ class _Signatures:
                         "config.data.sequence_length")
     self._forward = _maybe_jit(lambda features: self.model(features, training=False),
                                self.jit_compile)
-
-  def _special(self, *roles):
-    missing = [role for role in roles if role not in self.special]
-    if missing:
-      raise ValueError(f"the tokenizer has no {', '.join(missing)} token; serving "
-                       f"{self.config.task.name} needs {', '.join(roles)}")
-    return tuple(self.special[role] for role in roles)
-
-  def _encoder(self, kind):
-    """A `TextEncoder` or `WordEncoder` over this tokenizer and sequence length."""
-    cls, sep, pad = self._special("cls", "sep", "pad")
-    if kind is WordEncoder:
-      # Byte-level vocabularies have no unk (every word has bytes); pad stands in, never used.
-      return WordEncoder(self.tokenizer, cls, sep, pad, self.special.get("unk", pad),
-                         self.sequence_length)
-    return TextEncoder(self.tokenizer, cls, sep, pad, self.sequence_length)
 
   def functions(self) -> Dict[str, tf.types.experimental.GenericFunction]:
     raise NotImplementedError
@@ -116,8 +85,8 @@ class CausalLMSignatures(_Signatures):
 
   def __init__(self, model, tokenizer, config):
     super().__init__(model, tokenizer, config)
-    (self.eos,) = self._special("eos")
-    self.pad = self.special.get("pad", 0)
+    preprocessor = CausalLMPreprocessor(tokenizer, purpose="serving causal_lm")
+    self.eos, self.pad = preprocessor.eos_id, preprocessor.pad_id
     self.max_length = int(config.export.max_length or model.backbone.max_sequence_length)
     limit = model.backbone.max_sequence_length
     if not 2 <= self.max_length <= limit:
@@ -183,184 +152,10 @@ def _text_feature_spec(config):
   return {config.data.text_feature: tf.io.FixedLenFeature([], tf.string, default_value="")}
 
 
-def _serialized_example(feature_name: str, text: bytes) -> bytes:
+def serialized_example(feature_name: str, text: bytes) -> bytes:
   feature = tf.train.Feature(bytes_list=tf.train.BytesList(value=[text]))
   example = tf.train.Example(features=tf.train.Features(feature={feature_name: feature}))
   return example.SerializeToString()
-
-
-def tag_spans(tags: Sequence[str]):
-  """Per tag id: `(entity type index or -1 for O, begins an entity)` and the type names.
-
-  `B-X` begins an entity of type X, `I-X` continues one (or begins it after another type),
-  `O` is outside; a tag without a `B-`/`I-` prefix is its own type (runs of it are spans).
-  """
-  types, type_of, begins = [], [], []
-  for tag in tags:
-    if tag == "O":
-      type_of.append(-1)
-      begins.append(False)
-      continue
-    prefix, _, name = tag.partition("-")
-    if prefix in ("B", "I") and name:
-      begins.append(prefix == "B")
-    else:
-      name = tag
-      begins.append(False)
-    if name not in types:
-      types.append(name)
-    type_of.append(types.index(name))
-  return tuple(type_of), tuple(begins), tuple(types)
-
-
-def entity_spans(tag_ids, num_words, type_of, begins):
-  """Entities of padded word tags as padded `(type index, start, end)`, end exclusive.
-
-  Args:
-    tag_ids: int32 `[batch, words]` (values past `num_words` are ignored).
-    num_words: int32 `[batch]`.
-    type_of, begins: per tag id, from `tag_spans`.
-
-  Returns:
-    `(types, starts, ends)` int32 `[batch, max entities]` padded with -1, and
-    `num_entities [batch]`.
-  """
-  batch, width = tf.shape(tag_ids)[0], tf.shape(tag_ids)[1]
-  valid = tf.range(width)[None, :] < num_words[:, None]
-  types = tf.where(valid, tf.gather(tf.constant(type_of, tf.int32), tag_ids), -1)
-  begin = tf.logical_and(valid, tf.gather(tf.constant(begins), tag_ids))
-  previous = tf.pad(types[:, :-1], [[0, 0], [1, 0]], constant_values=-1)
-  starts = tf.logical_and(types >= 0, tf.logical_or(begin, previous != types))
-  inside = types >= 0  # every typed word is a start or continues the entity before it
-  flat_starts = tf.reshape(starts, [-1])
-  entity = tf.math.cumsum(tf.cast(flat_starts, tf.int32)) - 1
-  num_total = tf.reduce_sum(tf.cast(flat_starts, tf.int32))
-  positions = tf.reshape(tf.tile(tf.range(width)[None, :], [batch, 1]), [-1])
-  in_flat = tf.reshape(inside, [-1])
-  ends = tf.math.unsorted_segment_max(tf.boolean_mask(positions + 1, in_flat),
-                                      tf.boolean_mask(entity, in_flat), num_total)
-  rows = tf.boolean_mask(tf.reshape(tf.tile(tf.range(batch)[:, None], [1, width]), [-1]),
-                         flat_starts)
-  ragged = lambda values: tf.RaggedTensor.from_value_rowids(  # noqa: E731
-      values, rows, nrows=batch).to_tensor(default_value=-1)
-  num_entities = tf.math.bincount(rows, minlength=batch, maxlength=batch, dtype=tf.int32)
-  return (ragged(tf.boolean_mask(tf.reshape(types, [-1]), flat_starts)),
-          ragged(tf.boolean_mask(positions, flat_starts)), ragged(ends), num_entities)
-
-
-class TextEncoder:
-  """Text -> `[CLS] pieces [SEP]` features, as `pipelines.sequence_classification_dataset`
-  builds them (what a classification head was trained on); longer texts are truncated.
-
-  Call: sanitized text `[batch]` -> `(features, {})`.
-  """
-
-  def __init__(self, tokenizer, cls, sep, pad, sequence_length):
-    self.tokenizer = tokenizer
-    self.packer = keras_hub.layers.StartEndPacker(
-        sequence_length, start_value=cls, end_value=sep, pad_value=pad,
-        return_padding_mask=True)
-
-  def __call__(self, text):
-    token_ids, padding_mask = self.packer(tf.cast(self.tokenizer.tokenize(text), tf.int32))
-    return {"token_ids": token_ids, "padding_mask": padding_mask}, {}
-
-
-class WordEncoder:
-  """Whitespace words -> word pieces -> `[CLS] pieces [SEP]`, as
-  `pipelines.token_classification_dataset` builds them (what a tagging head was trained on).
-
-  Call: sanitized text `[batch]` -> `(features, {"words": ragged words, "first": bool
-  [batch, sequence_length], True at each word's first piece})`; words past the sequence
-  length have no first piece.
-  """
-
-  def __init__(self, tokenizer, cls, sep, pad, unk, sequence_length):
-    self.tokenizer, self.unk = tokenizer, unk
-    self.pack_ids = keras_hub.layers.StartEndPacker(
-        sequence_length, start_value=cls, end_value=sep, pad_value=pad,
-        return_padding_mask=True)
-    # Integer values: StartEndPacker rejects a float 0.0 start/end value (len() of a float).
-    self.pack_first = keras_hub.layers.StartEndPacker(sequence_length, start_value=0,
-                                                      end_value=0, pad_value=0)
-
-  def __call__(self, text):
-    words = tf.strings.split(text)
-    pieces = pipelines.word_pieces(self.tokenizer, words, self.unk)
-    piece_ids, _, _, first_piece = pipelines.align_word_tags(
-        pieces, tf.zeros_like(words, dtype=tf.int32))
-    token_ids, padding_mask = self.pack_ids(piece_ids)
-    first = self.pack_first(tf.cast(first_piece, tf.int32)) > 0
-    return ({"token_ids": token_ids, "padding_mask": padding_mask},
-            {"words": words, "first": first})
-
-
-class LabelOutputs:
-  """A classification head's served outputs: `{label, label_id, probabilities}`.
-
-  Call: logits `[batch, num_classes]` and the `TextEncoder`'s context -> outputs.
-  """
-
-  encoder = TextEncoder
-
-  def __init__(self, labels: Sequence[str]):
-    self.labels = tuple(labels)
-
-  def __call__(self, logits, encoded):
-    del encoded  # the label depends on the logits only
-    probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
-    label_id = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
-    return {"label": tf.gather(tf.constant(self.labels), label_id), "label_id": label_id,
-            "probabilities": probabilities}
-
-
-class TagOutputs:
-  """A tagging head's served outputs: one tag a word (its first piece's, decoded as
-  `decoding` says) and the entities the tags spell (see `docs/serving.md`).
-
-  Call: logits `[batch, sequence_length, num_tags]` and the `WordEncoder`'s context ->
-  `{words, tags, num_words, entity_types, entity_starts, entity_ends, num_entities}`.
-  """
-
-  encoder = WordEncoder
-
-  def __init__(self, tags: Sequence[str], decoding: str):
-    self.tags = tuple(tags)
-    self.decoding = decoding
-    self.type_of, self.begins, self.entity_types = tag_spans(self.tags)
-
-  def __call__(self, logits, encoded):
-    words, first = encoded["words"], encoded["first"]
-    piece_tags = decode_word_tags(logits, first, self.tags, self.decoding, trim=True)
-    word_tags = tf.ragged.boolean_mask(piece_tags, first)
-    num_words = tf.cast(word_tags.row_lengths(), tf.int32)
-    kept_words = tf.ragged.boolean_mask(
-        words, tf.ragged.range(words.row_lengths()) < tf.cast(num_words, tf.int64)[:, None])
-    tag_ids = word_tags.to_tensor(default_value=0)
-    types, starts, ends, num_entities = entity_spans(tag_ids, num_words, self.type_of,
-                                                     self.begins)
-    type_names = tf.constant(list(self.entity_types) + [""])
-    return {
-        "words": kept_words.to_tensor(default_value=""),
-        "tags": tf.ragged.map_flat_values(
-            tf.gather, tf.constant(self.tags), word_tags).to_tensor(default_value=""),
-        "num_words": num_words,
-        "entity_types": tf.gather(type_names, tf.where(types >= 0, types, len(self.entity_types))),
-        "entity_starts": starts,
-        "entity_ends": ends,
-        "num_entities": num_entities,
-    }
-
-
-def head_outputs(section):
-  """`LabelOutputs` or `TagOutputs` of a classification or tagging task / head section."""
-  task = section.get("task", section.get("name"))
-  if task == "sequence_classification":
-    return LabelOutputs(label_names(section))
-  if task == "token_classification":
-    return TagOutputs(label_names(section), tag_decoding(section))
-  raise ValueError(f"a {task} head has no served signature here; served heads: "
-                   "sequence_classification, token_classification")
 
 
 class _HeadSignatures(_Signatures):
@@ -369,7 +164,8 @@ class _HeadSignatures(_Signatures):
   def __init__(self, model, tokenizer, config):
     super().__init__(model, tokenizer, config)
     self.outputs = head_outputs(config.task)
-    self.encoder = self._encoder(self.outputs.encoder)
+    self.encoder = self.outputs.encoder(tokenizer, self.sequence_length,
+                                        purpose=f"serving {config.task.name}")
 
   def _serve(self, text):
     features, encoded = self.encoder(sanitize_text(text))
@@ -377,7 +173,7 @@ class _HeadSignatures(_Signatures):
 
 
 class SequenceClassifierSignatures(_HeadSignatures):
-  """`[CLS] text [SEP]` as in training (`tfllm.data.pipelines`), then softmax over labels."""
+  """`[CLS] text [SEP]` by the training preprocessor, then softmax over labels."""
 
   def functions(self):
     labels = tf.constant(self.outputs.labels)
@@ -401,13 +197,13 @@ class SequenceClassifierSignatures(_HeadSignatures):
     return {"serve_examples": CLASSIFY_METHOD_NAME}
 
   def warmup_inputs(self):
-    example = _serialized_example(self.config.data.text_feature, b"A fine film.")
+    example = serialized_example(self.config.data.text_feature, b"A fine film.")
     return {"serving_default": {"text": np.array([b"A fine film."], object)},
             "serve_examples": {"inputs": np.array([example], object)}}
 
 
 class TokenClassifierSignatures(_HeadSignatures):
-  """Whitespace words -> word pieces (as in training) -> one tag a word (its first piece's,
+  """Whitespace words -> word pieces (the training preprocessor) -> one tag a word (its first piece's,
   decoded as `config.task.decoding` says) and the entities the tags spell. Words past the
   sequence length are dropped."""
 
@@ -426,7 +222,7 @@ class TokenClassifierSignatures(_HeadSignatures):
     return {"serving_default": serving_default, "serve_examples": serve_examples}
 
   def warmup_inputs(self):
-    example = _serialized_example(self.config.data.text_feature, b"John lives in Paris")
+    example = serialized_example(self.config.data.text_feature, b"John lives in Paris")
     return {"serving_default": {"text": np.array([b"John lives in Paris"], object)},
             "serve_examples": {"inputs": np.array([example], object)}}
 
@@ -453,7 +249,7 @@ class MultiTaskSignatures(_Signatures):
         self.heads[name] = head_outputs(head)
       except ValueError as error:
         raise ConfigError(f"config.task.heads.{name}: {error}") from None
-    self.encoders = {kind: self._encoder(kind)
+    self.encoders = {kind: kind(tokenizer, self.sequence_length, purpose="serving multi_task")
                      for kind in dict.fromkeys(o.encoder for o in self.heads.values())}
     self._forwards = {}
 
@@ -510,43 +306,25 @@ class MultiTaskSignatures(_Signatures):
     return {name: dict(text) for name in ["serving_default", *self.heads]}
 
 
-MASK_TEXT = "[MASK]"
-
-
 class MaskedLMSignatures(_Signatures):
   """Text with literal `[MASK]` markers -> the top tokens and probabilities at each mask.
 
-  The text between markers is tokenized as usual and the mask id put between the pieces, so
-  `[MASK]` works whatever the tokenizer does with brackets. Masks past the sequence length
-  are dropped.
+  The preprocessor (`MaskedLMPreprocessor.fill_in`) tokenizes the text between markers as
+  usual and puts the mask id between the pieces, so `[MASK]` works whatever the tokenizer
+  does with brackets. Masks past the sequence length are dropped.
   """
 
   def __init__(self, model, tokenizer, config):
     super().__init__(model, tokenizer, config)
-    self.cls, self.sep, self.pad, self.mask = self._special("cls", "sep", "pad", "mask")
+    self.preprocessor = MaskedLMPreprocessor(tokenizer, self.sequence_length,
+                                             purpose="serving masked_lm")
     self.top_predictions = min(int(config.export.top_predictions), model.backbone.vocab_size)
     # Token names by id (get_vocabulary's type differs between tokenizers).
     self.vocabulary = [tokenizer.id_to_token(i) for i in range(tokenizer.vocabulary_size())]
-    self.packer = keras_hub.layers.StartEndPacker(
-        self.sequence_length, start_value=self.cls, end_value=self.sep, pad_value=self.pad,
-        return_padding_mask=True)
 
   def _fill(self, text):
-    segments = tf.strings.split(sanitize_text(text), sep=MASK_TEXT)   # [batch, (segments)]
-    pieces = tf.cast(self.tokenizer.tokenize(segments.flat_values), tf.int32)
-    if not isinstance(pieces, tf.RaggedTensor):
-      pieces = tf.RaggedTensor.from_tensor(pieces)
-    masks = tf.RaggedTensor.from_tensor(tf.fill([pieces.nrows(), 1], self.mask))
-    with_masks = tf.concat([pieces, masks], axis=1)                    # each segment + [MASK]
-    rows = tf.RaggedTensor.from_row_splits(with_masks, segments.row_splits).merge_dims(1, 2)
-    rows = rows[:, :-1]                                                # no mask after the last
-    token_ids, padding_mask = self.packer(rows)
-    is_mask = tf.equal(token_ids, self.mask)
-    positions = tf.ragged.boolean_mask(
-        tf.broadcast_to(tf.range(self.sequence_length), tf.shape(token_ids)), is_mask)
-    num_masks = tf.cast(positions.row_lengths(), tf.int32)
-    features = {"token_ids": token_ids, "padding_mask": padding_mask,
-                "mask_positions": positions.to_tensor(default_value=0)}
+    features, num_masks = self.preprocessor.fill_in(sanitize_text(text))
+    token_ids = features["token_ids"]
     if self.model.backbone.num_token_types:
       features["token_type_ids"] = tf.zeros_like(token_ids)
     # The head's gather fails on an empty batch (keras take_along_axis): answer it directly.

@@ -34,7 +34,7 @@ import tensorflow as tf
 from tfllm.config import ConfigError
 from tfllm.data import pipelines
 from tfllm.data.tokenizers import special_token_ids
-from tfllm.finetune.tag_decoding import decode_word_tags
+from tfllm.tagging.decoding import decode_word_tags
 from tfllm.models import generation
 from tfllm.models.config import tag_decoding
 

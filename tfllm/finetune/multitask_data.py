@@ -17,6 +17,7 @@ import ml_collections
 import tensorflow as tf
 
 from tfllm.config import ConfigError
+from tfllm.data import pipelines
 from tfllm.finetune.config import SCHEMAS as FINETUNE_SCHEMAS
 from tfllm.models.config import SCHEMAS as MODEL_SCHEMAS
 
@@ -70,7 +71,6 @@ def multitask_dataset(config, split_kind: str, tokenizer, input_context=None,
     split_kind: `train`, `eval` or `test`: which of each head's splits to read.
     tokenizer, input_context, training: as for `tfllm.data.pipelines.make_dataset`.
   """
-  from tfllm.data import pipelines  # pylint: disable=import-outside-toplevel
   if split_kind not in ("train", "eval", "test"):
     raise ValueError(f"split_kind={split_kind!r} is not accepted; use train, eval or test")
   for head_name, head in config.task.heads.items():

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from tfllm import config as config_lib
 from tfllm import models
-from tfllm.artifacts import checkpoints, load_trained_model
+from tfllm.artifacts import checkpoints, load_trained_model, read_json
 from tfllm.finetune.strategies import enable_lora
 
 from tests.training.helpers import make_trainer, tiny_config
@@ -112,3 +112,10 @@ def test_mode_eval_reads_the_best_checkpoint_and_says_which(tmp_path):
     tf.train.Checkpoint(model=other).restore(path).expect_partial()
     equal = all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(other.weights, model.weights))
     assert equal is same, path
+
+
+def test_read_json_reads_an_object_or_nothing(tmp_path):
+  path = tmp_path / "tfllm_config.json"
+  assert read_json(str(path)) == {}
+  path.write_text('{"task": {"name": "causal_lm"}}')
+  assert read_json(str(path)) == {"task": {"name": "causal_lm"}}

@@ -6,6 +6,9 @@ version directory (loaded with `tf.saved_model.load`, TF-Text's kernels register
 Either way the functions called are the ones TF Serving runs, so a prediction here is the
 prediction a server would give.
 
+This module writes the output; `tfllm.export.predict_inputs` reads the inputs and
+`tfllm.export.predictor` loads the model and chooses the signature.
+
 Inputs (`open_inputs`):
   text    one input a line;
   jsonl   one JSON object a line, the input in `text_field` (and an optional `id_field`);
@@ -39,7 +42,7 @@ import tensorflow as tf
 from tfllm import config as config_lib
 from tfllm import model_dir as model_dir_lib
 from tfllm.export.predict_inputs import (DEFAULT_ID_FIELD, SKIP_REASONS, Inputs, Item, Skip,
-                                         open_inputs)
+                                         open_inputs, python_value)
 from tfllm.export.predictor import Predictor, choose_signature, load_predictor, model_config
 
 # Count outputs and the outputs they trim: signatures pad each row to the longest of its
@@ -52,6 +55,7 @@ PADDED_OUTPUTS = {
 }
 # Keys each record starts with; a signature output of the same name would be ambiguous.
 RECORD_KEYS = ("line", "index", "id", "input")
+
 
 @dataclasses.dataclass
 class Summary:
@@ -89,7 +93,7 @@ def output_rows(outputs: Mapping[str, Any], batch: int) -> List[Dict[str, Any]]:
             for name, value in outputs.items()}
   rows = []
   for i in range(batch):
-    row = {name: _python_value(value[i] if value.ndim and value.shape[0] == batch else value)
+    row = {name: python_value(value[i] if value.ndim and value.shape[0] == batch else value)
            for name, value in arrays.items()}
     for name in list(row):
       for count_name, padded in PADDED_OUTPUTS.items():

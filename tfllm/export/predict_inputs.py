@@ -140,13 +140,13 @@ def parse_tfds_input(path: str):
   return name, split
 
 
-def _python_value(value):
+def python_value(value):
   """A numpy value as JSON-ready Python: bytes -> str, arrays -> lists, scalars -> numbers."""
   if isinstance(value, bytes):
     return value.decode("utf-8", errors="replace")
   if isinstance(value, np.ndarray):
     if value.dtype == object or value.dtype.kind == "S":
-      return [_python_value(v) for v in value]
+      return [python_value(v) for v in value]
     return value.tolist()
   if isinstance(value, np.generic):
     return value.item()
@@ -211,7 +211,7 @@ def _tfds_inputs(path: str, text_field: Optional[str], id_field: str, data_dir: 
       if isinstance(text, Skip):
         yield text
       else:
-        yield Item({"index": index}, text, _python_value(row["id"]) if has_id else None)
+        yield Item({"index": index}, text, python_value(row["id"]) if has_id else None)
 
   return Inputs(path, "examples", source.num_examples, items)
 

@@ -19,6 +19,7 @@ import tensorflow as tf
 from tfllm import finetune, models
 from tfllm import model_dir as model_dir_lib
 from tfllm.data.datasets import fetch, shakespeare
+from tfllm import export
 from tfllm.export import saved_model
 from tfllm.training import job
 from tests.training import tiny_gpt_config
@@ -112,7 +113,7 @@ def test_train_resume_eval_export_and_load_all_on_ram(empty_cwd):
   with tf.io.gfile.GFile(model_dir + "/eval_metrics.json") as f:
     assert json.load(f)["step"] == 8
 
-  version = saved_model.export_model_dir(model_dir, export_dir)
+  version = export.export_model_dir(model_dir, export_dir)
   assert version == export_dir + "/1"
   assert saved_model.existing_versions(export_dir) == [1]
   assert tf.io.gfile.listdir(export_dir) in (["1"], ["1/"])  # no staging left

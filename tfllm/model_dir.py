@@ -12,7 +12,7 @@
                       with `finetune.quantize=int8`: the quantized model's metrics, weights
 
 Training (`tfllm.training.job`) writes it; resume, export, generation and distillation
-teachers (`tfllm.finetune.load_trained_model`) read it.
+teachers (`tfllm.artifacts.load_trained_model`) read it.
 
 Model dirs, export dirs and data dirs may be any TF filesystem path (`gs://bucket/run`,
 `ram://...`, a local path): every file operation goes through `tf.io.gfile`, and every

@@ -20,8 +20,9 @@ import tensorflow_datasets as tfds
 
 from tests.export.conftest import NER_TAGS, make_model_dir
 from tfllm import config as config_lib
+from tfllm import export
 from tfllm.export import predict as predict_lib
-from tfllm.export import saved_model as saved_model_lib
+from tfllm.export import predict_inputs, predictor as predictor_lib
 
 PROGRAM = "tfllm.cli.predict"
 
@@ -89,7 +90,7 @@ def fake_predictor(fail_on_call=None):
             "num_entities": tf.constant([min(len(w), 1) for w in words], tf.int32)}
 
   serving_default.specs = {"text": tf.TensorSpec([None], tf.string, name="text")}
-  return predict_lib.Predictor({"serving_default": serving_default}, {}, "fake"), calls
+  return predictor_lib.Predictor({"serving_default": serving_default}, {}, "fake"), calls
 
 
 LINES = (b"one\n\nthree words here\n   \n\xff\xfe bad\nsix six\r\nseven")
@@ -100,7 +101,7 @@ def test_rows_do_not_depend_on_the_batch_and_skips_are_counted(tmp_path):
   outputs = []
   for batch_size in (1, 3):
     predictor, calls = fake_predictor()
-    inputs = predict_lib.open_inputs(path)
+    inputs = predict_inputs.open_inputs(path)
     output = str(tmp_path / f"out{batch_size}.jsonl")
     summary = predict_lib.predict(predictor, inputs, output, batch_size=batch_size)
     assert summary.line() == (f"4 predictions written to {output}; 3 lines skipped "
@@ -122,7 +123,7 @@ def test_a_failed_run_leaves_the_previous_output_in_place(tmp_path):
   output.write_text("the good run\n")
   predictor, _ = fake_predictor(fail_on_call=2)
   with pytest.raises(tf.errors.InternalError):
-    predict_lib.predict(predictor, predict_lib.open_inputs(path), str(output), batch_size=1)
+    predict_lib.predict(predictor, predict_inputs.open_inputs(path), str(output), batch_size=1)
   assert output.read_text() == "the good run\n"
   assert sorted(os.listdir(tmp_path)) == ["in.txt", "out.jsonl"]
 
@@ -140,41 +141,41 @@ def test_jsonl_errors_name_the_line_and_the_field(tmp_path):
     with open(path, "w", encoding="utf-8") as f:
       f.write(text)
     with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
-      predict_lib.open_inputs(path)
+      predict_inputs.open_inputs(path)
   path = write_bytes(tmp_path / "ok.jsonl", b'{"id": "a", "body": "x"}\n\n{"body": "\\udc80"}\n'
                      b'{"body": "  "}\n')
-  items = list(predict_lib.open_inputs(path, text_field="body").items())
-  assert items == [predict_lib.Item({"line": 1}, "x", "a"), predict_lib.Skip("empty"),
-                   predict_lib.Skip("invalid UTF-8"), predict_lib.Skip("empty")]
+  items = list(predict_inputs.open_inputs(path, text_field="body").items())
+  assert items == [predict_inputs.Item({"line": 1}, "x", "a"), predict_inputs.Skip("empty"),
+                   predict_inputs.Skip("invalid UTF-8"), predict_inputs.Skip("empty")]
 
 
 def test_formats_and_sources_are_checked_before_any_model_work(tmp_path):
-  assert predict_lib.resolve_format("x.JSONL") == "jsonl"
-  assert predict_lib.resolve_format("tfds:a/b") == "tfds"
-  assert predict_lib.resolve_format("x.jsonl", "text") == "text"
-  assert predict_lib.parse_tfds_input("tfds:glue/sst2:2.0.0/test[:10]") == (
+  assert predict_inputs.resolve_format("x.JSONL") == "jsonl"
+  assert predict_inputs.resolve_format("tfds:a/b") == "tfds"
+  assert predict_inputs.resolve_format("x.jsonl", "text") == "text"
+  assert predict_inputs.parse_tfds_input("tfds:glue/sst2:2.0.0/test[:10]") == (
       "glue/sst2:2.0.0", "test[:10]")
   with pytest.raises(config_lib.ConfigError, match="input_format='csv' is not accepted"):
-    predict_lib.resolve_format("x", "csv")
+    predict_inputs.resolve_format("x", "csv")
   with pytest.raises(config_lib.ConfigError, match="write tfds:NAME/SPLIT"):
-    predict_lib.parse_tfds_input("tfds:movies")
+    predict_inputs.parse_tfds_input("tfds:movies")
   with pytest.raises(config_lib.ConfigError, match="no such file"):
-    predict_lib.open_inputs(str(tmp_path / "missing.txt"))
+    predict_inputs.open_inputs(str(tmp_path / "missing.txt"))
   with pytest.raises(config_lib.ConfigError, match="got neither"):
-    predict_lib.model_config()
+    predictor_lib.model_config()
   (tmp_path / "serving" / "3").mkdir(parents=True)
   (tmp_path / "serving" / "3" / "saved_model.pb").write_bytes(b"")
   with pytest.raises(config_lib.ConfigError, match="pass .*serving/3"):
-    predict_lib.model_config(saved_model=str(tmp_path / "serving"))
+    predictor_lib.model_config(saved_model=str(tmp_path / "serving"))
 
 
 def test_generation_settings_need_a_generate_signature():
   predictor, _ = fake_predictor()
-  assert predict_lib.choose_signature(predictor, {"top_k": None}) == (
+  assert predictor_lib.choose_signature(predictor, {"top_k": None}) == (
       "serving_default", "text", {})
   with pytest.raises(config_lib.ConfigError, match="--max_new_tokens, --seed need a causal "
                      "LM .* has signatures: serving_default"):
-    predict_lib.choose_signature(predictor, {"seed": 1, "max_new_tokens": 3})
+    predictor_lib.choose_signature(predictor, {"seed": 1, "max_new_tokens": 3})
 
 
 def test_progress_bar_only_when_asked_on_a_terminal(tmp_path, capsys):
@@ -187,7 +188,7 @@ def test_progress_bar_only_when_asked_on_a_terminal(tmp_path, capsys):
   assert not predict_lib.progress_wanted(True, open(os.devnull, "w"))
   path = write_bytes(tmp_path / "in.txt", b"a\nb\n")
   for progress in (False, True):
-    predict_lib.predict(fake_predictor()[0], predict_lib.open_inputs(path),
+    predict_lib.predict(fake_predictor()[0], predict_inputs.open_inputs(path),
                         str(tmp_path / "out.jsonl"), progress=progress)
     bar = capsys.readouterr().err
     assert ("2/2" in bar) == progress, bar
@@ -219,7 +220,7 @@ def test_causal_lm_text_file_with_generation_flags(model_dirs, tmp_path):
 def classifier_export(model_dirs, tmp_path_factory):
   model_dir = model_dirs("sequence_classification")
   export_dir = str(tmp_path_factory.mktemp("predict_serving") / "sentiment")
-  return model_dir, saved_model_lib.export_model_dir(model_dir, export_dir)
+  return model_dir, export.export_model_dir(model_dir, export_dir)
 
 
 @pytest.mark.slow
@@ -269,11 +270,11 @@ def test_token_classifier_reads_a_tfds_split(model_dirs, tmp_path):
   PredictTestSentences(data_dir=data_dir).download_and_prepare()
   output = str(tmp_path / "ner.jsonl")
   model_dir = model_dirs("token_classification")
-  config = predict_lib.model_config(model_dir)
+  config = predictor_lib.model_config(model_dir)
   with pytest.raises(config_lib.ConfigError, match=re.escape(
       "text feature 'text' (the model's config.data.text_feature) is not a feature of "
       "'predict_test_sentences'; its features: id, tokens; choose one with --text_field")):
-    predict_lib.open_inputs("tfds:predict_test_sentences/test", data_dir=data_dir,
+    predict_inputs.open_inputs("tfds:predict_test_sentences/test", data_dir=data_dir,
                             model_config=config)
   done = run_predict(f"--model_dir={model_dir}", "--input=tfds:predict_test_sentences/test",
                      f"--data_dir={data_dir}", f"--output={output}", "--text_field=tokens")

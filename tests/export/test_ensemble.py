@@ -16,7 +16,7 @@ from tfllm import config as config_lib
 from tfllm import export
 from tfllm.export import ensemble, latency
 from tfllm.export import signatures as signatures_lib
-from tfllm.finetune.tag_decoding import decode_word_tags
+from tfllm.tagging.decoding import decode_word_tags
 from tests.export.conftest import make_model_dir, strings, tiny_config
 
 TEXTS = [b"the film was good", b"an awful movie , bad", b"hello"]

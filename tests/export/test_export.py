@@ -21,7 +21,7 @@ from tfllm.export import signatures as signatures_lib
 from tfllm.tagging import spans as spans_lib
 from tfllm.models import generation
 from tests.export.conftest import NER_TAGS, VOCABULARY, served, strings
-from tests.finetune.test_tag_decoding import reference_viterbi
+from tests.tagging.test_decoding import reference_viterbi
 
 CLS, SEP, PAD, MASK = (VOCABULARY.index(t) for t in ("[CLS]", "[SEP]", "[PAD]", "[MASK]"))
 SEQUENCE_LENGTH = 16

@@ -12,7 +12,7 @@ import tensorflow as tf
 from tests.finetune.test_recipes import load_recipe
 from tests.finetune.test_strategies import features, tiny_classifier
 from tfllm import config as config_lib
-from tfllm import finetune, models, training
+from tfllm import artifacts, finetune, models, training
 from tfllm.data import pipelines, tokenizers
 from tfllm.finetune.config import with_finetune_section
 from tfllm.models.config import model_preset
@@ -113,14 +113,14 @@ def test_load_lora_teacher_from_model_dir(tmp_path, finetune_section):
   manager.save()
   with open(os.path.join(tmp_path, "config.json"), "w") as f:
     f.write(config_lib.to_json(config))
-  teacher, teacher_config = finetune.load_teacher(str(tmp_path))
+  teacher, teacher_config = artifacts.load_trained_model(str(tmp_path))
   assert not finetune.strategies.lora_enabled(teacher)   # merged
   assert teacher_config.task.labels == ["negative", "positive"]
   x = features(batch=3)
   x["token_ids"] = x["token_ids"] % 50
   np.testing.assert_allclose(np.asarray(teacher(x)), np.asarray(model(x)), atol=1e-5)
   with pytest.raises(FileNotFoundError, match="config.json is missing"):
-    finetune.load_teacher(str(tmp_path / "missing"))
+    artifacts.load_trained_model(str(tmp_path / "missing"))
 
 
 DISTILL_SPLIT = "train[:64]"   # trained on and measured on: what the loss pulls toward
@@ -210,7 +210,7 @@ def test_distillation_run_follows_the_teacher_at_alpha_1_and_the_labels_at_alpha
                                        teacher_model_dir=teacher_dir)
     training.run(config, model_dir, mode="train", strategy_name="one_device",
                  log=lambda line: None)
-    results[alpha] = measured(finetune.load_trained_model(model_dir)[0])
+    results[alpha] = measured(artifacts.load_trained_model(model_dir)[0])
   untrained, soft_only, hard_only = results["untrained"], results[1.0], results[0.0]
   # alpha=1: the KL term alone pulls the student onto the teacher's predictions.
   assert soft_only["kl"] < 0.1 * untrained["kl"], results

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.finetune.test_recipes import load_recipe
-from tfllm import export, finetune, training
+from tfllm import artifacts, export, finetune, training
 
 
 def short_config(config, tfds_dir, steps):
@@ -58,7 +58,7 @@ def test_distilled_student_trains_and_loads_alone(teacher_dir, tfds_dir, tmp_pat
   assert summary["step"] == 4 and summary["stop_reason"] == "steps"
   with open(os.path.join(str(tmp_path), "eval_metrics.json")) as f:
     assert json.load(f)["accuracy"] == pytest.approx(summary["eval_metrics"]["accuracy"])
-  student, student_config = finetune.load_trained_model(str(tmp_path))
+  student, student_config = artifacts.load_trained_model(str(tmp_path))
   assert student_config.model.num_layers == 2
   assert len(student.backbone.blocks) == 2           # the student alone was saved
   x = {"token_ids": np.full((1, 8), 1000, "int32"), "padding_mask": np.ones((1, 8), bool)}

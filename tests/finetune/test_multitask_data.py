@@ -8,7 +8,7 @@ from tfllm import config as config_lib
 from tfllm import models
 from tfllm.config import ConfigError
 from tfllm.finetune.multitask_data import multitask_dataset
-from tfllm.training import losses
+from tfllm.metrics import losses
 
 
 @pytest.fixture

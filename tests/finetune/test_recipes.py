@@ -12,10 +12,10 @@ import tensorflow as tf
 from tests.models.test_convert import minilm_dir
 from tfllm import config as config_lib
 from tfllm import finetune, models
+from tfllm import metrics as metrics_lib
 from tfllm.config import ConfigError
 from tfllm.finetune.multitask_data import multitask_dataset
 from tfllm.models.convert import load_hf_bert
-from tfllm.training import metrics as metrics_lib
 from tfllm.training import optimizer as optimizer_lib
 from tfllm.training.loop import Trainer
 
@@ -81,7 +81,6 @@ def test_prepare_model_loads_checkpoint_and_applies_strategy(finetune_section):
 def short_run(config, tmp_path, steps, jit_compile=False):
   """Trains `steps` steps with the tfllm Trainer; returns (metrics before, metrics after)."""
   from tfllm.data import pipelines, tokenizers  # pylint: disable=import-outside-toplevel
-  finetune.register_eval_metrics()
   config.train.update(steps=steps, steps_per_loop=steps, eval_steps=10,
                       checkpoint_every_steps=0, global_batch_size=16)
   config.train.optimizer.update(learning_rate=1e-4, warmup_steps=2)

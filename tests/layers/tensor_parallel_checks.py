@@ -62,7 +62,7 @@ def compare_causal_lm(style: str, degree: int) -> dict:
 
   from tfllm.models.build import build, build_backbone
   from tfllm.models import tensor_parallel as tp_models
-  from tfllm.training import losses
+  from tfllm.metrics import losses
   from tfllm.training.optimizer import build_optimizer
 
   config = tiny_config(style, degree)

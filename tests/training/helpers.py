@@ -9,7 +9,7 @@ from tests import testing
 from tfllm import models
 from tfllm.finetune.pruning import build_pruning
 from tfllm.finetune.strategies import apply_strategy
-from tfllm.training import metrics as metrics_lib
+from tfllm import metrics as metrics_lib
 from tfllm.training import optimizer as optimizer_lib
 from tfllm.training.loop import Trainer
 

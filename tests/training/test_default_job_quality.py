@@ -15,7 +15,6 @@ import os
 
 import pytest
 
-from tfllm.training import char_loss  # noqa: F401  (registers per-character loss)
 from tfllm.training import job
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "shakespeare_lm.py")

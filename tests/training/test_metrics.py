@@ -8,9 +8,10 @@ import pytest
 import tensorflow as tf
 
 from tests.training.helpers import tiny_config
-from tfllm.training import flops, losses
-from tfllm.training import metrics as metrics_lib
-from tfllm.training.metrics import EvalMetric, LossAndAccuracy, eval_metrics, register_eval_metric
+from tfllm.metrics import ClassificationF1, EntityF1, losses, tables
+from tfllm.metrics.base import EvalMetric, LossAndAccuracy
+from tfllm.metrics.tables import eval_metrics
+from tfllm.training import flops
 
 
 def test_weighted_cross_entropy_sums_by_hand():
@@ -49,8 +50,7 @@ def test_multi_task_loss_is_the_weighted_sum_of_head_losses():
   assert result["tags/accuracy"] == 1.0 and "perplexity" not in result
 
 
-def test_registered_metrics_join_the_evaluation(monkeypatch):
-  monkeypatch.setattr(metrics_lib, "_REGISTRY", {})  # leave the real registry as it was
+def test_a_task_row_of_the_metric_table_joins_the_evaluation(monkeypatch):
 
   class Count(EvalMetric):
     def sums(self, features, logits, labels, sample_weight):
@@ -59,7 +59,9 @@ def test_registered_metrics_join_the_evaluation(monkeypatch):
     def result(self, totals):
       return {"count": totals["count/n"]}
 
-  register_eval_metric("token_classification", lambda config, tokenizer: Count())
+  # A table of this one row (the real table is restored after the test).
+  monkeypatch.setattr(tables, "TASK_METRICS",
+                      {"token_classification": (lambda config, tokenizer: Count(),)})
   names = [type(m).__name__ for m in eval_metrics(tiny_config("token_classification"))]
   assert names == ["LossAndAccuracy", "Count"]
   assert [type(m).__name__ for m in eval_metrics(tiny_config("causal_lm"))] == [
@@ -201,7 +203,6 @@ def test_sampling_is_deterministic_and_greedy_follows_the_argmax():
 
 def _results(task, logits, labels, weights):
   """Every multi-task metric's results of one batch, as the eval loop computes them."""
-  from tfllm.finetune import ClassificationF1, EntityF1   # pylint: disable=g-import-not-at-top
   metrics = (LossAndAccuracy(task), ClassificationF1(task), EntityF1(task))
   totals = {}
   for metric in metrics:

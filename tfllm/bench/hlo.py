@@ -299,7 +299,7 @@ def benchmark_hlo(config, batch_size: int = 0, compare: Optional[str] = "keras_h
     JSON-ready dict: per model `analyze`'s figures, and the shape.
   """
   import keras  # pylint: disable=g-import-not-at-top
-  from tfllm.bench import train  # pylint: disable=g-import-not-at-top
+  from tfllm.bench import train  # Keras and TF: only to benchmark (the HLO parsing needs neither)
   batch_size = int(batch_size or config.train.global_batch_size)
   sequence_length = int(config.data.sequence_length)
   token_ids, labels = train.synthetic_tokens(config.model.vocab_size, batch_size,

@@ -21,7 +21,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 import keras
 
 from tfllm import runtime
-from tfllm.bench import mfu, report, sweep as sweep_lib
+from tfllm.bench import hlo, mfu, report, sweep as sweep_lib
+from tfllm.bench.attention import benchmark_attention
+from tfllm.bench.generate import benchmark_generate
+from tfllm.bench.train import benchmark_train
 
 MODES = ("train", "generate", "attention", "pipeline", "serve", "hlo")
 
@@ -102,7 +105,6 @@ def _run_mode(config, mode, compare, sweeps, batch_size, steps, repeats, jit_com
     return _train(config, compare, sweeps, batch_size, steps, repeats, jit_compile,
                   _peak(mixed_precision, peak_flops), log)
   if mode == "generate":
-    from tfllm.bench.generate import benchmark_generate  # pylint: disable=g-import-not-at-top
     batch_sizes = _only_sweep(sweeps, "batch_size", mode) or ([batch_size] if batch_size
                                                               else [1, 8])
     result = benchmark_generate(config, batch_sizes, prompt_length, new_tokens, repeats,
@@ -110,7 +112,6 @@ def _run_mode(config, mode, compare, sweeps, batch_size, steps, repeats, jit_com
     log(report.generate_table(result))
     return result
   if mode == "attention":
-    from tfllm.bench.attention import benchmark_attention  # pylint: disable=g-import-not-at-top
     _no_compare(compare, mode)
     lengths = _only_sweep(sweeps, "seq_len", mode) or [4096, 8192]
     result = benchmark_attention(config, lengths, attention_block_size, batch_size or 1,
@@ -118,7 +119,6 @@ def _run_mode(config, mode, compare, sweeps, batch_size, steps, repeats, jit_com
     log(report.attention_table(result))
     return result
   if mode == "hlo":
-    from tfllm.bench import hlo  # pylint: disable=g-import-not-at-top
     if sweeps:
       raise ValueError("hlo mode takes no --sweep; set the shape with --batch_size and "
                        "--config.data.sequence_length=")
@@ -162,7 +162,6 @@ def _run_mode(config, mode, compare, sweeps, batch_size, steps, repeats, jit_com
 
 
 def _train(config, compare, sweeps, batch_size, steps, repeats, jit_compile, peak, log):
-  from tfllm.bench.train import benchmark_train  # pylint: disable=g-import-not-at-top
   if peak.flops_per_second:
     log(f"peak: {peak.flops_per_second / 1e9:.1f} GFLOP/s ({peak.source})")
   if not sweeps:

@@ -65,15 +65,15 @@ def main(argv):
           file=sys.stderr)
     return 2
   # Imported here so that `--help` and flag errors answer before TensorFlow loads.
-  from tfllm.bench import sweep  # pylint: disable=g-import-not-at-top
+  from tfllm.bench import sweep  # loads TF: after the flag checks
   try:
     for text in FLAGS.sweep:
       sweep.parse_sweep(text)
   except ValueError as error:
     print(f"{PROGRAM}: error: {error}", file=sys.stderr)
     return 2
-  from tfllm import config as config_lib  # pylint: disable=g-import-not-at-top
-  from tfllm.bench import run as bench  # pylint: disable=g-import-not-at-top
+  from tfllm import config as config_lib  # loads TF: after the flag checks
+  from tfllm.bench import run as bench  # loads TF: after the flag checks
   if FLAGS.mixed_precision not in ("float32", "mixed_bfloat16", "mixed_float16"):
     print(f"{PROGRAM}: error: --mixed_precision={FLAGS.mixed_precision!r} is not accepted; "
           "use float32, mixed_bfloat16 or mixed_float16", file=sys.stderr)

@@ -76,13 +76,13 @@ def main(argv):
   if FLAGS.model_dir and FLAGS.ensemble:
     print(f"{PROGRAM}: error: --model_dir and --ensemble exclude each other", file=sys.stderr)
     return 2
-  from tfllm import config as config_lib  # pylint: disable=g-import-not-at-top
-  from tfllm import export  # pylint: disable=g-import-not-at-top
+  from tfllm import config as config_lib  # loads TF: after the flag checks
+  from tfllm import export  # loads TF: after the flag checks
   overrides = {name: FLAGS[name].value for name in OVERRIDES if FLAGS[name].value is not None}
   try:
     if FLAGS.ensemble:
-      from tfllm.export import ensemble  # pylint: disable=g-import-not-at-top
-      from tfllm.training import evaluation  # pylint: disable=g-import-not-at-top
+      from tfllm.export import ensemble  # loads TF: after the flag checks
+      from tfllm.training import evaluation  # loads TF: after the flag checks
       path = ensemble.export_members(FLAGS.ensemble, FLAGS.export_dir, soup=FLAGS.soup,
                                      version=FLAGS.version, overwrite=FLAGS.overwrite,
                                      overrides=overrides, evaluator=evaluation.evaluator,
@@ -96,10 +96,10 @@ def main(argv):
     logging.debug("%s failed", PROGRAM, exc_info=True)
     print(f"{PROGRAM}: error: {tfllm_flags.one_line(error)}", file=sys.stderr)
     return 2 if isinstance(error, config_lib.ConfigError) else 1
-  from tfllm.export import litert, sizes  # pylint: disable=g-import-not-at-top
-  from tfllm.training import checkpointing  # pylint: disable=g-import-not-at-top
+  from tfllm.export import litert, sizes  # loads TF: after the flag checks
+  from tfllm.artifacts import checkpoints  # loads TF: after the flag checks
   for model_dir in FLAGS.ensemble or [FLAGS.model_dir]:
-    print(f"exported {checkpointing.checkpoint_to_use(model_dir)[1]}"
+    print(f"exported {checkpoints.checkpoint_to_use(model_dir)[1]}"
           + (f" of {model_dir}" if FLAGS.ensemble else ""), flush=True)
   print(sizes.export_size(path, litert.MODEL_FILE).describe(), flush=True)
   print(path, flush=True)

@@ -45,8 +45,8 @@ def main(argv):
     print(f"{PROGRAM}: error: --model_dir and at least one --prompt are required",
           file=sys.stderr)
     return 2
-  from tfllm.export import load_trained  # pylint: disable=g-import-not-at-top
-  from tfllm.models import generation  # pylint: disable=g-import-not-at-top
+  from tfllm.export import load_trained  # loads TF: after the flag checks
+  from tfllm.models import generation  # loads TF: after the flag checks
   try:
     model, tokenizer, config = load_trained(FLAGS.model_dir)
     if config.task.name != "causal_lm":

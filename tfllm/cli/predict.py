@@ -87,8 +87,8 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # TFDS INFO logs only with --verbosity=0
   # Imported here so that `--help` and flag errors answer before TensorFlow loads.
-  from tfllm import config as config_lib  # pylint: disable=g-import-not-at-top
-  from tfllm.export import predict as predict_lib  # pylint: disable=g-import-not-at-top
+  from tfllm import config as config_lib  # loads TF: after the flag checks
+  from tfllm.export import predict as predict_lib  # loads TF: after the flag checks
   signal.signal(signal.SIGTERM, _terminate)
   try:
     summary = predict_lib.predict_to_file(

@@ -25,8 +25,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   from tfllm import distribute, models  # after flag parsing: keeps --help fast
-  from tfllm.models import tensor_parallel
-  from tfllm.training import tensor_parallel as tp_training
+  from tfllm.models import tensor_parallel  # after flag parsing, as above
+  from tfllm.training import tensor_parallel as tp_training  # after flag parsing, as above
   try:
     if FLAGS.cpu_devices:
       distribute.split_cpu(FLAGS.cpu_devices)

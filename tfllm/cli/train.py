@@ -57,11 +57,11 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     # Library INFO logs (TFDS, tokenizer training) only with --verbosity=0 or more.
     logging.set_verbosity(logging.WARNING)
-  from tfllm import runtime  # pylint: disable=g-import-not-at-top
+  from tfllm import runtime  # loads TF: after the flag checks
   startup = runtime.StartupTimer()
   # Imported here so that `--help` and flag errors answer before TensorFlow loads.
-  from tfllm import config as config_lib  # pylint: disable=g-import-not-at-top
-  from tfllm import training  # pylint: disable=g-import-not-at-top
+  from tfllm import config as config_lib  # loads TF: after the flag checks
+  from tfllm import training  # loads TF: after the flag checks
   startup.mark("import")
   multi_worker = FLAGS.distribution_strategy == "multi_worker_mirrored"
   try:

@@ -7,7 +7,7 @@ The public names below import their module on first use, so that the TF-free con
 from tfllm.lazy_exports import lazy_exports
 
 __getattr__, __all__ = lazy_exports(__name__, {
-    "saved_model": ["ExportError", "existing_versions", "export_model_dir",
-                    "export_saved_model", "load_trained", "next_version"],
+    "saved_model": ["ExportError", "existing_versions", "export_saved_model", "next_version"],
+    "trained": ["export_model_dir", "load_trained"],
     "signatures": ["signatures_for"],
 })

@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfllm import config as config_lib
-from tfllm.export import saved_model
+from tfllm.export import saved_model, trained
 
 TASKS = ("sequence_classification", "token_classification")
 SOUPS = ("uniform", "greedy")
@@ -49,7 +49,7 @@ SHARED_KEYS = ("task.name", "task.labels", "task.num_classes", "task.decoding",
 
 @dataclasses.dataclass
 class Member:
-  """A loaded member: its directory, model, tokenizer and config (`load_trained`)."""
+  """A loaded member: its directory, model, tokenizer and config (`tfllm.export.trained.load_trained`)."""
   model_dir: str
   model: object
   tokenizer: object
@@ -99,7 +99,7 @@ def load_members(model_dirs: Sequence[str]) -> List[Member]:
     raise config_lib.ConfigError(f"--ensemble={','.join(model_dirs)!r} names "
                                  f"{len(model_dirs)} model dir(s); an ensemble or soup needs "
                                  "two or more, comma-separated")
-  members = [Member(d, *saved_model.load_trained(d)) for d in model_dirs]
+  members = [Member(d, *trained.load_trained(d)) for d in model_dirs]
   for member in members:
     if member.config.task.name not in TASKS:
       raise config_lib.ConfigError(

@@ -12,8 +12,8 @@ from typing import Sequence, Tuple
 import tensorflow as tf
 
 from tfllm.data.preprocessors import SequenceClassifierPreprocessor, TokenClassifierPreprocessor
-from tfllm.finetune.tag_decoding import decode_word_tags
-from tfllm.models.config import tag_decoding
+from tfllm.tagging.decoding import decode_word_tags
+from tfllm.tagging.iob2 import tag_decoding
 from tfllm.tagging.spans import entity_spans, tag_spans
 
 

@@ -12,9 +12,16 @@ import pickle
 import subprocess
 import sys
 import tempfile
+import time
 from typing import Dict, List, Optional
 
+import keras
+import keras_hub
 import numpy as np
+
+from tfllm.data.tokenizers import WORD_PIECE_RESERVED
+from tfllm.export.saved_model import export_saved_model
+from tfllm.models import build, generation
 
 TF_ONLY_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tf_only.py")
 
@@ -90,15 +97,12 @@ def measure_served(path: str, signature: str, make_inputs, batch_sizes=(1, 32),
 def synthetic_word_piece_tokenizer(vocab_size: int):
   """A WordPiece tokenizer of `vocab_size` tokens (`w0 w1 ...` after the reserved ones): for
   timing models whose weights, and so whose vocabulary, do not matter."""
-  import keras_hub  # pylint: disable=g-import-not-at-top
-  from tfllm.data.tokenizers import WORD_PIECE_RESERVED  # pylint: disable=g-import-not-at-top
   words = [f"w{i}" for i in range(vocab_size - len(WORD_PIECE_RESERVED))]
   return keras_hub.tokenizers.WordPieceTokenizer(
       vocabulary=list(WORD_PIECE_RESERVED) + words, oov_token="[UNK]")
 
 
 def _time(function, iterations):
-  import time  # pylint: disable=g-import-not-at-top
   function()
   times = []
   for _ in range(iterations):
@@ -124,12 +128,6 @@ def measure_generation(config, export_dir: str, prompt_length: int = 16,
     "tfllm_in_process_xla": {batch: stats}}`; stats hold p50_ms, p99_ms, mean_ms and
     tokens_per_s.
   """
-  import keras  # pylint: disable=g-import-not-at-top
-  import keras_hub  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tfllm.export.saved_model import export_saved_model  # pylint: disable=g-import-not-at-top
-  from tfllm.models import build, generation  # pylint: disable=g-import-not-at-top
-
   config = config.copy_and_resolve_references()
   length = prompt_length + max_new_tokens
   config.export.update(max_new_tokens=max_new_tokens, temperature=0.0, max_length=length,
@@ -152,17 +150,33 @@ def measure_generation(config, export_dir: str, prompt_length: int = 16,
     stats = percentiles(served["latency"][str(batch)])
     stats["tokens_per_s"] = float(np.sum(outputs["num_tokens"])) / (stats["mean_ms"] / 1000)
     results["served"][batch] = stats
+  results["keras_hub"] = _keras_hub_generation(config.model, prompt_length, max_new_tokens,
+                                               batch_sizes, iterations, keras_hub_jit_compile)
+  generator = generation.Generator(model, tokenizer=None, stop_token_ids=(), max_length=length)
+  for batch in batch_sizes:
+    ids = [list(range(5, 5 + prompt_length))] * batch
+    stats = percentiles(_time(lambda: generator.generate(ids, max_new_tokens=max_new_tokens),
+                              iterations))
+    stats["tokens_per_s"] = batch * max_new_tokens / (stats["mean_ms"] / 1000)
+    results["tfllm_in_process_xla"][batch] = stats
+  return results
 
-  m = config.model
+
+def _keras_hub_generation(m, prompt_length: int, max_new_tokens: int, batch_sizes,
+                          iterations: int, jit_compiles) -> dict:
+  """Greedy tokens/s of a random KerasHub GPT-2 of `config.model` `m`'s shape, no stop token:
+  `{"xla"|"no_xla": {batch: stats}}`, one entry per `jit_compiles` setting."""
+  length = prompt_length + max_new_tokens
   backbone = keras_hub.models.GPT2Backbone(
       vocabulary_size=m.vocab_size, num_layers=m.num_layers, num_heads=m.num_heads,
       hidden_dim=m.hidden_dim, intermediate_dim=m.intermediate_dim, dropout=0.0,
       max_sequence_length=m.max_sequence_length)
   reference = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
-  for jit in keras_hub_jit_compile:
+  results = {}
+  for jit in jit_compiles:
     reference.compile(sampler="greedy", jit_compile=jit)
     label = "xla" if jit else "no_xla"
-    results["keras_hub"][label] = {}
+    results[label] = {}
     for batch in batch_sizes:
       token_ids = np.zeros((batch, length), np.int32)
       token_ids[:, :prompt_length] = np.arange(prompt_length) + 5
@@ -172,16 +186,7 @@ def measure_generation(config, export_dir: str, prompt_length: int = 16,
       stats = percentiles(_time(lambda: reference.generate(inputs, stop_token_ids=None),
                                 iterations))
       stats["tokens_per_s"] = batch * max_new_tokens / (stats["mean_ms"] / 1000)
-      results["keras_hub"][label][batch] = stats
-
-  generator = generation.Generator(model, tokenizer=None, stop_token_ids=(), max_length=length)
-  for batch in batch_sizes:
-    ids = [list(range(5, 5 + prompt_length))] * batch
-    stats = percentiles(_time(lambda: generator.generate(ids, max_new_tokens=max_new_tokens),
-                              iterations))
-    stats["tokens_per_s"] = batch * max_new_tokens / (stats["mean_ms"] / 1000)
-    results["tfllm_in_process_xla"][batch] = stats
-  del tf
+      results[label][batch] = stats
   return results
 
 
@@ -193,10 +198,6 @@ def measure_classifier(config, export_dir: str, words: int = 20, batch_sizes=(1,
   Returns:
     batch size -> {p50_ms, p99_ms, mean_ms, rows_per_s}.
   """
-  import keras  # pylint: disable=g-import-not-at-top
-  from tfllm.export.saved_model import export_saved_model  # pylint: disable=g-import-not-at-top
-  from tfllm.models import build  # pylint: disable=g-import-not-at-top
-
   config = config.copy_and_resolve_references()
   config.export.warmup = False
   keras.utils.set_random_seed(0)

@@ -34,7 +34,7 @@ import tensorflow as tf
 
 from tfllm import config as config_lib
 from tfllm import model_dir as model_dir_lib
-from tfllm.data import tokenizers
+from tfllm.data import pipelines, tokenizers
 from tfllm.export import saved_model
 from tfllm.export import heads
 from tfllm.export import signatures as signatures_lib
@@ -104,7 +104,6 @@ def convert(model, task: str, sequence_length: int, quantize: str = "none",
 def representative_examples(config, tokenizer, num_examples: int):
   """`num_examples` examples of `config.data.train_split`, preprocessed as in training and
   padded to the export's sequence length, as `{token_ids, padding_mask}` int32 `[1, seq]`."""
-  from tfllm.data import pipelines  # pylint: disable=g-import-not-at-top
   length = int(config.export.sequence_length or config.data.sequence_length)
   pad = tokenizers.special_token_ids(tokenizer).get("pad", 0)
   dataset = pipelines.make_dataset(config, config.data.train_split, tokenizer, training=False)

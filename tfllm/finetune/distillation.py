@@ -5,7 +5,7 @@ Loss per example (Hinton et al., 2015):
   + (1 - alpha) * cross_entropy(label, softmax(student))
 The T^2 factor keeps the soft term's gradient scale independent of the temperature T.
 Losses are weighted sums over the batch plus the weight sum (the trainer's convention,
-`tfllm.training.losses`), so the mean is over the global batch under any strategy.
+`tfllm.metrics.losses`), so the mean is over the global batch under any strategy.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import keras
 import tensorflow as tf
 
 from tfllm.config import ConfigError
-from tfllm.training import losses
+from tfllm.metrics import losses
+from tfllm.models.build import example_features
+from tfllm.models.config import num_classes
 
 
 def distillation_sums(student_logits, teacher_logits, labels, sample_weight=None,
@@ -65,7 +67,7 @@ class TeacherStudent(keras.Model):
   """The student with its frozen teacher alongside, for the trainer's distillation loss.
 
   Returns `{"output": student logits, "teacher": teacher logits}`: the single-head key the
-  trainer and its metrics read (`tfllm.training.losses.SINGLE_HEAD`), so evaluation reports
+  trainer and its metrics read (`tfllm.metrics.losses.SINGLE_HEAD`), so evaluation reports
   the student, plus the teacher's logits (no gradient, no dropout) for
   `distillation_objective`. Only the student's variables train.
 
@@ -99,20 +101,8 @@ def distillation_objective(temperature: float, alpha: float) -> Callable:
   return objective
 
 
-def load_teacher(model_dir: str) -> Tuple[keras.Model, object]:
-  """The fine-tuned model of a tfllm `model_dir` (`tfllm.finetune.load_trained_model`): LoRA
-  teachers are rebuilt with their adapters (the checkpoint holds them) and merged.
-
-  Returns:
-    `(model, config)`.
-  """
-  from tfllm.finetune.prepare import load_trained_model  # pylint: disable=import-outside-toplevel
-  return load_trained_model(model_dir)
-
-
 def _describe(config) -> dict:
   """What a teacher and its student must share: the task, its classes, the tokenizer."""
-  from tfllm.models.config import num_classes  # pylint: disable=import-outside-toplevel
   task = config.task
   return {"task.name": task.name,
           "task.num_classes": num_classes(task) if task.name in (
@@ -122,25 +112,30 @@ def _describe(config) -> dict:
           "model.vocab_size": config.model.vocab_size}
 
 
-def teacher_student(student: keras.Model, config) -> Tuple[TeacherStudent, Callable]:
+def check_student(config) -> None:
+  """Raises ConfigError unless `config` trains a student distillation supports (single-task);
+  callers check before they load the teacher."""
+  if config.task.name == "multi_task":
+    raise ConfigError("distillation trains single-task students; config.task.name='multi_task' "
+                      "is not supported with config.finetune.distill.teacher_model_dir")
+
+
+def pair_with_teacher(student: keras.Model, config, teacher: keras.Model,
+                      teacher_config) -> Tuple[TeacherStudent, Callable]:
   """The pair and the loss of a distillation run (`config.finetune.distill`).
 
-  Loads the teacher from `distill.teacher_model_dir` (inside the caller's `strategy.scope()`)
-  and checks that it does the student's task on the same classes and tokens.
+  Checks that the teacher (loaded by the caller from `distill.teacher_model_dir`, inside its
+  `strategy.scope()`: `tfllm.artifacts.load_trained_model`) does the student's task on the
+  same classes and tokens.
 
   Returns:
     `(TeacherStudent(student, teacher), distillation_objective(temperature, alpha))`.
 
   Raises:
-    FileNotFoundError: the teacher's model_dir has no config or checkpoint.
-    ValueError: a multi-task student, or a teacher of another task, label set or tokenizer.
+    ConfigError: a multi-task student, or a teacher of another task, label set or tokenizer.
   """
-  from tfllm.models.build import example_features  # pylint: disable=import-outside-toplevel
   distill = config.finetune.distill
-  if config.task.name == "multi_task":
-    raise ConfigError("distillation trains single-task students; config.task.name='multi_task' "
-                     "is not supported with config.finetune.distill.teacher_model_dir")
-  teacher, teacher_config = load_teacher(distill.teacher_model_dir)
+  check_student(config)
   ours, theirs = _describe(config), _describe(teacher_config)
   for key, value in ours.items():
     if theirs[key] != value:

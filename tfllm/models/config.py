@@ -7,6 +7,7 @@ returns the `model` section that a config file starts from and then resizes.
 from __future__ import annotations
 
 from tfllm.config import ConfigError, SectionSchema
+from tfllm.tagging.iob2 import DECODINGS, iob2_scheme, tag_decoding
 
 POSITION_EMBEDDINGS = ("learned", "sinusoidal", "rotary", "none")
 NORMALIZATIONS = ("layer_norm", "rms_norm")
@@ -15,8 +16,6 @@ TASKS = ("causal_lm", "masked_lm", "sequence_classification", "token_classificat
          "multi_task")
 HEAD_TASKS = ("masked_lm", "sequence_classification", "token_classification")
 POOLINGS = ("first", "mean")
-# How a tagging head's logits become word tags (tfllm.finetune.tag_decoding).
-DECODINGS = ("argmax", "iob2_viterbi")
 
 
 def _model_defaults():
@@ -100,12 +99,6 @@ def _check_head_labels(section, task, path):
   _check_decoding(section, task, path)
 
 
-def tag_decoding(section) -> str:
-  """`decoding` of a task or head section: "argmax" where a model dir's config.json was
-  written before the key existed, so older model dirs evaluate and export as before."""
-  return section.get("decoding", "argmax")
-
-
 def _check_decoding(section, task, path):
   decoding = tag_decoding(section)
   if decoding == "argmax":
@@ -116,7 +109,6 @@ def _check_decoding(section, task, path):
   if not section.labels:
     raise ConfigError(f"config.{path}.decoding={decoding!r} needs IOB2 tag names in "
                       f"config.{path}.labels (e.g. ['O', 'B-PER', 'I-PER'])")
-  from tfllm.finetune.iob2 import iob2_scheme  # pylint: disable=import-outside-toplevel
   try:
     iob2_scheme(section.labels)
   except ValueError as e:

@@ -36,6 +36,8 @@ from typing import List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfllm.data.tokenizers import special_token_ids
+
 _MASK32 = 0xFFFFFFFF
 _HASH_MULTIPLIER = 0x45D9F3B  # < 2**27: products of 32-bit values stay inside int64.
 
@@ -268,7 +270,6 @@ class Generator:
                start_token_id=None, max_length=None, jit_compile=True):
     specials = {}
     if tokenizer is not None:
-      from tfllm.data.tokenizers import special_token_ids
       specials = special_token_ids(tokenizer)
     self.model = model
     self.tokenizer = tokenizer

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import keras
 
-from tfllm.models import generation
 from tfllm.models.backbone import TransformerBackbone, as_features
 from tfllm.models.heads import make_head
 
@@ -87,6 +86,8 @@ class CausalLM(_TaskModel):
 
   def generate(self, prompts, tokenizer=None, **kwargs):
     """Continues `prompts` (strings or token-id lists); see `tfllm.models.generation.generate`."""
+    # The task models import without TensorFlow under Keras' JAX backend (docs/jax.md).
+    from tfllm.models import generation  # TF ops: imported on use, not with the models
     return generation.generate(self, prompts, tokenizer=tokenizer, **kwargs)
 
 

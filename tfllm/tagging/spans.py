@@ -6,7 +6,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from tfllm.finetune import iob2
+from tfllm.tagging import iob2
 
 
 def tag_spans(tags: Sequence[str]):

@@ -13,7 +13,6 @@ __getattr__, __all__ = lazy_exports(__name__, {
     "flops": ["model_flops_utilization", "peak_flops", "training_flops_per_token"],
     "job": ["run"],
     "loop": ["DivergedError", "StopRequested", "Trainer", "TrainingError", "TrainResult"],
-    "metrics": ["EvalMetric", "eval_metrics", "register_eval_metric"],
     "optimizer": ["WarmupDecay", "build_optimizer", "learning_rate_schedule",
                   "time_budget_progress"],
     "sampling": ["sample_continuation"],

@@ -11,100 +11,28 @@ With early stopping the best evaluation's checkpoint is also written, to
 `best_checkpoint.json` says which it is. The record is replaced atomically after the new
 checkpoint's files are complete, and older best checkpoints are deleted only then: a crash at
 any point leaves a record that names a complete checkpoint. Export, generation and
-`--mode=eval` read the best one when the record exists (`checkpoint_to_use`); resuming reads
-the newest.
+`--mode=eval` read the best one when the record exists
+(`tfllm.artifacts.checkpoints.checkpoint_to_use`); resuming reads the newest.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Optional
 
 import tensorflow as tf
 
-# checkpoint_dir is also imported from here by callers.
+# The readers are used through this module by the trainer's job (`checkpointing.latest_checkpoint`,
+# ...) until the house refactor's merge points it at `tfllm.artifacts.checkpoints`.
+from tfllm.artifacts.checkpoints import (  # noqa: F401
+    best_checkpoint, checkpoint_to_use, describe_best, latest_checkpoint, restore_model)
 from tfllm.model_dir import (BEST_CHECKPOINT_SUBDIR, best_checkpoint_dir, best_checkpoint_path,
                              checkpoint_dir, remove, write_atomically)
 
 
 class CheckpointWriteError(RuntimeError):
   """A checkpoint could not be written; the earlier ones are intact."""
-
-
-def latest_checkpoint(model_dir: str) -> Optional[str]:
-  """Path prefix of the newest checkpoint in `model_dir`, or None."""
-  return tf.train.latest_checkpoint(checkpoint_dir(model_dir))
-
-
-def _exists(prefix: str) -> bool:
-  return tf.io.gfile.exists(prefix + ".index")
-
-
-def best_checkpoint(model_dir: str) -> Optional[Dict[str, Any]]:
-  """The record of early stopping's best checkpoint in `model_dir`, or None.
-
-  Returns:
-    `best_checkpoint.json` as a dict (`step`, `metric`, `mode`, `value`, `checkpoint`
-    relative to `model_dir`) plus `path`, the checkpoint's full prefix; None when the run
-    kept no best checkpoint (no early stopping) or its files are gone.
-  """
-  record_path = best_checkpoint_path(model_dir)
-  if not tf.io.gfile.exists(record_path):
-    return None
-  with tf.io.gfile.GFile(record_path) as f:
-    record = json.load(f)
-  record["path"] = os.path.join(model_dir, record["checkpoint"])
-  return record if _exists(record["path"]) else None
-
-
-def describe_best(record: Dict[str, Any]) -> str:
-  return (f"the best checkpoint by {record['metric']} (step {record['step']}, "
-          f"{record['metric']} {record['value']:.4f})")
-
-
-def checkpoint_to_use(model_dir: str) -> Tuple[Optional[str], str]:
-  """The checkpoint a trained model is used from, and a phrase saying which it is.
-
-  Early stopping's best checkpoint when the run kept one; else the newest.
-
-  Returns:
-    `(path prefix or None, e.g. "the best checkpoint by loss (step 20, loss 1.2345)")`.
-  """
-  best = best_checkpoint(model_dir)
-  if best is not None:
-    return best["path"], describe_best(best)
-  path = latest_checkpoint(model_dir)
-  step = path.rsplit("-", 1)[-1] if path else "?"
-  return path, f"the newest checkpoint (step {step})"
-
-
-def restore_model(model, model_dir: str) -> str:
-  """Restores every variable of `model` from `checkpoint_to_use` (for export/generate):
-  early stopping's best checkpoint when the run kept one, else the newest.
-
-  The optimizer's slots in the checkpoint are left out; a model variable the checkpoint lacks
-  (a model built from another config, or without the LoRA adapters it was trained with) is an
-  error, never a silently half-restored model.
-
-  Returns:
-    The checkpoint path restored.
-
-  Raises:
-    FileNotFoundError: `model_dir` holds no checkpoint.
-    ValueError: the checkpoint does not hold all of `model`'s variables.
-  """
-  path, _ = checkpoint_to_use(model_dir)
-  if path is None:
-    raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(model_dir)}; train first")
-  status = tf.train.Checkpoint(model=model).restore(path).expect_partial()
-  try:
-    status.assert_existing_objects_matched()
-  except AssertionError as error:
-    first = str(error).splitlines()[0][:300]
-    raise ValueError(f"checkpoint {path} does not hold every variable of the model "
-                     f"({first}); build the model from the run's own config.json") from error
-  return path
 
 
 class Checkpointer:

@@ -1,7 +1,7 @@
 """Evaluating a model that is not being trained, through the trainer's own evaluation.
 
 `evaluator(config, tokenizer)` returns `evaluate(model) -> metrics`: the same eval split,
-batches, compiled step and metric table (`tfllm.training.metrics.eval_metrics`) as
+batches, compiled step and metric table (`tfllm.metrics.eval_metrics`) as
 `tfllm-train --mode=eval`, for any model of the config's task (a greedy weight soup's
 candidates: `tfllm.export.ensemble`).
 """
@@ -15,7 +15,8 @@ import keras
 import ml_collections
 
 from tfllm import distribute
-from tfllm.training import metrics as metrics_lib
+from tfllm.data import pipelines
+from tfllm.metrics.tables import eval_metrics
 from tfllm.training.loop import Trainer, jit_compile_setting
 
 
@@ -27,11 +28,7 @@ def evaluator(config: ml_collections.ConfigDict, tokenizer,
 
   The trainer's summaries go to a scratch directory that lives as long as the evaluator.
   """
-  # pylint: disable=g-import-not-at-top
-  from tfllm import finetune
-  from tfllm.data import pipelines
   config = ml_collections.ConfigDict(config.to_dict())
-  finetune.register_eval_metrics()
   strategy = distribute.get_strategy(strategy_name)
   scratch = tempfile.TemporaryDirectory(prefix="tfllm-eval-")
   trainer = None
@@ -46,7 +43,7 @@ def evaluator(config: ml_collections.ConfigDict, tokenizer,
       with strategy.scope():
         optimizer = keras.optimizers.SGD()   # never applied: the trainer's checkpoint needs one
       trainer = Trainer(config, strategy, model, optimizer, scratch.name, lambda context: None,
-                        eval_data, metrics=metrics_lib.eval_metrics(config, tokenizer),
+                        eval_data, metrics=eval_metrics(config, tokenizer),
                         jit_compile=jit_compile_setting(config.train),
                         log=lambda line: None)
     return trainer.evaluate(model=model)

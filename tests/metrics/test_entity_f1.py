@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfllm.finetune.entity_f1 import (EntityF1, entity_counts, entity_reports_from_results,
+from tfllm.metrics.entity_f1 import (EntityF1, entity_counts, entity_reports_from_results,
                                       entity_scores, format_entity_report, iob2_scheme)
 
 LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]

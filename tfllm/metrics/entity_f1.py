@@ -20,11 +20,10 @@ from typing import Dict, Mapping, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from tfllm.finetune.iob2 import BEGIN, OUTSIDE, iob2_scheme
-from tfllm.finetune.tag_decoding import decode_word_tags, words_first_order
-from tfllm.models.config import tag_decoding
-from tfllm.training import losses
-from tfllm.training.metrics import EvalMetric, head_evaluated
+from tfllm.metrics import losses
+from tfllm.metrics.base import EvalMetric, head_evaluated, task_heads
+from tfllm.tagging.decoding import decode_word_tags, words_first_order
+from tfllm.tagging.iob2 import BEGIN, OUTSIDE, iob2_scheme, tag_decoding
 
 
 def _chunk_codes(prefix, entity_type):
@@ -154,13 +153,7 @@ class EntityF1(EvalMetric):
 
   def __init__(self, task):
     self._multi = task.name == "multi_task"
-    if self._multi:
-      heads = {name: head for name, head in task.heads.items()
-               if head.task == "token_classification"}
-      self._prefix = {name: f"{name}/" for name in heads}
-    else:
-      heads = {losses.SINGLE_HEAD: task}
-      self._prefix = {losses.SINGLE_HEAD: ""}
+    heads, self._prefix = task_heads(task, "token_classification")
     # A tagging head without tag names (labels) is scored by token accuracy alone: entity
     # chunks need the IOB2 names, and numeric tags (e.g. a user's own tag ids) have none.
     heads = {name: section for name, section in heads.items() if section.labels}

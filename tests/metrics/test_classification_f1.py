@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfllm.finetune import ClassificationF1
+from tfllm.metrics import ClassificationF1
 
 
 @pytest.mark.reference("sklearn")

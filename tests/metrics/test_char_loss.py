@@ -16,8 +16,8 @@ from tests.data.conftest import pydoc_topics
 from tests.training.helpers import synthetic_dataset_fn, tiny_config
 from tfllm import models
 from tfllm.data import char_counts, pipelines, sources, tokenizers
-from tfllm.training import char_loss
-from tfllm.training import metrics as metrics_lib
+from tfllm import metrics as metrics_lib
+from tfllm.metrics import char_loss
 from tfllm.training import optimizer as optimizer_lib
 from tfllm.training.loop import Trainer
 

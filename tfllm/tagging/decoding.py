@@ -20,8 +20,7 @@ from typing import Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from tfllm.finetune.iob2 import INSIDE, OUTSIDE, iob2_scheme
-from tfllm.models.config import DECODINGS
+from tfllm.tagging.iob2 import DECODINGS, INSIDE, OUTSIDE, iob2_scheme
 
 _FORBIDDEN = -1e9
 

@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 
 from tfllm import config as config_lib
-from tfllm.finetune.entity_f1 import EntityF1
-from tfllm.finetune.tag_decoding import decode_word_tags, iob2_transitions, viterbi_decode
+from tfllm.metrics.entity_f1 import EntityF1
+from tfllm.tagging.decoding import decode_word_tags, iob2_transitions, viterbi_decode
 from tfllm.models.config import tag_decoding
 from tfllm.training import job
 

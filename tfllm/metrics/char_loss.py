@@ -10,8 +10,7 @@ blocks add up to the text they decode to (each block's targets are distinct toke
 stream; nothing is counted twice or dropped). End-of-document tokens count 0 characters and
 their loss is kept: predicting where a document ends is part of modelling the text.
 
-Importing this module registers the metric for every `causal_lm` evaluation (see
-`tfllm.training.metrics.register_eval_metric`).
+Every `causal_lm` evaluation reports it (`tfllm.metrics.tables.TASK_METRICS`).
 """
 
 from __future__ import annotations
@@ -23,14 +22,15 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from tfllm.training import losses
-from tfllm.training import metrics as metrics_lib
+from tfllm.data import char_counts
+from tfllm.metrics import losses
+from tfllm.metrics.base import EvalMetric
 
 _NATS = "char_loss/nats"
 _CHARACTERS = "char_loss/characters"
 
 
-class CharacterLoss(metrics_lib.EvalMetric):
+class CharacterLoss(EvalMetric):
   """Sums the targets' negative log-likelihood and characters; reports loss per character.
 
   Args:
@@ -69,13 +69,9 @@ class CharacterLoss(metrics_lib.EvalMetric):
 
 
 def character_loss(config: ml_collections.ConfigDict, tokenizer=None) -> CharacterLoss:
-  """The registered factory: per-character loss of a causal LM evaluated with `tokenizer`."""
+  """The table's factory: per-character loss of a causal LM evaluated with `tokenizer`."""
   del config
   if tokenizer is None:
     return CharacterLoss(None)
-  # Imported on use: `tfllm.training` stays importable without the data stack (keras-hub).
-  from tfllm.data import char_counts  # pylint: disable=g-import-not-at-top
   return CharacterLoss(char_counts.characters_per_token(tokenizer))
 
-
-metrics_lib.register_eval_metric("causal_lm", character_loss)

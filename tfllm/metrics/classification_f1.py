@@ -6,9 +6,8 @@ from typing import Dict, List
 
 import tensorflow as tf
 
-from tfllm.models.config import num_classes
-from tfllm.training import losses
-from tfllm.training.metrics import EvalMetric, head_evaluated
+from tfllm.metrics import losses
+from tfllm.metrics.base import EvalMetric, head_evaluated, task_heads
 
 
 class ClassificationF1(EvalMetric):
@@ -22,15 +21,11 @@ class ClassificationF1(EvalMetric):
 
   def __init__(self, task):
     self._multi = task.name == "multi_task"
-    if self._multi:
-      heads = {name: head for name, head in task.heads.items()
-               if head.task == "sequence_classification"}
-      self._prefix = {name: f"{name}/" for name in heads}
-    else:
-      heads = {losses.SINGLE_HEAD: task}
-      self._prefix = {losses.SINGLE_HEAD: ""}
+    heads, self._prefix = task_heads(task, "sequence_classification")
     self._labels: Dict[str, List[str]] = {
-        name: list(head.labels) or [str(i) for i in range(num_classes(head))]
+        # A section's class count is its labels' count, else `num_classes`
+        # (`tfllm.models.config.num_classes`, a level this package does not import).
+        name: list(head.labels) or [str(i) for i in range(head.num_classes)]
         for name, head in heads.items()}
 
   @classmethod

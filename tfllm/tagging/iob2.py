@@ -1,7 +1,8 @@
 """IOB2 tag names: `O`, `B-<type>` (an entity's first word), `I-<type>` (its next words).
 
-Entity F1 (`entity_f1`) and constrained decoding (`tag_decoding`) both read a tag set
-through `iob2_scheme`.
+Entity F1 (`tfllm.metrics.entity_f1`), constrained decoding (`tfllm.tagging.decoding`) and
+the model config's check of `decoding` all read a tag set through `iob2_scheme` (strict: a tag
+that is not `O`, `B-<type>` or `I-<type>` is an error).
 """
 
 from __future__ import annotations
@@ -9,6 +10,16 @@ from __future__ import annotations
 from typing import List, Sequence, Tuple
 
 OUTSIDE, BEGIN, INSIDE = 0, 1, 2
+
+# How a token-classification head turns logits into tags (`config.task.decoding`): here, not
+# in the model config, so that the decoder (level 1) and the schema read one tuple.
+DECODINGS = ("argmax", "iob2_viterbi")
+
+
+def tag_decoding(section) -> str:
+  """`decoding` of a task or head section: "argmax" where a model dir's config.json was
+  written before the key existed, so older model dirs evaluate and export as before."""
+  return section.get("decoding", "argmax")
 
 
 def iob2_scheme(labels: Sequence[str]) -> Tuple[List[int], List[int], List[str]]:

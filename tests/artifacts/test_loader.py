@@ -10,9 +10,8 @@ import tensorflow as tf
 
 from tfllm import config as config_lib
 from tfllm import models
-from tfllm.finetune import load_trained_model
+from tfllm.artifacts import checkpoints, load_trained_model, read_json
 from tfllm.finetune.strategies import enable_lora
-from tfllm.training import checkpointing
 
 from tests.training.helpers import make_trainer, tiny_config
 
@@ -39,7 +38,7 @@ def test_restore_model_restores_every_weight(tmp_path, task):
   models.build(config)  # another model first: layer names must not depend on build order
   keras.utils.set_random_seed(99)
   fresh = models.build(config)
-  checkpointing.restore_model(fresh, str(tmp_path))
+  checkpoints.restore_model(fresh, str(tmp_path))
   _assert_same_weights(trained, fresh)
 
 
@@ -49,7 +48,7 @@ def test_restore_model_refuses_a_model_the_checkpoint_does_not_hold(tmp_path):
   other = models.build(config)
   enable_lora(other, rank=2)
   with pytest.raises(ValueError, match="does not hold every variable"):
-    checkpointing.restore_model(other, str(tmp_path))
+    checkpoints.restore_model(other, str(tmp_path))
 
 
 def test_load_trained_model_of_a_lora_run_merges_the_trained_adapters(tmp_path):
@@ -87,14 +86,14 @@ def test_mode_eval_reads_the_best_checkpoint_and_says_which(tmp_path):
 
   model_dir = str(tmp_path)
   job.run(config(4), model_dir, strategy_name="one_device", log=lambda line: None)
-  best = checkpointing.best_checkpoint(model_dir)
+  best = checkpoints.best_checkpoint(model_dir)
   assert best["step"] in (2, 4) and best["metric"] == "loss"
   # Resumed to step 8 where no evaluation can beat the best (min_delta): it stays.
   lines = []
   job.run(config(8, min_delta=1e9), model_dir, strategy_name="one_device", log=lines.append)
   assert any(line.startswith("resumed from") and "ckpt-4" in line for line in lines), lines
-  assert checkpointing.latest_checkpoint(model_dir).endswith("ckpt-8")
-  assert checkpointing.best_checkpoint(model_dir)["step"] == best["step"]
+  assert checkpoints.latest_checkpoint(model_dir).endswith("ckpt-8")
+  assert checkpoints.best_checkpoint(model_dir)["step"] == best["step"]
   assert any(f"early stopping kept the best checkpoint by loss (step {best['step']}" in line
              for line in lines), lines
 
@@ -108,8 +107,15 @@ def test_mode_eval_reads_the_best_checkpoint_and_says_which(tmp_path):
     assert json.load(f)["step"] == best["step"]
   # Export's loader reads the best weights too, not the newest.
   model, saved_config = load_trained_model(model_dir)
-  for path, same in ((best["path"], True), (checkpointing.latest_checkpoint(model_dir), False)):
+  for path, same in ((best["path"], True), (checkpoints.latest_checkpoint(model_dir), False)):
     other = models.build(saved_config)
     tf.train.Checkpoint(model=other).restore(path).expect_partial()
     equal = all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(other.weights, model.weights))
     assert equal is same, path
+
+
+def test_read_json_reads_an_object_or_nothing(tmp_path):
+  path = tmp_path / "tfllm_config.json"
+  assert read_json(str(path)) == {}
+  path.write_text('{"task": {"name": "causal_lm"}}')
+  assert read_json(str(path)) == {"task": {"name": "causal_lm"}}

@@ -16,8 +16,9 @@ import tensorflow as tf
 from tests.training.helpers import finite_dataset_fn, make_trainer, tiny_config, two_cpu_mirrored
 from tfllm import config as config_lib
 from tfllm.config import ConfigError
-from tfllm.training import checkpointing, loop, optimizer as optimizer_lib
-from tfllm.training.loop import DivergedError, StopRequested
+from tfllm.training import checkpointing, optimizer as optimizer_lib
+from tfllm.training import devices as devices_lib
+from tfllm.training.errors import DivergedError, StopRequested
 
 
 def _weights(trainer):
@@ -501,7 +502,7 @@ def _fake_strategy(base, devices):
     (["GPU"], True, True), (["CPU"], False, True), (["CPU"], True, False),
     (["CPU", "CPU"], False, False), ([], False, False)])
 def test_auto_jit_compile_by_device_type(devices, multi_worker, expected):
-  assert loop.auto_jit_compile(devices, multi_worker=multi_worker) is expected
+  assert devices_lib.auto_jit_compile(devices, multi_worker=multi_worker) is expected
 
 
 @pytest.mark.parametrize("base,devices,expected", [
@@ -519,18 +520,18 @@ def test_auto_jit_compile_by_device_type(devices, multi_worker, expected):
     (tf.distribute.OneDeviceStrategy, ["/job:localhost/replica:0/task:0/device:CPU:0"], True),
 ])
 def test_default_jit_compile_follows_the_devices_under_every_strategy(base, devices, expected):
-  assert loop.default_jit_compile(_fake_strategy(base, devices)) is expected
+  assert devices_lib.default_jit_compile(_fake_strategy(base, devices)) is expected
 
 
 def test_default_jit_compile_of_the_default_strategy(monkeypatch):
   default = tf.distribute.get_strategy()
-  assert loop.default_jit_compile(default) is True  # this machine: one CPU
+  assert devices_lib.default_jit_compile(default) is True  # this machine: one CPU
   gpu = tf.config.LogicalDevice("/job:localhost/replica:0/task:0/device:GPU:0", "GPU")
   real = tf.config.list_logical_devices
   monkeypatch.setattr(tf.config, "list_logical_devices",
                       lambda kind=None: [gpu] if kind == "GPU" else real(kind))
-  assert loop.default_jit_compile(default) is True
+  assert devices_lib.default_jit_compile(default) is True
 
 
 def test_auto_jit_compile_on_a_tpu_strategy():
-  assert loop.default_jit_compile(_fake_strategy(tf.distribute.TPUStrategy, None)) is True
+  assert devices_lib.default_jit_compile(_fake_strategy(tf.distribute.TPUStrategy, None)) is True

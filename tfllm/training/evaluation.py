@@ -16,7 +16,8 @@ import ml_collections
 
 from tfllm import distribute
 from tfllm.training import metrics as metrics_lib
-from tfllm.training.loop import Trainer, jit_compile_setting
+from tfllm.training.devices import jit_compile_setting
+from tfllm.training.loop import Trainer
 
 
 def evaluator(config: ml_collections.ConfigDict, tokenizer,

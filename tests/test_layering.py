@@ -35,21 +35,6 @@ LEVELS = {
 # time, as `(importing module, imported module or package)`. The coordinator empties this
 # list once the branches are merged and those imports retargeted.
 ALLOWED = {
-    # tfllm/training/job.py (controller branch): in-function imports without a comment.
-    ("tfllm.training.job", "tfllm.data.augmented_source"),
-    ("tfllm.training.job", "tfllm.data.pipelines"),
-    ("tfllm.training.job", "tfllm.data.tokenizers"),
-    ("tfllm.training.job", "tfllm.data.train_subset"),
-    ("tfllm.training.job", "tfllm.finetune"),
-    ("tfllm.training.job", "tfllm.finetune.adversarial"),
-    ("tfllm.training.job", "tfllm.finetune.multitask_data"),
-    ("tfllm.training.job", "tfllm.models"),
-    # tfllm/training/flops.py (controller branch's package): in-function, no comment.
-    ("tfllm.training.flops", "tfllm.layers.embeddings"),
-    # tfllm/finetune/transitional.py: what tfllm/training/job.py still reads from
-    # `tfllm.finetune` (a loader of `tfllm.artifacts`, one level up) until the merge
-    # retargets job.py; the module then goes.
-    ("tfllm.finetune.transitional", "tfllm.artifacts.loader"),
 }
 _DIRECTIVE = re.compile(r"pylint:\s*disable=[\w,-]+|noqa(:\s*[A-Z]+[0-9]+(,\s*[A-Z]+[0-9]+)*)?")
 

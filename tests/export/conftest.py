@@ -17,7 +17,7 @@ from tfllm import export
 from tfllm.data import tokenizers
 from tfllm.export import latency, warmup
 from tfllm.models import build
-from tfllm.training import checkpointing
+from tfllm.model_dir import checkpoint_dir
 from tests.models.test_configs import load_config
 
 WORDS = ("the a film is was good bad great awful movie john mary lives in paris london "
@@ -101,7 +101,7 @@ def make_model_dir(path: str, task: str, seed: int = 0, tokenizer: str = "word_p
   tokenizers.save_tokenizer(tiny_tokenizer(config.tokenizer.type),
                             os.path.join(path, "tokenizer"))
   manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model),
-                                       checkpointing.checkpoint_dir(path), max_to_keep=1)
+                                       checkpoint_dir(path), max_to_keep=1)
   manager.save(checkpoint_number=1)
   return model, config
 

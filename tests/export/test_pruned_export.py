@@ -19,7 +19,7 @@ from tfllm.data import tokenizers
 from tfllm.export import latency, sizes
 from tfllm.finetune import pruning as pruning_lib
 from tfllm.models import build
-from tfllm.training import checkpointing
+from tfllm.model_dir import checkpoint_dir
 
 TEXTS = [b"the film was good", b"an awful movie , bad", b"hello"]
 
@@ -41,7 +41,7 @@ def _pruned_model_dir(path):
     f.write(config_lib.to_json(config))
   tokenizers.save_tokenizer(tiny_tokenizer(), os.path.join(path, "tokenizer"))
   checkpoint = tf.train.Checkpoint(model=model, **pruning.checkpoint_items())
-  tf.train.CheckpointManager(checkpoint, checkpointing.checkpoint_dir(path), 1).save(1)
+  tf.train.CheckpointManager(checkpoint, checkpoint_dir(path), 1).save(1)
   dense = {pruning_lib.relative_path(model, v): v.numpy() for v in model.weights}
   return dense, {p: m.numpy() for p, m in zip(pruning.paths, masks)}
 

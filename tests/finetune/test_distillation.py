@@ -16,7 +16,7 @@ from tfllm import artifacts, finetune, models, training
 from tfllm.data import pipelines, tokenizers
 from tfllm.finetune.config import with_finetune_section
 from tfllm.models.config import model_preset
-from tfllm.training import checkpointing
+from tfllm.model_dir import checkpoint_dir
 
 
 def _logits(seed, shape=(5, 3)):
@@ -109,7 +109,7 @@ def test_load_lora_teacher_from_model_dir(tmp_path, finetune_section):
   for variable in model.trainable_variables:   # as if fine-tuned: adapters and head non-zero
     variable.assign(np.random.default_rng(0).normal(size=variable.shape) * 0.1)
   manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model),
-                                       checkpointing.checkpoint_dir(str(tmp_path)), 1)
+                                       checkpoint_dir(str(tmp_path)), 1)
   manager.save()
   with open(os.path.join(tmp_path, "config.json"), "w") as f:
     f.write(config_lib.to_json(config))
@@ -159,7 +159,7 @@ def _opinionated_random_teacher(config, model_dir, batches):
   median = float(np.median((logits[:, 1] - logits[:, 0])[weights > 0]))
   head["bias"].assign(head["bias"] + np.array([median / 2, -median / 2], "float32"))
   tf.train.CheckpointManager(tf.train.Checkpoint(model=teacher),
-                             checkpointing.checkpoint_dir(model_dir), 1).save()
+                             checkpoint_dir(model_dir), 1).save()
   with open(os.path.join(model_dir, "config.json"), "w") as f:
     f.write(config_lib.to_json(config))
   return teacher

@@ -136,7 +136,7 @@ def test_inconsistent_pruning_settings_raise(values, words):
 
 
 def _kernels_and_masks(trainer):
-  hook = trainer._step_hooks[0]  # pylint: disable=protected-access
+  hook = trainer.step_hooks[0]
   masks = {path: hook.state.masks[pruning_lib._key(path)].numpy() for path in hook.paths}  # pylint: disable=protected-access
   weights = {pruning_lib.relative_path(trainer.model, v): v.numpy()
              for v in trainer.model.weights}
@@ -150,7 +150,7 @@ def test_masks_zero_the_weights_after_updates_and_leave_the_rest_dense(tmp_path)
   assert trainer.jit_compile
   trainer.train()
   weights, masks = _kernels_and_masks(trainer)
-  hook = trainer._step_hooks[0]  # pylint: disable=protected-access
+  hook = trainer.step_hooks[0]
   # The default selection: the backbone's dense kernels, nothing else.
   assert sorted(masks) == sorted(p for p in weights if p.startswith("backbone/")
                                  and p.endswith("/kernel"))
@@ -188,7 +188,7 @@ def test_mirrored_replicas_hold_identical_masks_equal_to_one_device(tmp_path):
   single.train()
   mirrored = make_trainer(config, tmp_path / "two", strategy=two_cpu_mirrored())
   mirrored.train()
-  hook = mirrored._step_hooks[0]  # pylint: disable=protected-access
+  hook = mirrored.step_hooks[0]
   for mask in hook.state.masks.values():
     copies = [v.numpy() for v in mask.values]
     assert len(copies) == 2

@@ -15,6 +15,7 @@ import tensorflow as tf
 from tests.data.conftest import pydoc_topics
 from tests.training.helpers import synthetic_dataset_fn, tiny_config
 from tfllm import models
+from tfllm.model_dir import EVAL_FILE
 from tfllm.data import char_counts, pipelines, sources, tokenizers
 from tfllm import metrics as metrics_lib
 from tfllm.metrics import char_loss
@@ -181,7 +182,7 @@ def test_the_job_reports_per_character_loss_on_stdout_tensorboard_and_json(tmp_p
           log=lines.append)
   final = [line for line in lines if line.startswith("validation at step 4")]
   assert final and "nats_per_char" in final[0] and "bits_per_char" in final[0]
-  with open(tmp_path / "run" / job.EVAL_FILE) as f:
+  with open(tmp_path / "run" / EVAL_FILE) as f:
     saved = json.load(f)
   assert saved["split"] == config.data.eval_split
   assert saved["bits_per_char"] == pytest.approx(saved["nats_per_char"] / math.log(2.0))

@@ -12,7 +12,7 @@ from tfllm import config as config_lib
 from tfllm.metrics.entity_f1 import EntityF1
 from tfllm.tagging.decoding import decode_word_tags, iob2_transitions, viterbi_decode
 from tfllm.models.config import tag_decoding
-from tfllm.training import job
+from tfllm.training import saved_config
 
 LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG"]
 
@@ -184,11 +184,11 @@ def test_decoding_is_not_part_of_a_model_dirs_shape(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps(saved))
   assert tag_decoding(config_lib.from_json(json.dumps(saved)).task) == "argmax"
   config.task.decoding = "iob2_viterbi"
-  assert job.compare_with_model_dir(config, str(tmp_path)) == [
+  assert saved_config.compare_with_model_dir(config, str(tmp_path)) == [
       "config.task.decoding='iob2_viterbi' (model_dir has None)"]
   config.task.labels = LABELS[:3]
   with pytest.raises(ValueError, match="holds a different model: config.task.labels"):
-    job.compare_with_model_dir(config, str(tmp_path))
+    saved_config.compare_with_model_dir(config, str(tmp_path))
 
 
 @pytest.mark.parametrize("trim", [False, True])

@@ -16,8 +16,11 @@ import tensorflow as tf
 from tests.training.helpers import finite_dataset_fn, make_trainer, tiny_config, two_cpu_mirrored
 from tfllm import config as config_lib
 from tfllm.config import ConfigError
-from tfllm.training import checkpointing, loop, optimizer as optimizer_lib
-from tfllm.training.loop import DivergedError, StopRequested
+from tfllm.artifacts import checkpoints
+from tfllm.model_dir import checkpoint_dir
+from tfllm.training import checkpointing, optimizer as optimizer_lib
+from tfllm.training import devices as devices_lib
+from tfllm.training.errors import DivergedError, StopRequested
 
 
 def _weights(trainer):
@@ -96,7 +99,7 @@ def test_checkpoints_are_kept_and_rotated(tmp_path):
   trainer = make_trainer(tiny_config(steps=20, checkpoint_every_steps=5, keep_checkpoints=2),
                          tmp_path)
   trainer.train()
-  names = sorted(os.listdir(checkpointing.checkpoint_dir(str(tmp_path))))
+  names = sorted(os.listdir(checkpoint_dir(str(tmp_path))))
   assert [n for n in names if n.endswith(".index")] == ["ckpt-15.index", "ckpt-20.index"]
 
 
@@ -118,7 +121,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_pat
   trainer = make_trainer(config, tmp_path, train_fn=_nan_after(config, 7))
   with pytest.raises(DivergedError, match=r"loss became nan at step 8.*ckpt-5"):
     trainer.train()
-  latest = checkpointing.latest_checkpoint(str(tmp_path))
+  latest = checkpoints.latest_checkpoint(str(tmp_path))
   assert latest.endswith("ckpt-5")
   restored = make_trainer(config, tmp_path, seed=1)
   restored.restore()
@@ -141,8 +144,8 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, m
   with pytest.raises(checkpointing.CheckpointWriteError,
                      match=r"step 10 .*No space left on device; last good checkpoint: .*ckpt-5"):
     trainer.train()
-  directory = checkpointing.checkpoint_dir(str(tmp_path))
-  assert checkpointing.latest_checkpoint(str(tmp_path)).endswith("ckpt-5")
+  directory = checkpoint_dir(str(tmp_path))
+  assert checkpoints.latest_checkpoint(str(tmp_path)).endswith("ckpt-5")
   assert not [n for n in os.listdir(directory) if n.startswith("ckpt-10")]
 
 
@@ -158,7 +161,7 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
     timer.cancel()
   step = int(trainer.step.numpy())
   assert 0 < step < 100000
-  assert checkpointing.latest_checkpoint(str(tmp_path)).endswith(f"ckpt-{step}")
+  assert checkpoints.latest_checkpoint(str(tmp_path)).endswith(f"ckpt-{step}")
 
 
 def test_global_batch_not_divisible_by_replicas_is_refused(tmp_path):
@@ -171,7 +174,7 @@ def test_time_budget_stops_early_with_a_checkpoint_and_an_evaluation(tmp_path):
   result = make_trainer(config, tmp_path).train()
   assert result.stop_reason == "time_budget"
   assert result.step < 100000
-  assert checkpointing.latest_checkpoint(str(tmp_path)).endswith(f"ckpt-{result.step}")
+  assert checkpoints.latest_checkpoint(str(tmp_path)).endswith(f"ckpt-{result.step}")
   assert "loss" in result.eval_metrics
 
 
@@ -316,14 +319,14 @@ def test_early_stopping_keeps_the_best_checkpoint_past_the_rotation_and_resumes_
   result = trainer.train()
   assert (result.stop_reason, result.step) == ("early_stopping", 8)
   # keep_checkpoints=1 deleted ckpt-4 from the rotation; the best one is kept apart.
-  assert checkpointing.latest_checkpoint(str(tmp_path)).endswith("ckpt-8")
+  assert checkpoints.latest_checkpoint(str(tmp_path)).endswith("ckpt-8")
   assert not os.path.exists(os.path.join(tmp_path, "checkpoints", "ckpt-4.index"))
-  record = checkpointing.best_checkpoint(str(tmp_path))
+  record = checkpoints.best_checkpoint(str(tmp_path))
   assert {k: record[k] for k in ("step", "metric", "mode", "value", "checkpoint")} == dict(
       step=4, metric="loss", mode="min", value=1.0, checkpoint="best_checkpoint/ckpt-4")
   assert sorted(os.listdir(tmp_path / "best_checkpoint")) == [
       "ckpt-4.data-00000-of-00001", "ckpt-4.index"]   # the step-2 best was replaced
-  path, which = checkpointing.checkpoint_to_use(str(tmp_path))
+  path, which = checkpoints.checkpoint_to_use(str(tmp_path))
   assert path == str(tmp_path / "best_checkpoint" / "ckpt-4")
   assert which == "the best checkpoint by loss (step 4, loss 1.0000)"
 
@@ -501,7 +504,7 @@ def _fake_strategy(base, devices):
     (["GPU"], True, True), (["CPU"], False, True), (["CPU"], True, False),
     (["CPU", "CPU"], False, False), ([], False, False)])
 def test_auto_jit_compile_by_device_type(devices, multi_worker, expected):
-  assert loop.auto_jit_compile(devices, multi_worker=multi_worker) is expected
+  assert devices_lib.auto_jit_compile(devices, multi_worker=multi_worker) is expected
 
 
 @pytest.mark.parametrize("base,devices,expected", [
@@ -519,18 +522,18 @@ def test_auto_jit_compile_by_device_type(devices, multi_worker, expected):
     (tf.distribute.OneDeviceStrategy, ["/job:localhost/replica:0/task:0/device:CPU:0"], True),
 ])
 def test_default_jit_compile_follows_the_devices_under_every_strategy(base, devices, expected):
-  assert loop.default_jit_compile(_fake_strategy(base, devices)) is expected
+  assert devices_lib.default_jit_compile(_fake_strategy(base, devices)) is expected
 
 
 def test_default_jit_compile_of_the_default_strategy(monkeypatch):
   default = tf.distribute.get_strategy()
-  assert loop.default_jit_compile(default) is True  # this machine: one CPU
+  assert devices_lib.default_jit_compile(default) is True  # this machine: one CPU
   gpu = tf.config.LogicalDevice("/job:localhost/replica:0/task:0/device:GPU:0", "GPU")
   real = tf.config.list_logical_devices
   monkeypatch.setattr(tf.config, "list_logical_devices",
                       lambda kind=None: [gpu] if kind == "GPU" else real(kind))
-  assert loop.default_jit_compile(default) is True
+  assert devices_lib.default_jit_compile(default) is True
 
 
 def test_auto_jit_compile_on_a_tpu_strategy():
-  assert loop.default_jit_compile(_fake_strategy(tf.distribute.TPUStrategy, None)) is True
+  assert devices_lib.default_jit_compile(_fake_strategy(tf.distribute.TPUStrategy, None)) is True

@@ -169,11 +169,11 @@ def test_no_peak_on_a_cpu_says_why():
 @pytest.mark.parametrize("policy,peak", [("float32", 495e12), ("mixed_bfloat16", 989e12),
                                          ("mixed_float16", 989e12)])
 def test_the_trainer_divides_by_the_peak_of_its_compute_dtype(monkeypatch, policy, peak):
-  from tfllm.training import job  # pylint: disable=g-import-not-at-top
+  from tfllm.training import experiment  # pylint: disable=g-import-not-at-top
   _fake_gpu(monkeypatch, "NVIDIA H100 80GB HBM3")
   config = tiny_config()
   strategy = tf.distribute.get_strategy()   # its worker_devices raise: the peak must not ask
-  peak_of = job._peak  # pylint: disable=protected-access
+  peak_of = experiment.mfu_peak
   assert peak_of(config, strategy, policy).flops_per_second == peak
   config.train.peak_flops_per_device = 5e12
   assert peak_of(config, strategy, policy).flops_per_second == 5e12

@@ -20,9 +20,6 @@ __getattr__, _LAZY_NAMES = lazy_exports(__name__, {
     "strategies": ["adapters_enabled", "apply_strategy", "enable_adapters", "enable_lora",
                    "freeze_all_but_top",
                    "lora_target_layers", "trainable_parameter_count"],
-    # Until the merge retargets tfllm/training/job.py (tfllm/finetune/transitional.py).
-    "transitional": ["entity_reports_from_results", "load_trained_model",
-                     "register_eval_metrics", "teacher_student"],
 })
 
 

@@ -174,7 +174,7 @@ class TensorParallelCausalLM(keras.Model):
   def cross_entropy_sums(self, shard_logits, labels, sample_weight=None
                          ) -> Tuple[tf.Tensor, tf.Tensor]:
     """(sum of weight * cross-entropy, sum of weights), float32, as
-    `tfllm.training.losses.cross_entropy_sums` computes them from joined logits."""
+    `tfllm.metrics.losses.cross_entropy_sums` computes them from joined logits."""
     ce = tp.vocab_parallel_cross_entropy(shard_logits, labels, self.devices)
     with tf.device(self.devices[0]):
       weights = (tf.ones(tf.shape(labels), tf.float32) if sample_weight is None

@@ -23,10 +23,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-# The readers are used through this module by the trainer's job (`checkpointing.latest_checkpoint`,
-# ...) until the house refactor's merge points it at `tfllm.artifacts.checkpoints`.
-from tfllm.artifacts.checkpoints import (  # noqa: F401
-    best_checkpoint, checkpoint_to_use, describe_best, latest_checkpoint, restore_model)
+from tfllm.artifacts.checkpoints import latest_checkpoint
 from tfllm.model_dir import (BEST_CHECKPOINT_SUBDIR, best_checkpoint_dir, best_checkpoint_path,
                              checkpoint_dir, remove, write_atomically)
 

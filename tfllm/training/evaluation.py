@@ -17,7 +17,8 @@ import ml_collections
 from tfllm import distribute
 from tfllm.data import pipelines
 from tfllm.metrics.tables import eval_metrics
-from tfllm.training.loop import Trainer, jit_compile_setting
+from tfllm.training.devices import jit_compile_setting
+from tfllm.training.loop import Trainer
 
 
 def evaluator(config: ml_collections.ConfigDict, tokenizer,

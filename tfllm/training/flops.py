@@ -78,7 +78,7 @@ def flops_parameter_count(model) -> int:
   KerasHub's position embedding layers (the bench measures both).
   """
   import keras_hub  # pylint: disable=import-outside-toplevel
-  from tfllm.layers.embeddings import PositionEmbedding  # pylint: disable=import-outside-toplevel
+  from tfllm.layers.embeddings import PositionEmbedding  # Keras layers: this module imports without them
   position_types = (PositionEmbedding, keras_hub.layers.PositionEmbedding)
   position = sum(math.prod(w.shape) for layer in model._flatten_layers()  # pylint: disable=protected-access
                  if isinstance(layer, position_types) for w in layer.weights)

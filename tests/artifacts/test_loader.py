@@ -13,7 +13,7 @@ from tfllm import models
 from tfllm.artifacts import checkpoints, load_trained_model, read_json
 from tfllm.finetune.strategies import enable_lora
 
-from tests.training.helpers import make_trainer, tiny_config
+from tests.training.helpers import make_trainer, trainer_config
 
 
 def _train(config, model_dir):
@@ -33,7 +33,7 @@ def _assert_same_weights(expected, actual):
 
 @pytest.mark.parametrize("task", ["causal_lm", "multi_task"])
 def test_restore_model_restores_every_weight(tmp_path, task):
-  config = tiny_config(task, steps=4, steps_per_loop=2, checkpoint_every_steps=4)
+  config = trainer_config(task, steps=4, steps_per_loop=2, checkpoint_every_steps=4)
   trained = _train(config, tmp_path)
   models.build(config)  # another model first: layer names must not depend on build order
   keras.utils.set_random_seed(99)
@@ -43,7 +43,7 @@ def test_restore_model_restores_every_weight(tmp_path, task):
 
 
 def test_restore_model_refuses_a_model_the_checkpoint_does_not_hold(tmp_path):
-  config = tiny_config("causal_lm", steps=2, steps_per_loop=2, checkpoint_every_steps=2)
+  config = trainer_config("causal_lm", steps=2, steps_per_loop=2, checkpoint_every_steps=2)
   _train(config, tmp_path)
   other = models.build(config)
   enable_lora(other, rank=2)
@@ -52,7 +52,7 @@ def test_restore_model_refuses_a_model_the_checkpoint_does_not_hold(tmp_path):
 
 
 def test_load_trained_model_of_a_lora_run_merges_the_trained_adapters(tmp_path):
-  config = tiny_config("sequence_classification", steps=4, steps_per_loop=2,
+  config = trainer_config("sequence_classification", steps=4, steps_per_loop=2,
                        checkpoint_every_steps=4)
   config.finetune.update(strategy="lora", lora_rank=2)
   trained = _train(config, tmp_path)
@@ -68,7 +68,7 @@ def test_load_trained_model_of_a_lora_run_merges_the_trained_adapters(tmp_path):
 def test_load_trained_model_names_a_directory_without_a_run(tmp_path):
   with pytest.raises(FileNotFoundError, match="config.json is missing"):
     load_trained_model(str(tmp_path))
-  (tmp_path / "config.json").write_text(config_lib.to_json(tiny_config()))
+  (tmp_path / "config.json").write_text(config_lib.to_json(trainer_config()))
   with pytest.raises(FileNotFoundError, match="no checkpoint"):
     load_trained_model(str(tmp_path))
 

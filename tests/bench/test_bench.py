@@ -169,8 +169,8 @@ def test_modes_refuse_what_they_cannot_measure():
 
 @pytest.mark.slow
 def test_serve_mode_times_a_token_classifier_and_then_its_export_as_it_is(tmp_path):
-  from tests.export.conftest import tiny_config  # pylint: disable=import-outside-toplevel
-  config = tiny_config("token_classification")
+  from tests.export.conftest import export_config  # pylint: disable=import-outside-toplevel
+  config = export_config("token_classification")
   exported = bench.run(config, mode="serve", export_dir=str(tmp_path / "ner"), batch_size=2,
                        repeats=2, log=lambda line: None)
   assert exported["task"] == "token_classification"

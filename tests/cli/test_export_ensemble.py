@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from tests.cli.test_export import error_line, run_cli
-from tests.export.conftest import make_model_dir, tiny_config
+from tests.export.conftest import make_model_dir, export_config
 from tfllm import export
 from tfllm.export import ensemble, litert
 from tfllm.training import evaluation
@@ -38,7 +38,7 @@ def members(tmp_path_factory):
     _write_split(str(root / f"{split}.tfrecord"), seed)
   dirs = []
   for seed in range(3):
-    config = tiny_config("sequence_classification")
+    config = export_config("sequence_classification")
     config.data.update(dataset="tfrecord", files=str(root / "{split}.tfrecord"))
     config.train.update(global_batch_size=8, eval_steps=3, jit_compile="off")
     path = str(root / f"member{seed}")

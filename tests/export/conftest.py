@@ -48,7 +48,7 @@ def tiny_tokenizer(kind: str = "word_piece"):
                                                  oov_token="[UNK]")
 
 
-def tiny_config(task: str, tokenizer: str = "word_piece"):
+def export_config(task: str, tokenizer: str = "word_piece"):
   """A full config of a 2-layer, width-32 model for `task` over a tiny `tokenizer` kind.
 
   `tests.testing.tiny_config` (GPT-2 for `causal_lm`, else BERT) sized to the tokenizer,
@@ -88,11 +88,11 @@ def make_model_dir(path: str, task: str, seed: int = 0, tokenizer: str = "word_p
   """Writes what a training run leaves: config.json, tokenizer/, checkpoints/ckpt-1.
 
   Args:
-    task, tokenizer: what `tiny_config` builds, unless `config` is given (its
+    task, tokenizer: what `export_config` builds, unless `config` is given (its
       `tokenizer.type` then picks the tokenizer).
   """
   if config is None:
-    config = tiny_config(task, tokenizer)
+    config = export_config(task, tokenizer)
   keras.utils.set_random_seed(seed)
   model = build(config)
   os.makedirs(path, exist_ok=True)

@@ -17,7 +17,7 @@ from tfllm import export
 from tfllm.export import ensemble, latency
 from tfllm.export import signatures as signatures_lib
 from tfllm.tagging.decoding import decode_word_tags
-from tests.export.conftest import make_model_dir, strings, tiny_config
+from tests.export.conftest import make_model_dir, strings, export_config
 
 TEXTS = [b"the film was good", b"an awful movie , bad", b"hello"]
 SENTENCES = [b"john lives in paris", b"mary and john to london", b"the film"]
@@ -96,7 +96,7 @@ def test_ensemble_tags_decode_the_mean_log_probabilities(member_dirs, tmp_path):
 
 
 def test_members_that_differ_are_refused_in_one_line(member_dirs, tmp_path):
-  other = tiny_config("sequence_classification")
+  other = export_config("sequence_classification")
   other.task.labels = ["bad", "good"]
   odd = str(tmp_path / "other_labels")
   make_model_dir(odd, "sequence_classification", config=other)
@@ -109,7 +109,7 @@ def test_members_that_differ_are_refused_in_one_line(member_dirs, tmp_path):
     ensemble.export_members([odd], str(tmp_path / "out"))
   with pytest.raises(config_lib.ConfigError, match="--soup='mean' is not accepted"):
     ensemble.export_members([odd, odd], str(tmp_path / "out"), soup="mean")
-  wider = tiny_config("sequence_classification")
+  wider = export_config("sequence_classification")
   wider.model.intermediate_dim = 128
   wide = str(tmp_path / "wider")
   make_model_dir(wide, "sequence_classification", config=wider)
@@ -168,7 +168,7 @@ def test_greedy_soup_of_one_good_member_is_that_member():
 
 
 def test_soup_metric_defaults_by_task():
-  config = config_lib.validate(tiny_config("token_classification"))
+  config = config_lib.validate(export_config("token_classification"))
   assert ensemble.soup_metric(config) == ("entity/micro/f1", True)
   config.export.update(soup_metric="loss", soup_mode="min")
   assert ensemble.soup_metric(config) == ("loss", False)

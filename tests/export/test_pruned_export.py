@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.export.conftest import strings, tiny_config, tiny_tokenizer
+from tests.export.conftest import strings, export_config, tiny_tokenizer
 from tfllm import config as config_lib
 from tfllm import export
 from tfllm.data import tokenizers
@@ -27,7 +27,7 @@ TEXTS = [b"the film was good", b"an awful movie , bad", b"hello"]
 def _pruned_model_dir(path):
   """A classifier's model dir as a pruning run leaves it, except that the kernels are left
   dense: only folding the saved masks in at export zeroes them."""
-  config = tiny_config("sequence_classification")
+  config = export_config("sequence_classification")
   config.finetune.pruning.update(target_sparsity=0.5, end_step=1)
   config_lib.validate(config)
   keras.utils.set_random_seed(3)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.training.helpers import make_trainer, tiny_config, two_cpu_mirrored
+from tests.training.helpers import make_trainer, trainer_config, two_cpu_mirrored
 from tfllm import config as config_lib
 from tfllm.data import train_subset
 from tfllm.finetune import adversarial
@@ -139,7 +139,7 @@ def test_fgm_direction_matches_a_finite_difference_gradient():
 
 def adversarial_config(method="", **values):
   """The tiny classifier's config, 3 training steps, `finetune.adversarial` set to `values`."""
-  config = tiny_config("sequence_classification", steps=3, steps_per_loop=3, eval_steps=0,
+  config = trainer_config("sequence_classification", steps=3, steps_per_loop=3, eval_steps=0,
                        checkpoint_every_steps=0)
   config.finetune.adversarial.update(method=method, **values)
   return config_lib.validate(config)
@@ -193,7 +193,7 @@ def test_the_adversarial_step_compiles_with_xla(tmp_path):
     ("steps", 0, "config.finetune.adversarial.steps=0 is out of range"),
 ])
 def test_bad_values_name_the_key(key, value, message):
-  config = tiny_config("sequence_classification")
+  config = trainer_config("sequence_classification")
   config.finetune.adversarial[key] = value
   with pytest.raises(config_lib.ConfigError, match="^" + message.replace("(", r"\(")) as error:
     config_lib.validate(config)
@@ -201,12 +201,12 @@ def test_bad_values_name_the_key(key, value, message):
 
 
 def test_unsupported_tasks_and_distillation_are_refused():
-  config = tiny_config("causal_lm")
+  config = trainer_config("causal_lm")
   config.finetune.adversarial.method = "fgm"
   with pytest.raises(config_lib.ConfigError, match="not supported for "
                      "config.task.name='causal_lm'; accepted tasks: sequence_classification"):
     adversarial.gradients_fn(config, 32)
-  config = tiny_config("sequence_classification")
+  config = trainer_config("sequence_classification")
   config.finetune.adversarial.method = "pgd"
   config.finetune.distill.teacher_model_dir = "/tmp/teacher"
   with pytest.raises(config_lib.ConfigError, match="cannot be combined with "

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.training.helpers import make_trainer, tiny_config, two_cpu_mirrored
+from tests.training.helpers import make_trainer, trainer_config, two_cpu_mirrored
 from tfllm import config as config_lib
 from tfllm.finetune import pruning as pruning_lib
 
@@ -18,7 +18,7 @@ def _pruning(**values):
 
 
 def _pruned_config(steps=12, **pruning):
-  config = tiny_config("sequence_classification", steps=steps, steps_per_loop=3,
+  config = trainer_config("sequence_classification", steps=steps, steps_per_loop=3,
                        checkpoint_every_steps=6, eval_steps=0)
   config.train.optimizer.decay_steps = 12
   config.finetune.pruning.update(dict(dict(target_sparsity=0.75, initial_sparsity=0.25,

@@ -21,7 +21,7 @@ TINY = dict(vocab_size=32, num_layers=2, hidden_dim=32, num_heads=8, intermediat
 BATCH, SEQ, ADAM_STEPS = 2, 8, 3
 
 
-def tiny_config(style: str, degree: int):
+def sharded_config(style: str, degree: int):
   """`tests.testing.tiny_config` at the `TINY` sizes for degree `degree`: a causal LM (GPT-2,
   Llama with 4 KV heads, grouped: 2 query heads a KV head, also at N = 4) or an encoder
   (BERT, masked LM)."""
@@ -65,7 +65,7 @@ def compare_causal_lm(style: str, degree: int) -> dict:
   from tfllm.metrics import losses
   from tfllm.training.optimizer import build_optimizer
 
-  config = tiny_config(style, degree)
+  config = sharded_config(style, degree)
   keras.utils.set_random_seed(1)
   dense = build(config)
   sharded = tp_models.build_tensor_parallel(config)
@@ -152,7 +152,7 @@ def compare_greedy_generation(style: str, degree: int):
   from tfllm.models import tensor_parallel as tp_models
   from tfllm.models.build import build
 
-  config = tiny_config(style, degree)
+  config = sharded_config(style, degree)
   keras.utils.set_random_seed(3)
   dense = build(config)
   sharded = tp_models.build_tensor_parallel(config)
@@ -178,7 +178,7 @@ def compare_backbone(style: str, degree: int) -> float:
   from tfllm.models.build import build, build_backbone
   from tfllm.models import tensor_parallel as tp_models
 
-  config = tiny_config(style, degree)
+  config = sharded_config(style, degree)
   keras.utils.set_random_seed(2)
   dense = build_backbone(config.model)
   sharded = tp_models.build_backbone(config.model, degree)

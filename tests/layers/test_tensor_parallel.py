@@ -69,7 +69,7 @@ def test_degree_4_in_a_subprocess_with_4_logical_cpus():
 def test_each_device_holds_one_nth_of_the_sharded_weights():
   """Measured on the variables' actual devices: every split weight puts 1/N of its bytes on
   each device; the rest (norms, positions, the row-parallel biases) lives once, on device 0."""
-  config = checks.tiny_config("gpt2", 2)
+  config = checks.sharded_config("gpt2", 2)
   dense = build(config)
   model = tp_models.build_tensor_parallel(config)
   layout = tp_models.parameter_layout(dense, model)
@@ -146,7 +146,7 @@ def test_attention_masks_padded_keys_and_shards_the_cache():
     ("vocab_size", 33, "does not divide config.model.vocab_size=33"),
 ])
 def test_a_degree_that_does_not_divide_is_a_one_line_error(key, value, message):
-  config = checks.tiny_config("llama", 4)
+  config = checks.sharded_config("llama", 4)
   config.model[key] = value
   if key == "num_heads":
     config.model.update(num_kv_heads=6, head_dim=4)
@@ -157,7 +157,7 @@ def test_a_degree_that_does_not_divide_is_a_one_line_error(key, value, message):
 
 
 def test_kv_heads_not_divisible_and_too_many_devices_are_errors():
-  config = checks.tiny_config("llama", 4)
+  config = checks.sharded_config("llama", 4)
   config.model.num_kv_heads = 2
   with pytest.raises(ConfigError, match="does not divide config.model.num_kv_heads=2"):
     tp_models.check_config(config)
@@ -171,7 +171,7 @@ def test_kv_heads_not_divisible_and_too_many_devices_are_errors():
 
 def test_mixed_precision_keeps_float32_variables_logits_and_loss():
   keras.mixed_precision.set_global_policy("mixed_bfloat16")
-  model = tp_models.build_tensor_parallel(checks.tiny_config("llama", 2))
+  model = tp_models.build_tensor_parallel(checks.sharded_config("llama", 2))
   features, labels, weights = checks.batch(0)
   shard_logits = model(features)
   total, count = model.cross_entropy_sums(shard_logits, labels, weights)
@@ -202,7 +202,7 @@ def _built_optimizer(config, model):
 
 def test_a_run_saved_at_degree_2_resumes_at_degree_1_with_identical_state(tmp_path):
   """Model and AdamW state go through an ordinary checkpoint of the unsharded model."""
-  config = checks.tiny_config("llama", 2)  # untied projection, grouped KV heads
+  config = checks.sharded_config("llama", 2)  # untied projection, grouped KV heads
   host = build(config)
   host_optimizer = _built_optimizer(config, host)
   sharded = tp_models.build_tensor_parallel(config)

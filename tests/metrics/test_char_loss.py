@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from tests.data.conftest import pydoc_topics
-from tests.training.helpers import synthetic_dataset_fn, tiny_config
+from tests.training.helpers import synthetic_dataset_fn, trainer_config
 from tfllm import models
 from tfllm.model_dir import EVAL_FILE
 from tfllm.data import char_counts, pipelines, sources, tokenizers
@@ -66,15 +66,15 @@ def test_zero_characters_is_an_error_not_a_division_by_zero():
 
 
 def test_without_a_tokenizer_nothing_is_reported():
-  config = tiny_config()
+  config = trainer_config()
   metric = char_loss.character_loss(config, None)
   assert metric.sums({}, None, None, None) == {} and metric.result({}) == {}
 
 
 def test_registered_for_causal_lm_only():
   tokenizer = tokenizers.ByteLevelTokenizer()
-  causal = metrics_lib.eval_metrics(tiny_config("causal_lm"), tokenizer)
-  masked = metrics_lib.eval_metrics(tiny_config("masked_lm"), tokenizer)
+  causal = metrics_lib.eval_metrics(trainer_config("causal_lm"), tokenizer)
+  masked = metrics_lib.eval_metrics(trainer_config("masked_lm"), tokenizer)
   assert sum(isinstance(m, char_loss.CharacterLoss) for m in causal) == 1
   assert not any(isinstance(m, char_loss.CharacterLoss) for m in masked)
 
@@ -82,7 +82,7 @@ def test_registered_for_causal_lm_only():
 def test_single_character_tokens_give_per_character_loss_equal_to_per_token_loss(tmp_path):
   # The trainer's synthetic data uses ids < 64: ASCII bytes, one character each under the
   # byte-level tokenizer; its sample weights mask a varying tail of every example.
-  config = tiny_config(steps=5, eval_steps=3)
+  config = trainer_config(steps=5, eval_steps=3)
   keras.utils.set_random_seed(0)
   strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
   with strategy.scope():
@@ -111,7 +111,7 @@ def _text_files(directory, texts, split="validation"):
 
 
 def _eval_config(files):
-  config = tiny_config(global_batch_size=2)
+  config = trainer_config(global_batch_size=2)
   config.data.update(dataset="text_files", files=files, deterministic=True)
   return config
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.training.helpers import tiny_config
+from tests.training.helpers import trainer_config
 from tfllm import metrics
 from tfllm.models.config import TASKS
 
@@ -16,7 +16,7 @@ from tfllm.models.config import TASKS
     ("multi_task", ["LossAndAccuracy", "ClassificationF1", "EntityF1"]),
 ])
 def test_each_task_reports_its_row_of_the_table(task, expected):
-  assert [type(m).__name__ for m in metrics.eval_metrics(tiny_config(task))] == expected
+  assert [type(m).__name__ for m in metrics.eval_metrics(trainer_config(task))] == expected
 
 
 def test_every_task_has_a_row():

@@ -17,7 +17,7 @@ VOCAB = 64
 SEQ = 16
 
 
-def tiny_config(task: str = "causal_lm", **train):
+def trainer_config(task: str = "causal_lm", **train):
   """2 layers, width 32, sequence 16, vocabulary 64; `train` overrides `config.train`.
 
   `tests.testing.tiny_config` (no style preset) with the trainer's settings: no dropout,

@@ -11,7 +11,7 @@ import numpy as np
 import pydoc_data.topics
 
 from tests.data.conftest import write_text_files
-from tests.training.helpers import make_trainer, tiny_config
+from tests.training.helpers import make_trainer, trainer_config
 from tfllm.data import pipelines, tokenizers
 
 BYTE = tokenizers.ByteLevelTokenizer()
@@ -19,7 +19,7 @@ STEPS, INTERRUPTED_AT = 12, 7
 
 
 def _config(text_glob, steps):
-  config = tiny_config("masked_lm", steps=steps, steps_per_loop=3, checkpoint_every_steps=6,
+  config = trainer_config("masked_lm", steps=steps, steps_per_loop=3, checkpoint_every_steps=6,
                        eval_steps=0)
   config.model.vocab_size = BYTE.vocabulary_size()
   config.data.update(dataset="text_files", files=text_glob, shuffle_buffer=32,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.training.helpers import finite_dataset_fn, make_trainer, tiny_config, two_cpu_mirrored
+from tests.training.helpers import finite_dataset_fn, make_trainer, trainer_config, two_cpu_mirrored
 from tfllm import config as config_lib
 from tfllm.config import ConfigError
 from tfllm.artifacts import checkpoints
@@ -37,7 +37,7 @@ def test_one_device_and_mirrored_give_the_same_loss_trajectory(tmp_path):
   # partial gradients instead of one, i.e. float32 rounding (~1e-7 relative per step, growing
   # slowly through Adam): 1e-4 absolute on a loss of ~4 over 20 steps leaves a wide margin
   # while any data-order, normalization or double-reduction bug moves the loss by > 1e-2.
-  config = tiny_config(steps=20)
+  config = trainer_config(steps=20)
   one = make_trainer(config, tmp_path / "one").train()
   mirrored = make_trainer(config, tmp_path / "mirrored", strategy=two_cpu_mirrored()).train()
   assert len(one.losses) == len(mirrored.losses) == 20
@@ -51,7 +51,7 @@ def test_mirrored_evaluation_counts_every_batch_of_an_uneven_split(tmp_path):
   # with one replica's batch only, which tf.distribute would drop (4 examples unevaluated).
   results = []
   for name, strategy, batch in (("one", None, 4), ("mirrored", two_cpu_mirrored(), 8)):
-    config = tiny_config("token_classification", global_batch_size=batch)
+    config = trainer_config("token_classification", global_batch_size=batch)
     trainer = make_trainer(config, tmp_path / name, strategy=strategy,
                            eval_fn=finite_dataset_fn(config, [20]))
     results.append(trainer.evaluate(num_steps=1000))
@@ -60,7 +60,7 @@ def test_mirrored_evaluation_counts_every_batch_of_an_uneven_split(tmp_path):
 
 
 def test_jit_compiled_steps_match_the_graph_steps_on_one_device(tmp_path):
-  config = tiny_config(steps=10)
+  config = trainer_config(steps=10)
   graph = make_trainer(config, tmp_path / "graph", jit_compile=False).train()
   xla = make_trainer(config, tmp_path / "xla", jit_compile=True).train()
   # XLA fuses and reorders float32 arithmetic; the trajectories agree to rounding.
@@ -68,8 +68,8 @@ def test_jit_compiled_steps_match_the_graph_steps_on_one_device(tmp_path):
 
 
 def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
-  big = make_trainer(tiny_config(steps=6, global_batch_size=8), tmp_path / "big").train()
-  accumulated = make_trainer(tiny_config(steps=6, global_batch_size=4, grad_accum_steps=2),
+  big = make_trainer(trainer_config(steps=6, global_batch_size=8), tmp_path / "big").train()
+  accumulated = make_trainer(trainer_config(steps=6, global_batch_size=4, grad_accum_steps=2),
                              tmp_path / "acc").train()
   # The weighted mean over two micro-batches of 4 is the mean over the batch of 8 (the
   # examples carry different numbers of weighted tokens, so a mean of means would differ).
@@ -77,12 +77,12 @@ def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
 
 
 def test_resume_after_interruption_is_exact(tmp_path):
-  config = tiny_config(steps=12, steps_per_loop=3, checkpoint_every_steps=6)
+  config = trainer_config(steps=12, steps_per_loop=3, checkpoint_every_steps=6)
   straight = make_trainer(config, tmp_path / "straight")
   straight.train()
 
   # Interrupted after 7 steps (the schedule still decays over 12).
-  interrupted = tiny_config(steps=7, steps_per_loop=3, checkpoint_every_steps=6)
+  interrupted = trainer_config(steps=7, steps_per_loop=3, checkpoint_every_steps=6)
   interrupted.train.optimizer.decay_steps = 12
   first = make_trainer(interrupted, tmp_path / "resumed")
   first.train()
@@ -96,7 +96,7 @@ def test_resume_after_interruption_is_exact(tmp_path):
 
 
 def test_checkpoints_are_kept_and_rotated(tmp_path):
-  trainer = make_trainer(tiny_config(steps=20, checkpoint_every_steps=5, keep_checkpoints=2),
+  trainer = make_trainer(trainer_config(steps=20, checkpoint_every_steps=5, keep_checkpoints=2),
                          tmp_path)
   trainer.train()
   names = sorted(os.listdir(checkpoint_dir(str(tmp_path))))
@@ -117,7 +117,7 @@ def _nan_after(config, nan_step):
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path):
-  config = tiny_config(steps=20, checkpoint_every_steps=5)
+  config = trainer_config(steps=20, checkpoint_every_steps=5)
   trainer = make_trainer(config, tmp_path, train_fn=_nan_after(config, 7))
   with pytest.raises(DivergedError, match=r"loss became nan at step 8.*ckpt-5"):
     trainer.train()
@@ -129,7 +129,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_pat
 
 
 def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-  config = tiny_config(steps=10, checkpoint_every_steps=5)
+  config = trainer_config(steps=10, checkpoint_every_steps=5)
   trainer = make_trainer(config, tmp_path)
   # CheckpointManager.save writes through Checkpoint._write: fail there, as a full disk would.
   original = tf.train.Checkpoint._write  # pylint: disable=protected-access
@@ -150,7 +150,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, m
 
 
 def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
-  config = tiny_config(steps=100000, steps_per_loop=2, checkpoint_every_steps=0)
+  config = trainer_config(steps=100000, steps_per_loop=2, checkpoint_every_steps=0)
   trainer = make_trainer(config, tmp_path)
   timer = threading.Timer(3.0, os.kill, args=(os.getpid(), signal.SIGTERM))
   timer.start()
@@ -166,11 +166,11 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
 
 def test_global_batch_not_divisible_by_replicas_is_refused(tmp_path):
   with pytest.raises(ValueError, match=r"global_batch_size=7 is not divisible by the 2 replicas"):
-    make_trainer(tiny_config(global_batch_size=7), tmp_path, strategy=two_cpu_mirrored())
+    make_trainer(trainer_config(global_batch_size=7), tmp_path, strategy=two_cpu_mirrored())
 
 
 def test_time_budget_stops_early_with_a_checkpoint_and_an_evaluation(tmp_path):
-  config = tiny_config(steps=100000, steps_per_loop=2, time_budget_minutes=0.02)
+  config = trainer_config(steps=100000, steps_per_loop=2, time_budget_minutes=0.02)
   result = make_trainer(config, tmp_path).train()
   assert result.stop_reason == "time_budget"
   assert result.step < 100000
@@ -179,7 +179,7 @@ def test_time_budget_stops_early_with_a_checkpoint_and_an_evaluation(tmp_path):
 
 
 def _budget_config(steps):
-  config = tiny_config(steps=steps, steps_per_loop=2, time_budget_minutes=1.0, eval_steps=0,
+  config = trainer_config(steps=steps, steps_per_loop=2, time_budget_minutes=1.0, eval_steps=0,
                        checkpoint_every_steps=0)
   config.train.optimizer.update(learning_rate=1e-2, warmup_steps=0, decay="cosine",
                                 min_learning_rate_ratio=0.1)
@@ -242,7 +242,7 @@ def test_a_run_resumed_after_its_budget_ended_only_evaluates_and_says_so(tmp_pat
 
 def test_early_stopping_on_an_eval_metric(tmp_path):
   # A zero learning rate never improves the eval loss: stop after `patience` evaluations.
-  config = tiny_config(steps=1000, steps_per_loop=2, eval_every_steps=2)
+  config = trainer_config(steps=1000, steps_per_loop=2, eval_every_steps=2)
   config.train.optimizer.learning_rate = 0.0
   config.train.early_stopping.update(metric="loss", patience=2)
   result = make_trainer(config, tmp_path).train()
@@ -251,7 +251,7 @@ def test_early_stopping_on_an_eval_metric(tmp_path):
 
 
 def test_early_stopping_on_a_missing_metric_names_the_reported_ones(tmp_path):
-  config = tiny_config(steps=10, steps_per_loop=2, eval_every_steps=2)
+  config = trainer_config(steps=10, steps_per_loop=2, eval_every_steps=2)
   config.train.early_stopping.update(metric="f1", patience=1)
   with pytest.raises(ConfigError, match=r"'f1' is not an eval metric.*accuracy, loss"):
     make_trainer(config, tmp_path).train()
@@ -261,7 +261,7 @@ def test_early_stopping_on_a_missing_metric_names_the_reported_ones(tmp_path):
                                   "token_classification", "multi_task"])
 def test_every_task_trains_and_evaluates_with_xla_on_one_cpu(tmp_path, task):
   # jit_compile=True with static shapes (the TPU's rule): a step that does not compile fails.
-  config = tiny_config(task, steps=2, steps_per_loop=2, eval_steps=1, jit_compile="on")
+  config = trainer_config(task, steps=2, steps_per_loop=2, eval_steps=1, jit_compile="on")
   trainer = make_trainer(config, tmp_path)
   assert trainer.jit_compile
   result = trainer.train()
@@ -278,7 +278,7 @@ def test_mixed_precision_steps_keep_float32_variables_and_finite_loss(tmp_path, 
   keras.mixed_precision.set_global_policy(policy)
   # Without XLA: on this CPU, XLA's bf16/fp16 compile takes tens of seconds (no bf16 units);
   # the XLA path is covered in float32 above.
-  trainer = make_trainer(tiny_config(steps=2, steps_per_loop=2, eval_steps=1), tmp_path)
+  trainer = make_trainer(trainer_config(steps=2, steps_per_loop=2, eval_steps=1), tmp_path)
   result = trainer.train()
   assert np.all(np.isfinite(result.losses))
   assert {v.dtype for v in trainer.model.trainable_variables} == {"float32"}
@@ -305,7 +305,7 @@ def _scripted_evaluations(trainer, losses, weights_at):
 
 
 def _early_stopping_config(**train):
-  config = tiny_config(steps=1000, steps_per_loop=2, eval_every_steps=2,
+  config = trainer_config(steps=1000, steps_per_loop=2, eval_every_steps=2,
                        checkpoint_every_steps=2, keep_checkpoints=1, **train)
   config.train.early_stopping.update(metric="loss", patience=2)
   return config
@@ -345,7 +345,7 @@ def test_early_stopping_keeps_the_best_checkpoint_past_the_rotation_and_resumes_
 
 
 def test_a_run_resumed_with_early_stopping_turned_on_restores(tmp_path):
-  make_trainer(tiny_config(steps=2, steps_per_loop=2), tmp_path).train()
+  make_trainer(trainer_config(steps=2, steps_per_loop=2), tmp_path).train()
   resumed = make_trainer(_early_stopping_config(), tmp_path)
   assert resumed.restore().endswith("ckpt-2")
   assert np.isnan(float(resumed.best_metric.numpy()))
@@ -353,7 +353,7 @@ def test_a_run_resumed_with_early_stopping_turned_on_restores(tmp_path):
 
 @pytest.mark.parametrize("train", [dict(eval_every_steps=0), dict(eval_steps=0)])
 def test_early_stopping_without_evaluations_during_training_is_refused(train):
-  config = tiny_config(steps=10, **train)
+  config = trainer_config(steps=10, **train)
   config.train.early_stopping.update(metric="loss", patience=1)
   with pytest.raises(ConfigError, match=r"early_stopping.metric='loss' needs evaluations") as e:
     config_lib.validate(config)
@@ -362,7 +362,7 @@ def test_early_stopping_without_evaluations_during_training_is_refused(train):
 
 def test_early_stopping_with_mode_train_is_refused(tmp_path):
   from tfllm.training import job  # pylint: disable=g-import-not-at-top
-  config = tiny_config(steps=10, eval_every_steps=2)
+  config = trainer_config(steps=10, eval_every_steps=2)
   config.train.early_stopping.update(metric="loss", patience=1)
   with pytest.raises(ConfigError, match=r"needs evaluations, which mode=train does not run"):
     job.run(config, str(tmp_path), mode="train", strategy_name="one_device")
@@ -391,7 +391,7 @@ def _scripted_loop(trainer, seconds_per_call, now, norms_per_call=None):
 
 def test_progress_line_of_a_step_bounded_run(tmp_path):
   now, lines = [0.0], []
-  trainer = make_trainer(tiny_config(steps=6, steps_per_loop=2, eval_steps=0), tmp_path,
+  trainer = make_trainer(trainer_config(steps=6, steps_per_loop=2, eval_steps=0), tmp_path,
                          clock=lambda: now[0], log=lines.append)
   _scripted_loop(trainer, 4.0, now)
   trainer.train()
@@ -434,7 +434,7 @@ def _scalars(directory):
 
 
 def test_tensorboard_scalars_of_training_and_evaluation(tmp_path):
-  config = tiny_config(steps=40, steps_per_loop=5, log_every_steps=10, eval_every_steps=20,
+  config = trainer_config(steps=40, steps_per_loop=5, log_every_steps=10, eval_every_steps=20,
                        peak_flops_per_device=1e9)
   now, lines = [0.0], []
   flops_per_token = 1e6

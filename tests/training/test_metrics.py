@@ -7,7 +7,7 @@ import math
 import pytest
 import tensorflow as tf
 
-from tests.training.helpers import tiny_config
+from tests.training.helpers import trainer_config
 from tfllm.metrics import ClassificationF1, EntityF1, losses, tables
 from tfllm.metrics.base import EvalMetric, LossAndAccuracy
 from tfllm.metrics.tables import eval_metrics
@@ -25,7 +25,7 @@ def test_weighted_cross_entropy_sums_by_hand():
 
 
 def test_loss_accuracy_perplexity_from_sums():
-  config = tiny_config("causal_lm")
+  config = trainer_config("causal_lm")
   metric = LossAndAccuracy(config.task)
   logits = tf.constant([[[3.0, 0.0], [0.0, 3.0], [3.0, 0.0]]])
   labels = tf.constant([[0, 0, 0]])
@@ -40,7 +40,7 @@ def test_loss_accuracy_perplexity_from_sums():
 
 
 def test_multi_task_loss_is_the_weighted_sum_of_head_losses():
-  config = tiny_config("multi_task")   # heads: sentiment (weight 1), tags (weight 0.5)
+  config = trainer_config("multi_task")   # heads: sentiment (weight 1), tags (weight 0.5)
   metric = LossAndAccuracy(config.task)
   totals = {"sentiment/ce": 2.0, "sentiment/weight": 4.0, "sentiment/correct": 1.0,
             "tags/ce": 6.0, "tags/weight": 3.0, "tags/correct": 3.0}
@@ -62,9 +62,9 @@ def test_a_task_row_of_the_metric_table_joins_the_evaluation(monkeypatch):
   # A table of this one row (the real table is restored after the test).
   monkeypatch.setattr(tables, "TASK_METRICS",
                       {"token_classification": (lambda config, tokenizer: Count(),)})
-  names = [type(m).__name__ for m in eval_metrics(tiny_config("token_classification"))]
+  names = [type(m).__name__ for m in eval_metrics(trainer_config("token_classification"))]
   assert names == ["LossAndAccuracy", "Count"]
-  assert [type(m).__name__ for m in eval_metrics(tiny_config("causal_lm"))] == [
+  assert [type(m).__name__ for m in eval_metrics(trainer_config("causal_lm"))] == [
       "LossAndAccuracy"]
 
 
@@ -171,7 +171,7 @@ def test_no_peak_on_a_cpu_says_why():
 def test_the_trainer_divides_by_the_peak_of_its_compute_dtype(monkeypatch, policy, peak):
   from tfllm.training import experiment  # pylint: disable=g-import-not-at-top
   _fake_gpu(monkeypatch, "NVIDIA H100 80GB HBM3")
-  config = tiny_config()
+  config = trainer_config()
   strategy = tf.distribute.get_strategy()   # its worker_devices raise: the peak must not ask
   peak_of = experiment.mfu_peak
   assert peak_of(config, strategy, policy).flops_per_second == peak
@@ -211,7 +211,7 @@ def _results(task, logits, labels, weights):
 
 
 def test_multi_task_evaluation_leaves_out_a_head_no_batch_reached():
-  task = tiny_config("multi_task").task
+  task = trainer_config("multi_task").task
   task.heads.sentiment.labels = ["neg", "pos"]
   task.heads.tags.labels = ["O", "B-PER", "I-PER"]
   # A sentiment batch: the tags head's labels carry weight 0 (multitask_data's layout).

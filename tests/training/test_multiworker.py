@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.training.helpers import finite_dataset_fn, make_trainer, tiny_config
+from tests.training.helpers import finite_dataset_fn, make_trainer, trainer_config
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "launch"))
@@ -38,7 +38,7 @@ def test_two_workers_match_one_device_and_only_the_chief_writes(tmp_path):
   # each worker reads every other example (its shard), so the global batches are the same
   # examples; only the all-reduce's summation order differs (float32 rounding, ~1e-7 per
   # step): 1e-4 on a loss of ~4 over 20 steps catches any real difference (data, scaling).
-  config = tiny_config(steps=20, steps_per_loop=5, checkpoint_every_steps=10, eval_steps=0)
+  config = trainer_config(steps=20, steps_per_loop=5, checkpoint_every_steps=10, eval_steps=0)
   trainer = make_trainer(config, tmp_path / "one",
                          eval_fn=finite_dataset_fn(config, [20], per_replica_batch=4))
   one = trainer.train()

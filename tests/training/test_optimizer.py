@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.training.helpers import tiny_config
+from tests.training.helpers import trainer_config
 from tfllm import models
 from tfllm.training.optimizer import (WarmupDecay, build_optimizer,
                                       weight_decay_exclusions)
@@ -33,7 +33,7 @@ def test_schedule_warms_up_linearly_then_decays_to_the_floor(decay, expected_end
 
 
 def test_norms_biases_and_embeddings_are_not_decayed_unless_asked():
-  config = tiny_config()
+  config = trainer_config()
   model = models.build(config)
   excluded = {v.path for v in weight_decay_exclusions(model.trainable_variables)}
   kernels = [v for v in model.trainable_variables if len(v.shape) == 2
@@ -51,7 +51,7 @@ def test_norms_biases_and_embeddings_are_not_decayed_unless_asked():
 def test_decoupled_weight_decay_shrinks_only_decayed_variables():
   # With zero gradients Adam's update is 0, so only the decay moves the weights:
   # w <- w - lr * wd * w on kernels; excluded variables do not move.
-  config = tiny_config()
+  config = trainer_config()
   config.train.optimizer.update(weight_decay=0.5, learning_rate=0.1, warmup_steps=0,
                                 decay="constant")
   keras.utils.set_random_seed(0)

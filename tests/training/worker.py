@@ -33,9 +33,9 @@ def main() -> int:
       "one_device", "mirrored") else None, worker_timeout_s=60)
   import numpy as np  # pylint: disable=g-import-not-at-top
   # pylint: disable=g-import-not-at-top
-  from tests.training.helpers import finite_dataset_fn, make_trainer, tiny_config
+  from tests.training.helpers import finite_dataset_fn, make_trainer, trainer_config
   chief = distribute.is_chief(strategy)
-  config = tiny_config(steps=args.steps, steps_per_loop=args.steps_per_loop,
+  config = trainer_config(steps=args.steps, steps_per_loop=args.steps_per_loop,
                        checkpoint_every_steps=args.checkpoint_every_steps, eval_steps=0)
   trainer = make_trainer(config, args.model_dir, strategy=strategy, is_chief=chief,
                          worker_dir=None if chief else distribute.worker_temp_dir(

@@ -24,6 +24,13 @@ LM_TASKS = ("causal_lm", "masked_lm")
 class EvalMetric:
   """Base class: additive per-batch sums in the graph, a result on the host."""
 
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, tokenizer=None) -> "EvalMetric":
+    """The metric for `config` (the `tfllm.metrics.tables` entry point); by default one built
+    from the task section alone."""
+    del tokenizer
+    return cls(config.task)
+
   def sums(self, features: Mapping[str, tf.Tensor], logits, labels,
            sample_weight) -> Dict[str, tf.Tensor]:
     """Float32 scalar sums over one replica's batch (keys unique across metrics)."""
@@ -73,8 +80,7 @@ class LossAndAccuracy(EvalMetric):
       self._lm_heads = {losses.SINGLE_HEAD} if task.name in LM_TASKS else set()
 
   def sums(self, features, logits, labels, sample_weight):
-    logits, labels = losses.as_heads(logits), losses.as_heads(labels)
-    weights = losses.as_heads(sample_weight) if sample_weight is not None else {}
+    logits, labels, weights = losses.batch_heads(logits, labels, sample_weight)
     out = {}
     for name in self._loss_weights:
       ce_sum, w_sum = losses.cross_entropy_sums(logits[name], labels[name], weights.get(name))

@@ -28,14 +28,8 @@ class ClassificationF1(EvalMetric):
         name: list(head.labels) or [str(i) for i in range(head.num_classes)]
         for name, head in heads.items()}
 
-  @classmethod
-  def from_config(cls, config, tokenizer=None):
-    del tokenizer
-    return cls(config.task)
-
   def sums(self, features, logits, labels, sample_weight):
-    logits, labels = losses.as_heads(logits), losses.as_heads(labels)
-    weights = losses.as_heads(sample_weight) if sample_weight is not None else {}
+    logits, labels, weights = losses.batch_heads(logits, labels, sample_weight)
     out = {}
     for name, label_names in self._labels.items():
       depth = len(label_names)

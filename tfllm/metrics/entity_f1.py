@@ -161,14 +161,8 @@ class EntityF1(EvalMetric):
     self._labels = {name: list(section.labels) for name, section in heads.items()}
     self._decoding = {name: tag_decoding(section) for name, section in heads.items()}
 
-  @classmethod
-  def from_config(cls, config, tokenizer=None):
-    del tokenizer
-    return cls(config.task)
-
   def sums(self, features, logits, labels, sample_weight):
-    logits, labels = losses.as_heads(logits), losses.as_heads(labels)
-    weights = losses.as_heads(sample_weight) if sample_weight is not None else {}
+    logits, labels, weights = losses.batch_heads(logits, labels, sample_weight)
     out = {}
     for name, (prefixes, types, type_names) in self._schemes.items():
       head_weights = losses.head_weights(labels[name], weights.get(name))

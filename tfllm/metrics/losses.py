@@ -30,6 +30,13 @@ def as_heads(value) -> Dict[str, tf.Tensor]:
   return {SINGLE_HEAD: value}
 
 
+def batch_heads(logits, labels, sample_weight):
+  """A batch's logits, labels and sample weights as head name -> tensor dicts (`as_heads`);
+  the weights dict is empty when the batch has none."""
+  weights = as_heads(sample_weight) if sample_weight is not None else {}
+  return as_heads(logits), as_heads(labels), weights
+
+
 def head_weights(labels: tf.Tensor, sample_weight) -> tf.Tensor:
   """The float32 sample weights of one head, ones where none are given."""
   if sample_weight is None:

@@ -332,7 +332,7 @@ def test_early_stopping_keeps_the_best_checkpoint_past_the_rotation_and_resumes_
 
   # Export and generation load the best weights.
   fresh = make_trainer(_early_stopping_config(), tmp_path / "other", seed=7).model
-  checkpointing.restore_model(fresh, str(tmp_path))
+  checkpoints.restore_model(fresh, str(tmp_path))
   for expected, actual in zip(weights_at[4], fresh.weights):
     np.testing.assert_array_equal(expected, actual.numpy())
 

@@ -12,6 +12,9 @@ from tests import testing
 from tfllm import metrics as metrics_lib
 from tfllm import models
 from tfllm.config import ConfigError
+from tfllm.layers import tensor_parallel as tp
+from tfllm.layers.tensor_parallel import ShardedLogits
+from tfllm.metrics import losses
 from tfllm.models import tensor_parallel as tp_models
 from tfllm.training import job
 from tfllm.training import tensor_parallel
@@ -109,3 +112,21 @@ def test_requests_it_cannot_run_are_one_line_config_errors(tmp_path, change, str
     job.run(config, str(tmp_path / "run"), strategy_name=strategy, log=lambda line: None)
   assert "\n" not in str(error.value)
   assert not (tmp_path / "run").exists()
+
+
+def test_sharded_logits_give_the_joined_logits_loss_and_predictions():
+  """`tfllm.metrics.losses` on `ShardedLogits` (2 devices) against NumPy on the joined
+  logits, with a tie across shards (the lowest index wins, as `np.argmax`)."""
+  rng = np.random.default_rng(0)
+  joined = rng.normal(size=(2, 3, 8)).astype("float32")
+  joined[0, 0, 1] = joined[0, 0, 6] = 9.0   # tied maxima in shard 0 and shard 1
+  labels = rng.integers(0, 8, size=(2, 3))
+  weights = rng.uniform(size=(2, 3)).astype("float32")
+  sharded = ShardedLogits([joined[..., :4], joined[..., 4:]], tp.tensor_parallel_devices(2))
+  log_z = np.log(np.exp(joined - joined.max(-1, keepdims=True)).sum(-1)) + joined.max(-1)
+  ce = log_z - np.take_along_axis(joined, labels[..., None], -1)[..., 0]
+  ce_sum, weight_sum = losses.cross_entropy_sums(sharded, labels, weights)
+  np.testing.assert_allclose(ce_sum, (ce * weights).sum(), rtol=1e-6)
+  np.testing.assert_allclose(weight_sum, weights.sum(), rtol=1e-6)
+  np.testing.assert_array_equal(losses.predictions(sharded), joined.argmax(-1))
+  assert int(losses.predictions(sharded)[0, 0]) == 1

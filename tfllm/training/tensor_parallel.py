@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from tfllm import models
 from tfllm.config import ConfigError
+from tfllm.finetune.config import pruning_enabled
 from tfllm.layers.tensor_parallel import ShardedLogits, variable_bytes_by_device
 from tfllm.models import tensor_parallel as tp_models
 from tfllm.training.optimizer import build_optimizer
@@ -125,8 +126,13 @@ def check_training(config, strategy_name: str, mixed_precision: str) -> None:
        "'full'"),
       ("config.finetune.distill.teacher_model_dir", finetune.distill.teacher_model_dir, "''"),
       ("config.finetune.adversarial.method", finetune.adversarial.method, "''"),
-      ("config.finetune.pruning.target_sparsity", finetune.pruning.target_sparsity, "0"),
   ]
+  if pruning_enabled(finetune.pruning):
+    unsupported += [("config.finetune.pruning.target_sparsity",
+                     finetune.pruning.target_sparsity, "0"),
+                    ("config.finetune.pruning.structure",
+                     finetune.pruning.structure if finetune.pruning.structure != "unstructured"
+                     else "", "'unstructured'")]
   for name, value, accepted in unsupported:
     if value:
       raise ConfigError(f"{key} does not support {name}={value!r} yet; use {name}={accepted} "

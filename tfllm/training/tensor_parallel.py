@@ -19,20 +19,24 @@ from tfllm.models import tensor_parallel as tp_models
 from tfllm.training.optimizer import build_optimizer
 
 
-def device_bytes(config, model: keras.Model) -> Tuple[Dict[str, int], Dict[str, int]]:
+def device_bytes(config, model: keras.Model, optimizer=None
+                 ) -> Tuple[Dict[str, int], Dict[str, int]]:
   """(parameter bytes, AdamW bytes) per device, read from where the variables live.
 
-  The optimizer is the one `config.train` describes, built for `model`'s trainable variables
-  (its slots are created beside each variable).
+  `optimizer`: the model's built AdamW (a training run's); None: the one `config.train`
+  describes, built here for `model`'s trainable variables (its slots are created beside
+  each variable).
   """
-  optimizer = build_optimizer(config.train, model.trainable_variables)
-  optimizer.build(model.trainable_variables)
+  if optimizer is None:
+    optimizer = build_optimizer(config.train, model.trainable_variables)
+    optimizer.build(model.trainable_variables)
   return variable_bytes_by_device(model.weights), variable_bytes_by_device(optimizer.variables)
 
 
-def device_bytes_report(config, model: keras.Model) -> str:
-  """One line a device: its parameter and AdamW bytes, and the unsharded total."""
-  parameters, optimizer = device_bytes(config, model)
+def device_bytes_report(config, model: keras.Model, optimizer=None) -> str:
+  """One line a device: its parameter and AdamW bytes, and the unsharded total
+  (`optimizer`: as in `device_bytes`)."""
+  parameters, optimizer = device_bytes(config, model, optimizer)
   lines = [f"tensor parallel over {config.train.model_parallel} devices: bytes per device"]
   for device in sorted(set(parameters) | set(optimizer)):
     lines.append(f"  {device}: parameters {parameters.get(device, 0):,}  "
@@ -155,6 +159,8 @@ class ShardedOutputModel:
     return ShardedLogits(self.model(features, training=training), self.model.devices)
 
   def __getattr__(self, name):
+    if name == "model":   # not set yet (e.g. during a copy): no recursion
+      raise AttributeError(name)
     return getattr(self.model, name)
 
 
@@ -193,5 +199,5 @@ def build_models(config, budget_progress: Optional[tf.Variable],
   optimizer = build_optimizer(config.train, model.trainable_variables,
                               budget_progress=budget_progress)
   optimizer.build(model.trainable_variables)
-  log(device_bytes_report(config, model))
+  log(device_bytes_report(config, model, optimizer))
   return ShardedOutputModel(model), optimizer, UnshardedState(config, model, optimizer)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 
 import keras
 import numpy as np
@@ -85,7 +86,6 @@ def resume_at_4(style: str, directory: str) -> dict:
 
 
 def main(argv):
-  import tempfile  # pylint: disable=import-outside-toplevel
   cpu = tf.config.list_physical_devices("CPU")[0]
   tf.config.set_logical_device_configuration(
       cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(4)])

@@ -90,8 +90,10 @@ def _files(directory):
     (["--config.train.early_stopping.metric=loss", "--config.train.early_stopping.patience=1",
       "--config.train.eval_every_steps=5", "--mode=train"], {},
      r"needs evaluations, which mode=train does not run", 2),
-    (["--config.train.model_parallel=2"], {},
-     r"model_parallel=2: tfllm-train does not train tensor-parallel models yet", 2),
+    (["--config.train.model_parallel=2", "--cpu_devices=2"], {},
+     r"model_parallel=2 trains one tensor-parallel group .*'one_device' \(data x tensor", 2),
+    (["--config.train.model_parallel=4", "--cpu_devices=2", "--distribution_strategy=off"],
+     {}, r"model_parallel=4 does not divide config.model.num_heads=2; use one of: 1, 2", 2),
 ])
 # (A global batch not divisible by the replicas, a disk full while checkpointing and a NaN
 # loss from bad data are checked in-process in tests/training/test_loop.py.)

@@ -166,6 +166,12 @@ def define_strategy_flags() -> None:
   flags.DEFINE_string("mixed_precision", "float32", f"Keras dtype policy: {PRECISIONS_HELP}.")
 
 
+def define_cpu_devices_flag() -> None:
+  """--cpu_devices: split the CPU into logical devices (tensor parallelism without GPUs)."""
+  flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into this many logical devices first "
+                       "(tensor parallelism without GPUs); 0 = leave it whole.", lower_bound=0)
+
+
 def load_config():
   """The validated ConfigDict of `--config` and its overrides (raises `ConfigError`).
 

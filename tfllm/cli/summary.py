@@ -46,8 +46,7 @@ def main(argv):
 
 def _define_flags():
   tfllm_flags.define_config_flag(None)
-  flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into this many logical devices first "
-                       "(tensor parallelism without GPUs); 0 = leave it whole.", lower_bound=0)
+  tfllm_flags.define_cpu_devices_flag()
 
 
 def run_main():

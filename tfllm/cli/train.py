@@ -7,6 +7,8 @@ of a config file of your own.
 
   tfllm-train --config=gpt_tiny --config.train.steps=2000
       --model_dir=/tmp/gpt_tiny --distribution_strategy=mirrored
+  tfllm-train --config=gpt_tiny_shakespeare --config.train.model_parallel=2 --cpu_devices=2
+      --model_dir=/tmp/gpt_tp2   (tensor parallel over 2 devices: docs/distributed.md)
   tfllm-train --config=/path/my_config.py --model_dir=/tmp/mine
 
 Exit codes: 0 done; 1 an error (one line on stderr); 2 bad flags or config; 143 stopped by
@@ -43,6 +45,7 @@ def define_flags():
   flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"],
                     "train, eval (newest checkpoint) or train_and_eval.")
   tfllm_flags.define_strategy_flags()
+  tfllm_flags.define_cpu_devices_flag()
 
 
 def main(argv):
@@ -61,10 +64,12 @@ def main(argv):
   startup = runtime.StartupTimer()
   # Imported here so that `--help` and flag errors answer before TensorFlow loads.
   from tfllm import config as config_lib  # loads TF: after the flag checks
-  from tfllm import training  # loads TF: after the flag checks
+  from tfllm import distribute, training  # loads TF: after the flag checks
   startup.mark("import")
   multi_worker = FLAGS.distribution_strategy == "multi_worker_mirrored"
   try:
+    if FLAGS.cpu_devices:
+      distribute.split_cpu(FLAGS.cpu_devices)
     config = tfllm_flags.load_config()
     model_dir = FLAGS.model_dir or tempfile.mkdtemp(prefix="tfllm-train-")
     if not FLAGS.model_dir:

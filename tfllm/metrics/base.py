@@ -85,7 +85,7 @@ class LossAndAccuracy(EvalMetric):
     for name in self._loss_weights:
       ce_sum, w_sum = losses.cross_entropy_sums(logits[name], labels[name], weights.get(name))
       w = losses.head_weights(labels[name], weights.get(name))
-      predicted = tf.argmax(logits[name], axis=-1, output_type=tf.int32)
+      predicted = losses.predictions(logits[name])
       correct = tf.cast(tf.equal(predicted, tf.cast(labels[name], tf.int32)), tf.float32)
       out[f"{name}/ce"] = ce_sum
       out[f"{name}/weight"] = w_sum

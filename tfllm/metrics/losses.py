@@ -12,6 +12,8 @@ from typing import Dict, Mapping, Tuple
 import ml_collections
 import tensorflow as tf
 
+from tfllm.layers.tensor_parallel import ShardedLogits
+
 # Head name of single-task models (multi-task models name their heads in config.task.heads).
 SINGLE_HEAD = "output"
 
@@ -49,7 +51,8 @@ def cross_entropy_sums(logits: tf.Tensor, labels: tf.Tensor,
   """Weighted cross-entropy sum and weight sum of one head.
 
   Args:
-    logits: float `[..., num_classes]` (vocab for LMs); computed in float32.
+    logits: float `[..., num_classes]` (vocab for LMs); computed in float32. Or a
+      tensor-parallel model's `ShardedLogits` (the vocabulary-parallel cross-entropy).
     labels: int `[...]` (the shape of `logits` without its last axis).
     sample_weight: float `[...]` or None (all ones); 0 masks a position out.
 
@@ -57,9 +60,19 @@ def cross_entropy_sums(logits: tf.Tensor, labels: tf.Tensor,
     (sum of weight * cross-entropy, sum of weights), float32 scalars.
   """
   weights = head_weights(labels, sample_weight)
-  ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
-      labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32))
+  if isinstance(logits, ShardedLogits):  # tensor parallel: from the shards, never joined
+    ce = logits.cross_entropy(labels)
+  else:
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32))
   return tf.reduce_sum(ce * weights), tf.reduce_sum(weights)
+
+
+def predictions(logits) -> tf.Tensor:
+  """int32 `argmax` of `logits` over the last axis (of the shards, for `ShardedLogits`)."""
+  if isinstance(logits, ShardedLogits):
+    return logits.argmax()
+  return tf.argmax(logits, axis=-1, output_type=tf.int32)
 
 
 def weight_sums(labels, sample_weight) -> Dict[str, tf.Tensor]:

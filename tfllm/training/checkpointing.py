@@ -44,12 +44,16 @@ class Checkpointer:
     required: the part of `checkpoint` every checkpoint restored must hold (default all of
       it); the rest is restored where present (state added by a setting such as early
       stopping, which a resumed run may turn on).
+    sync: None, or an object whose `before_save()` runs before every write and
+      `after_restore()` after every restore (a tensor-parallel run copies its shards into the
+      unsharded model the checkpoint holds, and back: `tfllm.training.tensor_parallel`).
   """
 
   def __init__(self, checkpoint: tf.train.Checkpoint, model_dir: str, is_chief: bool = True,
                worker_dir: Optional[str] = None, max_to_keep: int = 3,
-               required: Optional[tf.train.Checkpoint] = None):
+               required: Optional[tf.train.Checkpoint] = None, sync=None):
     self.is_chief = is_chief
+    self._sync = sync
     self._checkpoint = checkpoint
     self._required = required
     self._model_dir = model_dir
@@ -78,6 +82,8 @@ class Checkpointer:
       # The required part is checked; the values it leaves to the rest are expected.
       self._required.restore(path).assert_existing_objects_matched().expect_partial()
       self._checkpoint.restore(path).expect_partial()
+    if self._sync is not None:
+      self._sync.after_restore()
     return path
 
   def save_best(self, step: int, metric: str, mode: str, value: float) -> Optional[str]:
@@ -89,6 +95,8 @@ class Checkpointer:
     directory = (best_checkpoint_dir(self._model_dir) if self.is_chief
                  else os.path.join(self.directory, "best"))
     prefix = os.path.join(directory, f"ckpt-{step}")
+    if self._sync is not None:
+      self._sync.before_save()
     try:
       path = self._checkpoint.write(prefix)
     except (OSError, tf.errors.OpError) as error:
@@ -114,6 +122,8 @@ class Checkpointer:
 
   def save(self, step: int) -> str:
     """Writes the checkpoint of `step`; returns its path (the chief's)."""
+    if self._sync is not None:
+      self._sync.before_save()
     try:
       path = self.manager.save(checkpoint_number=step)
     except (OSError, tf.errors.OpError) as error:

@@ -27,6 +27,7 @@ from tfllm.metrics.tables import eval_metrics
 from tfllm.model_dir import config_path, write_atomically
 from tfllm.training import flops
 from tfllm.training import optimizer as optimizer_lib
+from tfllm.training import tensor_parallel
 from tfllm.training.saved_config import compare_with_model_dir
 
 
@@ -53,6 +54,9 @@ class Experiment:
   flops_per_token: float = 0.0
   peak: Optional[flops.Peak] = None
   changed_settings: List[str] = dataclasses.field(default_factory=list)
+  # Tensor parallelism: the unsharded pair its checkpoints hold (the trainer's
+  # `checkpoint_state`, `tfllm.training.tensor_parallel.UnshardedState`); None otherwise.
+  checkpoint_state: Any = None
 
 
 def build_experiment(config: ml_collections.ConfigDict, strategy: tf.distribute.Strategy,
@@ -104,6 +108,8 @@ def build_experiment(config: ml_collections.ConfigDict, strategy: tf.distribute.
 def _build_models(config, policy: str, tokenizer, log) -> Experiment:
   """The model, its fine-tuning preparation, pruning, distillation and the optimizer (called
   inside the strategy's scope)."""
+  if config.train.model_parallel > 1:
+    return _build_tensor_parallel(config, policy, tokenizer, log)
   model = models.build(config)
   prepared = finetune.prepare_model(model, config)  # pretrained init, frozen layers, LoRA
   if config.finetune.init_checkpoint or config.finetune.strategy != "full":
@@ -133,6 +139,17 @@ def _build_models(config, policy: str, tokenizer, log) -> Experiment:
                     train_data=None, eval_data=None, metrics=(), tokenizer=tokenizer,
                     policy=policy, objective=objective, pruning=pruning,
                     step_hooks=[pruning] if pruning else [], budget_progress=budget_progress)
+
+
+def _build_tensor_parallel(config, policy: str, tokenizer, log) -> Experiment:
+  """The sharded causal LM over `config.train.model_parallel` devices, trained on
+  `ShardedLogits` and checkpointed unsharded (`tfllm.training.tensor_parallel`)."""
+  budget_progress = (optimizer_lib.time_budget_progress()
+                     if config.train.time_budget_minutes else None)
+  model, optimizer, state = tensor_parallel.build_models(config, budget_progress, log)
+  return Experiment(model=model, trained_model=model, optimizer=optimizer, train_data=None,
+                    eval_data=None, metrics=(), tokenizer=tokenizer, policy=policy,
+                    budget_progress=budget_progress, checkpoint_state=state)
 
 
 def _dataset_fns(config, tokenizer, threads):

@@ -8,6 +8,7 @@ export needs (`tfllm.model_dir` names its files).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Dict, Optional
 
 import ml_collections
@@ -17,6 +18,8 @@ from tfllm import config as config_lib
 from tfllm import distribute, runtime
 from tfllm.artifacts import checkpoints
 from tfllm.model_dir import checkpoint_dir
+from tfllm.models import tensor_parallel as tp_models
+from tfllm.training import tensor_parallel
 from tfllm.training.devices import jit_compile_setting
 from tfllm.training.experiment import Experiment, build_experiment
 from tfllm.training.loop import Trainer
@@ -55,10 +58,18 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
   """
   startup = startup or runtime.StartupTimer(since_process_start=False)
   config = validate(config, mode, model_dir)
+  tensor_parallel_degree = config.train.model_parallel
+  if tensor_parallel_degree > 1:
+    tensor_parallel.check_training(config, strategy_name, mixed_precision)
   # Thread pools are fixed when the runtime initializes, which the strategy does.
   threads = runtime.plan_threads(config.runtime)
   threads_note = runtime.configure_threads(threads)
-  strategy = distribute.get_strategy(strategy_name, tpu=tpu, num_gpus=num_gpus)
+  if tensor_parallel_degree > 1:
+    # One tensor-parallel group: one replica whose program spans the group's devices.
+    strategy = tf.distribute.get_strategy()
+    tp_models.check_config(config)   # N against the devices (the vocabulary: once it is known)
+  else:
+    strategy = distribute.get_strategy(strategy_name, tpu=tpu, num_gpus=num_gpus)
   startup.mark("strategy")
   check_with_strategy(config, strategy, mode, model_dir)
   chief = distribute.is_chief(strategy)
@@ -83,6 +94,11 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
     log(f"trained to step {result.step} ({result.stop_reason}) in {result.train_seconds:.1f} s "
         f"of steps, {result.tokens_per_second:,.0f} tokens/s")
     log(runtime.describe_thread_cpu(runtime.thread_cpu_seconds()))
+  if experiment.checkpoint_state is not None:
+    # The sample and anything else the report runs use the unsharded model, on the host.
+    experiment.checkpoint_state.before_save()
+    experiment = dataclasses.replace(experiment,
+                                     trained_model=experiment.checkpoint_state.model)
   return report(summary, trainer, experiment, config, mode, chief, log)
 
 
@@ -98,11 +114,6 @@ def validate(config: ml_collections.ConfigDict, mode: str,
   if not model_dir:
     raise config_lib.ConfigError("model_dir is empty; give the directory to train in")
   config = config_lib.validate(ml_collections.ConfigDict(config.to_dict()))
-  if config.train.model_parallel > 1:  # the sharded model is not wired into the loop yet
-    raise config_lib.ConfigError(
-        f"config.train.model_parallel={config.train.model_parallel}: tfllm-train does not "
-        "train tensor-parallel models yet (tfllm-summary and tfllm.models.tensor_parallel "
-        "build them); use config.train.model_parallel=1")
   if mode == "train" and config.train.early_stopping.metric:
     raise config_lib.ConfigError(
         f"config.train.early_stopping.metric={config.train.early_stopping.metric!r} needs "
@@ -131,15 +142,19 @@ def check_with_strategy(config: ml_collections.ConfigDict, strategy: tf.distribu
 
 def _trainer(config, strategy, experiment: Experiment, model_dir, chief, worker_dir, log,
              startup) -> Trainer:
+  # A tensor-parallel step is one program over several devices: not one XLA cluster.
+  jit_compile = (False if experiment.checkpoint_state is not None
+                 else jit_compile_setting(config.train))
   return Trainer(
       config, strategy, experiment.model, experiment.optimizer, model_dir,
       experiment.train_data, experiment.eval_data, metrics=experiment.metrics,
-      is_chief=chief, worker_dir=worker_dir, jit_compile=jit_compile_setting(config.train),
+      is_chief=chief, worker_dir=worker_dir, jit_compile=jit_compile,
       flops_per_token=experiment.flops_per_token,
       peak_flops_per_device=experiment.peak.flops_per_second,
       budget_progress=experiment.budget_progress, objective=experiment.objective,
       trained_model=experiment.trained_model, gradients=experiment.gradients,
-      step_hooks=experiment.step_hooks, log=log, startup=startup)
+      step_hooks=experiment.step_hooks, checkpoint_state=experiment.checkpoint_state, log=log,
+      startup=startup)
 
 
 def _log_setup(log, trainer: Trainer, experiment: Experiment, threads_line: str):

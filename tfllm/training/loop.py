@@ -78,6 +78,11 @@ class Trainer:
       optimizer's update (`step`: the updates done, that one included); `checkpoint_items()`
       gives trackables saved with the checkpoint; `summary_scalars()` gives host-side train
       scalars written with each progress report.
+    checkpoint_state: None, or what a tensor-parallel run checkpoints instead of its sharded
+      model and optimizer: an object with the unsharded `model` and `optimizer` and the
+      `before_save()` / `after_restore()` that copy the shards to and from them
+      (`tfllm.training.tensor_parallel.UnshardedState`), so checkpoints do not depend on the
+      degree.
     log: where progress lines go (chief only).
     clock: seconds since an arbitrary origin (tests replace it).
 
@@ -99,6 +104,7 @@ class Trainer:
                trained_model: Optional[keras.Model] = None,
                gradients: Optional[Callable] = None,
                step_hooks: Sequence = (),
+               checkpoint_state=None,
                log: Callable[[str], None] = print,
                clock: Callable[[], float] = time.perf_counter,
                startup=None):
@@ -128,6 +134,7 @@ class Trainer:
     self._gradients = gradients or self._plain_gradients
     self.trained_model = model if trained_model is None else trained_model
     self.step_hooks = list(step_hooks)
+    self.checkpoint_state = checkpoint_state
     self.checkpointer = self._build_checkpointer(worker_dir)
     self._train_loop_fn = None
     self._eval_step_fns: Dict[int, Callable] = {}
@@ -146,7 +153,10 @@ class Trainer:
     # Host-side only (never read in a step): wall-clock seconds of the time budget spent.
     self.budget_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False,
                                       name="budget_seconds")
-    state = dict(model=self.trained_model, optimizer=self.optimizer, step=self.step,
+    model, optimizer = self.trained_model, self.optimizer
+    if self.checkpoint_state is not None:  # a tensor-parallel run saves the unsharded pair
+      model, optimizer = self.checkpoint_state.model, self.checkpoint_state.optimizer
+    state = dict(model=model, optimizer=optimizer, step=self.step,
                  budget_seconds=self.budget_seconds)
     for hook in self.step_hooks:
       state.update(hook.checkpoint_items())
@@ -166,7 +176,8 @@ class Trainer:
           early_stopping_evaluations=self.evaluations_without_improvement)
     return checkpointing.Checkpointer(
         self.checkpoint, self.model_dir, is_chief=self.is_chief, worker_dir=worker_dir,
-        max_to_keep=self.train_config.keep_checkpoints, required=required)
+        max_to_keep=self.train_config.keep_checkpoints, required=required,
+        sync=self.checkpoint_state)
 
   # ---------------------------------------------------------------- set-up
 

@@ -1,32 +1,42 @@
-"""A tensor-parallel model's AdamW: what it holds on each device (tfllm-summary), and the
-copy of model and optimizer state to and from the unsharded layout (checkpoints that do not
-depend on the degree)."""
+"""A tensor-parallel model in training: what it and its AdamW hold on each device
+(tfllm-summary, the trainer's start-up log), the copy of model and optimizer state to and from
+the unsharded layout (checkpoints that do not depend on the degree), and what `tfllm-train`
+builds and accepts for `config.train.model_parallel > 1`: one tensor-parallel group, under the
+default strategy (one replica whose program spans the group's devices)."""
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import keras
+import tensorflow as tf
 
-from tfllm.layers.tensor_parallel import variable_bytes_by_device
+from tfllm import models
+from tfllm.config import ConfigError
+from tfllm.finetune.config import pruning_enabled
+from tfllm.layers.tensor_parallel import ShardedLogits, variable_bytes_by_device
 from tfllm.models import tensor_parallel as tp_models
 from tfllm.training.optimizer import build_optimizer
 
 
-def device_bytes(config, model: keras.Model) -> Tuple[Dict[str, int], Dict[str, int]]:
+def device_bytes(config, model: keras.Model, optimizer=None
+                 ) -> Tuple[Dict[str, int], Dict[str, int]]:
   """(parameter bytes, AdamW bytes) per device, read from where the variables live.
 
-  The optimizer is the one `config.train` describes, built for `model`'s trainable variables
-  (its slots are created beside each variable).
+  `optimizer`: the model's built AdamW (a training run's); None: the one `config.train`
+  describes, built here for `model`'s trainable variables (its slots are created beside
+  each variable).
   """
-  optimizer = build_optimizer(config.train, model.trainable_variables)
-  optimizer.build(model.trainable_variables)
+  if optimizer is None:
+    optimizer = build_optimizer(config.train, model.trainable_variables)
+    optimizer.build(model.trainable_variables)
   return variable_bytes_by_device(model.weights), variable_bytes_by_device(optimizer.variables)
 
 
-def device_bytes_report(config, model: keras.Model) -> str:
-  """One line a device: its parameter and AdamW bytes, and the unsharded total."""
-  parameters, optimizer = device_bytes(config, model)
+def device_bytes_report(config, model: keras.Model, optimizer=None) -> str:
+  """One line a device: its parameter and AdamW bytes, and the unsharded total
+  (`optimizer`: as in `device_bytes`)."""
+  parameters, optimizer = device_bytes(config, model, optimizer)
   lines = [f"tensor parallel over {config.train.model_parallel} devices: bytes per device"]
   for device in sorted(set(parameters) | set(optimizer)):
     lines.append(f"  {device}: parameters {parameters.get(device, 0):,}  "
@@ -82,3 +92,112 @@ def from_unsharded(sharded_model, sharded_optimizer, unsharded_model, unsharded_
   tp_models.load_unsharded(
       layout + list(_slot_layouts(layout, sharded_optimizer, unsharded_optimizer)))
   sharded_optimizer.iterations.assign(unsharded_optimizer.iterations)
+
+
+# Where a tensor-parallel run keeps the unsharded model and AdamW its checkpoints hold.
+HOST = "/device:CPU:0"
+# The strategies `tfllm-train` accepts with `model_parallel > 1`: each means one group.
+ONE_GROUP_STRATEGIES = ("mirrored", "off", "default")
+
+
+def check_training(config, strategy_name: str, mixed_precision: str) -> None:
+  """What this slice of tensor parallelism trains (after `tp_models.check_config`).
+
+  Raises:
+    ConfigError: one line naming the setting and what is accepted: data x tensor
+      parallelism (another strategy), a precision other than float32, `jit_compile=on`
+      (one program over several devices is not one XLA cluster), or a fine-tuning feature
+      the sharded model does not carry (pretrained init, LoRA/frozen layers, distillation,
+      pruning, adversarial training).
+  """
+  degree = config.train.model_parallel
+  key = f"config.train.model_parallel={degree}"
+  if str(strategy_name).strip().lower() not in ONE_GROUP_STRATEGIES:
+    raise ConfigError(f"{key} trains one tensor-parallel group on this machine; "
+                      f"distribution_strategy={strategy_name!r} (data x tensor parallelism) is "
+                      f"not supported yet; use one of: {', '.join(ONE_GROUP_STRATEGIES)}")
+  if mixed_precision != "float32":
+    raise ConfigError(f"{key} trains in float32 only; mixed_precision={mixed_precision!r} is "
+                      "not supported yet; use mixed_precision=float32")
+  if config.train.jit_compile == "on":
+    raise ConfigError(f"{key} runs one program over {degree} devices, which XLA cannot "
+                      "compile as one cluster; config.train.jit_compile='on' is not accepted; "
+                      "use 'auto' or 'off'")
+  finetune = config.finetune
+  unsupported = [
+      ("config.finetune.init_checkpoint", finetune.init_checkpoint, "''"),
+      ("config.finetune.strategy", finetune.strategy if finetune.strategy != "full" else "",
+       "'full'"),
+      ("config.finetune.distill.teacher_model_dir", finetune.distill.teacher_model_dir, "''"),
+      ("config.finetune.adversarial.method", finetune.adversarial.method, "''"),
+  ]
+  if pruning_enabled(finetune.pruning):
+    unsupported += [("config.finetune.pruning.target_sparsity",
+                     finetune.pruning.target_sparsity, "0"),
+                    ("config.finetune.pruning.structure",
+                     finetune.pruning.structure if finetune.pruning.structure != "unstructured"
+                     else "", "'unstructured'")]
+  for name, value, accepted in unsupported:
+    if value:
+      raise ConfigError(f"{key} does not support {name}={value!r} yet; use {name}={accepted} "
+                        "or model_parallel=1")
+
+
+class ShardedOutputModel:
+  """A `TensorParallelCausalLM` as the trainer calls it: `model(features, training=...)` gives
+  `ShardedLogits`, which the loss and the eval metrics read from the shards
+  (`tfllm.metrics.losses`); every other attribute is the wrapped model's.
+
+  Args:
+    model: the built `TensorParallelCausalLM`.
+  """
+
+  def __init__(self, model: tp_models.TensorParallelCausalLM):
+    self.model = model
+
+  def __call__(self, features, training=None) -> ShardedLogits:
+    return ShardedLogits(self.model(features, training=training), self.model.devices)
+
+  def __getattr__(self, name):
+    if name == "model":   # not set yet (e.g. during a copy): no recursion
+      raise AttributeError(name)
+    return getattr(self.model, name)
+
+
+class UnshardedState:
+  """The unsharded model and AdamW of the same config, on the host: what a tensor-parallel
+  run's checkpoints hold (the trainer's `checkpoint_state`), so that a checkpoint is an
+  ordinary one, resumes at any degree and exports unchanged.
+
+  Args:
+    config: the run's config.
+    sharded_model, sharded_optimizer: the tensor-parallel model and its built AdamW.
+  """
+
+  def __init__(self, config, sharded_model, sharded_optimizer):
+    self.sharded_model = sharded_model
+    self.sharded_optimizer = sharded_optimizer
+    with tf.device(HOST):
+      self.model = models.build(config)
+      self.optimizer = build_optimizer(config.train, self.model.trainable_variables)
+      self.optimizer.build(self.model.trainable_variables)
+
+  def before_save(self):
+    """Copies the shards and their AdamW state into the unsharded pair."""
+    to_unsharded(self.sharded_model, self.sharded_optimizer, self.model, self.optimizer)
+
+  def after_restore(self):
+    """Shards the restored unsharded pair into the tensor-parallel model and its AdamW."""
+    from_unsharded(self.sharded_model, self.sharded_optimizer, self.model, self.optimizer)
+
+
+def build_models(config, budget_progress: Optional[tf.Variable],
+                 log: Callable[[str], None] = print):
+  """`(model for the trainer, its AdamW, UnshardedState)` of a tensor-parallel run; logs the
+  bytes per device."""
+  model = tp_models.build_tensor_parallel(config)
+  optimizer = build_optimizer(config.train, model.trainable_variables,
+                              budget_progress=budget_progress)
+  optimizer.build(model.trainable_variables)
+  log(device_bytes_report(config, model, optimizer))
+  return ShardedOutputModel(model), optimizer, UnshardedState(config, model, optimizer)

@@ -27,12 +27,14 @@ from tfllm.layers.tensor_parallel.sharding import (ShardedLayer, check_degree, s
                                                    split_sections, sum_partials,
                                                    tensor_parallel_devices, unshard_values,
                                                    variable_bytes_by_device)
-from tfllm.layers.tensor_parallel.vocab import (VocabParallelEmbedding, VocabParallelProjection,
+from tfllm.layers.tensor_parallel.vocab import (ShardedLogits, VocabParallelEmbedding,
+                                                VocabParallelProjection, vocab_parallel_argmax,
                                                 vocab_parallel_cross_entropy)
 
 __all__ = [
-    "ShardedLayer", "TensorParallelAttention", "TensorParallelFeedForward",
+    "ShardedLayer", "ShardedLogits", "TensorParallelAttention", "TensorParallelFeedForward",
     "TensorParallelTransformerBlock", "VocabParallelEmbedding", "VocabParallelProjection",
     "check_degree", "shard_value", "split_sections", "sum_partials", "tensor_parallel_devices",
-    "unshard_values", "variable_bytes_by_device", "vocab_parallel_cross_entropy",
+    "unshard_values", "variable_bytes_by_device", "vocab_parallel_argmax",
+    "vocab_parallel_cross_entropy",
 ]

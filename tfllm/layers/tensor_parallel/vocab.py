@@ -193,3 +193,62 @@ def vocab_parallel_cross_entropy(shard_logits: Sequence[tf.Tensor], labels: tf.T
       targets.append(tf.where(owned, picked, 0.0))
   with tf.device(devices[0]):
     return tf.math.log(tf.add_n(sums)) + global_max - tf.add_n(targets)
+
+
+def vocab_parallel_argmax(shard_logits: Sequence[tf.Tensor],
+                          devices: Sequence[str]) -> tf.Tensor:
+  """`argmax` over vocabulary-sharded logits, never joining them: each shard gives its max
+  and the vocabulary index of it; the first shard holding the overall max wins, so ties go to
+  the lowest index, as `tf.argmax` of the joined logits does.
+
+  Args:
+    shard_logits: `N` float logits `[..., V / N]`, shard `i` on `devices[i]`.
+    devices: the `N` devices.
+
+  Returns:
+    int32 `[...]` vocabulary indices, on `devices[0]`.
+  """
+  local_vocab = shard_logits[0].shape[-1]
+  maxes, indices = [], []
+  for i, (logits, device) in enumerate(zip(shard_logits, devices)):
+    with tf.device(device):
+      maxes.append(tf.reduce_max(logits, axis=-1))
+      indices.append(tf.argmax(logits, axis=-1, output_type=tf.int32) + i * local_vocab)
+  with tf.device(devices[0]):
+    best_shard = tf.argmax(tf.stack(maxes, axis=-1), axis=-1, output_type=tf.int32)
+    return tf.gather(tf.stack(indices, axis=-1), best_shard[..., None],
+                     batch_dims=best_shard.shape.rank)[..., 0]
+
+
+class ShardedLogits:
+  """A tensor-parallel model's vocabulary-sharded logits, as the loss and the metrics read
+  them (`tfllm.metrics.losses.cross_entropy_sums`, `predictions`): the cross-entropy and the
+  argmax come from the shards, so `[batch, seq, vocab]` is never formed on one device.
+
+  Args:
+    shards: `N` float logits `[..., V / N]`, shard `i` on `devices[i]`.
+    devices: the `N` devices of the tensor-parallel group.
+
+  Example:
+
+  ```python
+  import numpy as np
+  from tfllm.layers.tensor_parallel import ShardedLogits
+
+  logits = ShardedLogits([np.array([[0., 3.]], "float32"), np.array([[1., 2.]], "float32")],
+                         ["/CPU:0", "/CPU:0"])
+  assert int(logits.argmax()[0]) == 1
+  ```
+  """
+
+  def __init__(self, shards: Sequence[tf.Tensor], devices: Sequence[str]):
+    self.shards = list(shards)
+    self.devices = list(devices)
+
+  def cross_entropy(self, labels: tf.Tensor) -> tf.Tensor:
+    """float32 `[...]` per-position cross-entropy (`vocab_parallel_cross_entropy`)."""
+    return vocab_parallel_cross_entropy(self.shards, labels, self.devices)
+
+  def argmax(self) -> tf.Tensor:
+    """int32 `[...]` predicted indices (`vocab_parallel_argmax`)."""
+    return vocab_parallel_argmax(self.shards, self.devices)

@@ -58,18 +58,10 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
   """
   startup = startup or runtime.StartupTimer(since_process_start=False)
   config = validate(config, mode, model_dir)
-  tensor_parallel_degree = config.train.model_parallel
-  if tensor_parallel_degree > 1:
-    tensor_parallel.check_training(config, strategy_name, mixed_precision)
   # Thread pools are fixed when the runtime initializes, which the strategy does.
   threads = runtime.plan_threads(config.runtime)
   threads_note = runtime.configure_threads(threads)
-  if tensor_parallel_degree > 1:
-    # One tensor-parallel group: one replica whose program spans the group's devices.
-    strategy = tf.distribute.get_strategy()
-    tp_models.check_config(config)   # N against the devices (the vocabulary: once it is known)
-  else:
-    strategy = distribute.get_strategy(strategy_name, tpu=tpu, num_gpus=num_gpus)
+  strategy = _strategy(config, strategy_name, tpu, num_gpus, mixed_precision)
   startup.mark("strategy")
   check_with_strategy(config, strategy, mode, model_dir)
   chief = distribute.is_chief(strategy)
@@ -80,26 +72,46 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
   trainer = _trainer(config, strategy, experiment, model_dir, chief, worker_dir, log, startup)
   _restore(trainer, experiment, mode, log)
   _log_setup(log, trainer, experiment, threads_note or threads.describe())
+  summary = _train_or_evaluate(trainer, mode, log)
+  return report(summary, trainer, _unsharded(experiment), config, mode, chief, log)
+
+
+def _strategy(config, strategy_name, tpu, num_gpus, mixed_precision) -> tf.distribute.Strategy:
+  """The strategy `strategy_name` names; with `train.model_parallel = N > 1`, TF's default
+  strategy: one tensor-parallel group, one replica whose program spans the group's N devices."""
+  if config.train.model_parallel > 1:
+    tensor_parallel.check_training(config, strategy_name, mixed_precision)
+    tp_models.check_config(config)   # N against the devices (the vocabulary: once it is known)
+    return tf.distribute.get_strategy()
+  return distribute.get_strategy(strategy_name, tpu=tpu, num_gpus=num_gpus)
+
+
+def _train_or_evaluate(trainer: Trainer, mode: str, log) -> Dict[str, Any]:
+  """Runs `mode` (evaluation alone, or training with or without evaluations); the summary."""
   summary: Dict[str, Any] = dict(step=int(trainer.step.numpy()), eval_metrics={},
                                  stop_reason="", tokens_per_second=0.0, train_seconds=0.0)
   if mode == "eval":
     summary["eval_metrics"] = trainer.evaluate()
-  else:
-    if mode == "train":
-      trainer.train_config.eval_steps = 0
-    result = trainer.train()
-    summary.update(step=result.step, eval_metrics=result.eval_metrics,
-                   stop_reason=result.stop_reason, tokens_per_second=result.tokens_per_second,
-                   train_seconds=result.train_seconds)
-    log(f"trained to step {result.step} ({result.stop_reason}) in {result.train_seconds:.1f} s "
-        f"of steps, {result.tokens_per_second:,.0f} tokens/s")
-    log(runtime.describe_thread_cpu(runtime.thread_cpu_seconds()))
-  if experiment.checkpoint_state is not None:
-    # The sample and anything else the report runs use the unsharded model, on the host.
-    experiment.checkpoint_state.before_save()
-    experiment = dataclasses.replace(experiment,
-                                     trained_model=experiment.checkpoint_state.model)
-  return report(summary, trainer, experiment, config, mode, chief, log)
+    return summary
+  if mode == "train":
+    trainer.train_config.eval_steps = 0
+  result = trainer.train()
+  summary.update(step=result.step, eval_metrics=result.eval_metrics,
+                 stop_reason=result.stop_reason, tokens_per_second=result.tokens_per_second,
+                 train_seconds=result.train_seconds)
+  log(f"trained to step {result.step} ({result.stop_reason}) in {result.train_seconds:.1f} s "
+      f"of steps, {result.tokens_per_second:,.0f} tokens/s")
+  log(runtime.describe_thread_cpu(runtime.thread_cpu_seconds()))
+  return summary
+
+
+def _unsharded(experiment: Experiment) -> Experiment:
+  """The experiment the report reads: a tensor-parallel run's sample (and anything else the
+  report runs) uses the unsharded model on the host."""
+  if experiment.checkpoint_state is None:
+    return experiment
+  experiment.checkpoint_state.before_save()
+  return dataclasses.replace(experiment, trained_model=experiment.checkpoint_state.model)
 
 
 def validate(config: ml_collections.ConfigDict, mode: str,

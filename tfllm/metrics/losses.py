@@ -32,11 +32,15 @@ def as_heads(value) -> Dict[str, tf.Tensor]:
   return {SINGLE_HEAD: value}
 
 
+def weight_heads(sample_weight) -> Dict[str, tf.Tensor]:
+  """A batch's sample weights as a head name -> tensor dict; empty when it has none."""
+  return as_heads(sample_weight) if sample_weight is not None else {}
+
+
 def batch_heads(logits, labels, sample_weight):
   """A batch's logits, labels and sample weights as head name -> tensor dicts (`as_heads`);
   the weights dict is empty when the batch has none."""
-  weights = as_heads(sample_weight) if sample_weight is not None else {}
-  return as_heads(logits), as_heads(labels), weights
+  return as_heads(logits), as_heads(labels), weight_heads(sample_weight)
 
 
 def head_weights(labels: tf.Tensor, sample_weight) -> tf.Tensor:
@@ -77,7 +81,6 @@ def predictions(logits) -> tf.Tensor:
 
 def weight_sums(labels, sample_weight) -> Dict[str, tf.Tensor]:
   """Head name -> this replica's sum of sample weights (known before the forward pass)."""
-  labels = as_heads(labels)
-  weights = as_heads(sample_weight) if sample_weight is not None else {}
+  labels, weights = as_heads(labels), weight_heads(sample_weight)
   return {name: tf.reduce_sum(head_weights(label, weights.get(name)))
           for name, label in labels.items()}

@@ -261,8 +261,7 @@ class Trainer:
     return loss, tape.gradient(scaled, variables)
 
   def _cross_entropy(self, logits, labels, sample_weight, global_weights):
-    logits, labels = losses.as_heads(logits), losses.as_heads(labels)
-    weights = losses.as_heads(sample_weight) if sample_weight is not None else {}
+    logits, labels, weights = losses.batch_heads(logits, labels, sample_weight)
     total = tf.constant(0.0)
     for name, loss_weight in self._loss_weights.items():
       ce_sum, _ = losses.cross_entropy_sums(logits[name], labels[name], weights.get(name))

@@ -55,7 +55,7 @@ import tensorflow as tf
 from tfllm.config import ConfigError
 from tfllm.data import preprocessors
 from tfllm.data.config import (CLASSIFICATION_TASKS, check_bucket_lengths,
-                               check_context_tokens)
+                               check_context_tokens, check_with_task)
 from tfllm.data.masking import mask_tokens
 from tfllm.data.pipelines import batching, causal_lm, classification, examples, masked_lm
 from tfllm.data.pipelines import tagging
@@ -132,8 +132,9 @@ def make_dataset(config, split: str, tokenizer, input_context=None,
   if data.sequence_length < 2:
     raise ConfigError(f"config.data.sequence_length={data.sequence_length} is too "
                       "short; accepted: >= 2")
-  check_bucket_lengths(config)
-  check_context_tokens(config)
+  # Library callers build datasets without `tfllm.config.validate`: the cross-section rules
+  # are cheap, so they run here too.
+  check_with_task(config)
   batch_size = batch_size_of(config.train.global_batch_size, input_context)
   dataset = _build(task, config, split, tokenizer, input_context, training, batch_size)
   if task in CLASSIFICATION_TASKS:

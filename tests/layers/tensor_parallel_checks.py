@@ -3,7 +3,7 @@
 Used in-process by `test_tensor_parallel.py` (the test session's 2 logical CPUs) and as a
 program in a subprocess that splits the CPU into 4 devices first:
 
-  python -m tests.layers.tensor_parallel_checks 4 gpt2 llama
+  python -m tests.layers.tensor_parallel_checks 4 gpt2 llama llama:31
 
 prints one JSON line per style with the largest differences found (and for causal LMs
 whether greedy KV-cache decoding gave the unsharded model's tokens).
@@ -21,26 +21,29 @@ TINY = dict(vocab_size=32, num_layers=2, hidden_dim=32, num_heads=8, intermediat
 BATCH, SEQ, ADAM_STEPS = 2, 8, 3
 
 
-def sharded_config(style: str, degree: int):
+def sharded_config(style: str, degree: int, vocab_size: int = TINY["vocab_size"]):
   """`tests.testing.tiny_config` at the `TINY` sizes for degree `degree`: a causal LM (GPT-2,
   Llama with 4 KV heads, grouped: 2 query heads a KV head, also at N = 4) or an encoder
-  (BERT, masked LM)."""
+  (BERT, masked LM); `vocab_size` that `degree` does not divide gives a padded vocabulary."""
   # Imported here, as TensorFlow is everywhere in this module: run as a program, `main`
   # splits the CPU into devices before anything touches the runtime.
   from tests import testing  # pylint: disable=import-outside-toplevel
   # Adam divides by sqrt(v): a gradient element near 0 turns float32 rounding (1e-7) into
   # an update difference up to the learning rate; 1e-3 keeps three steps within 1e-5.
   return testing.tiny_config(style, "masked_lm" if style == "bert" else "causal_lm",
-                             model=TINY, train=dict(model_parallel=degree),
+                             model=dict(TINY, vocab_size=vocab_size),
+                             train=dict(model_parallel=degree),
                              optimizer=dict(learning_rate=1e-3, warmup_steps=0),
                              **(dict(num_kv_heads=4) if style == "llama" else {}))
 
 
-def batch(seed: int = 0):
-  """Token ids, labels and a padding mask with one padded tail (weight 0)."""
+def batch(seed: int = 0, vocab_size: int = TINY["vocab_size"]):
+  """Token ids, labels and a padding mask with one padded tail (weight 0); the labels hold
+  the vocabulary's last id (a padded vocabulary's last real row)."""
   rng = np.random.default_rng(seed)
-  token_ids = rng.integers(0, TINY["vocab_size"], (BATCH, SEQ)).astype("int32")
-  labels = rng.integers(0, TINY["vocab_size"], (BATCH, SEQ)).astype("int32")
+  token_ids = rng.integers(0, vocab_size, (BATCH, SEQ)).astype("int32")
+  labels = rng.integers(0, vocab_size, (BATCH, SEQ)).astype("int32")
+  token_ids[0, 0] = labels[0, 0] = vocab_size - 1
   padding = np.ones((BATCH, SEQ), bool)
   padding[1, -3:] = False
   return {"token_ids": token_ids, "padding_mask": padding}, labels, padding.astype("float32")
@@ -50,7 +53,7 @@ def _max_diff(a, b) -> float:
   return float(np.max(np.abs(np.asarray(a, "float64") - np.asarray(b, "float64"))))
 
 
-def compare_causal_lm(style: str, degree: int) -> dict:
+def compare_causal_lm(style: str, degree: int, vocab_size: int = TINY["vocab_size"]) -> dict:
   """Logits, loss, every gradient and `ADAM_STEPS` AdamW steps, unsharded vs sharded.
 
   Returns:
@@ -65,7 +68,7 @@ def compare_causal_lm(style: str, degree: int) -> dict:
   from tfllm.metrics import losses
   from tfllm.training.optimizer import build_optimizer
 
-  config = sharded_config(style, degree)
+  config = sharded_config(style, degree, vocab_size)
   keras.utils.set_random_seed(1)
   dense = build(config)
   sharded = tp_models.build_tensor_parallel(config)
@@ -85,7 +88,7 @@ def compare_causal_lm(style: str, degree: int) -> dict:
   tp_index = {id(v): i for i, v in enumerate(sharded.trainable_variables)}
   dense_index = {id(v): i for i, v in enumerate(dense.trainable_variables)}
   for step in range(ADAM_STEPS):
-    features, labels, weights = batch(step)
+    features, labels, weights = batch(step, vocab_size)
     logits, loss, grads = dense_step(features, labels, weights)
     shard_logits, tp_loss, tp_grads = tp_step(features, labels, weights)
     if step == 0:  # the forward pass and gradients at the copied weights
@@ -131,7 +134,7 @@ def check_placement(layout, sharded, optimizer) -> int:
       continue
     for i, shard in enumerate(param.shards):
       expected = list(param.unsharded.shape)
-      expected[param.axis] //= len(param.shards)
+      expected[param.axis] = -(-expected[param.axis] // len(param.shards))   # padded
       assert list(shard.shape) == expected, (shard.path, shard.shape, expected)
       # Keras names a slot after its variable's path (`add_variable_from_reference`).
       prefix = shard.path.replace("/", "_")
@@ -143,7 +146,7 @@ def check_placement(layout, sharded, optimizer) -> int:
   return checked
 
 
-def compare_greedy_generation(style: str, degree: int):
+def compare_greedy_generation(style: str, degree: int, vocab_size: int = TINY["vocab_size"]):
   """(unsharded tokens, sharded tokens) of greedy KV-cache decoding from the same weights."""
   import keras
   import tensorflow as tf
@@ -152,12 +155,12 @@ def compare_greedy_generation(style: str, degree: int):
   from tfllm.models import tensor_parallel as tp_models
   from tfllm.models.build import build
 
-  config = sharded_config(style, degree)
+  config = sharded_config(style, degree, vocab_size)
   keras.utils.set_random_seed(3)
   dense = build(config)
   sharded = tp_models.build_tensor_parallel(config)
   tp_models.load_unsharded(tp_models.parameter_layout(dense, sharded))
-  features, _, _ = batch(7)
+  features, _, _ = batch(7, vocab_size)
   lengths = np.array([3, 5], "int32")
   zeros = np.zeros(BATCH, "float32")
 
@@ -197,12 +200,16 @@ def main(argv):
   cpu = tf.config.list_physical_devices("CPU")[0]
   tf.config.set_logical_device_configuration(
       cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(degree)])
-  for style in argv[2:]:
+  for name in argv[2:]:
+    # "llama:31": the style at vocabulary size 31 (padded at N = 2 and 4).
+    style, _, vocab = name.partition(":")
+    vocab_size = int(vocab or TINY["vocab_size"])
     if style == "bert":
       print(json.dumps(dict(style=style, degree=degree, hidden=compare_backbone(style, degree))))
     else:
-      result = compare_causal_lm(style, degree)
-      dense_tokens, sharded_tokens = compare_greedy_generation(style, degree)
+      result = compare_causal_lm(style, degree, vocab_size)
+      result["style"] = name
+      dense_tokens, sharded_tokens = compare_greedy_generation(style, degree, vocab_size)
       result["same_tokens"] = bool(np.array_equal(dense_tokens, sharded_tokens))
       print(json.dumps(result))
   sys.stdout.flush()

@@ -40,6 +40,16 @@ def test_causal_lm_matches_unsharded_at_degree_2(style):
 
 
 @pytest.mark.parametrize("style", ["gpt2", "llama"])
+def test_a_vocabulary_the_degree_does_not_divide_is_padded_and_changes_nothing(style):
+  """31 ids over 2 shards of 16 rows (tied: GPT-2; untied projection: Llama): the padding
+  row reaches no logit, and logits, loss, gradients, AdamW and greedy decoding are the
+  unsharded model's."""
+  _assert_close(checks.compare_causal_lm(style, 2, vocab_size=31))
+  dense_tokens, sharded_tokens = checks.compare_greedy_generation(style, 2, vocab_size=31)
+  np.testing.assert_array_equal(sharded_tokens, dense_tokens)
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama"])
 def test_greedy_generation_with_sharded_kv_cache_gives_the_same_tokens(style):
   dense_tokens, sharded_tokens = checks.compare_greedy_generation(style, 2)
   np.testing.assert_array_equal(sharded_tokens, dense_tokens)
@@ -55,15 +65,16 @@ def test_degree_4_in_a_subprocess_with_4_logical_cpus():
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   run = subprocess.run([sys.executable, "-m", "tests.layers.tensor_parallel_checks", "4",
-                        "gpt2", "llama", "bert"], cwd=root, env=env, capture_output=True,
-                       text=True, timeout=600, check=False)
+                        "gpt2", "llama", "llama:31", "bert"], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=600, check=False)
   assert run.returncode == 0, run.stderr[-3000:]
   results = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
-  assert [r["style"] for r in results] == ["gpt2", "llama", "bert"], run.stdout
-  for result in results[:2]:
+  # llama:31 is a vocabulary of 31 in 4 shards of 8 rows, the last with 7 real ones.
+  assert [r["style"] for r in results] == ["gpt2", "llama", "llama:31", "bert"], run.stdout
+  for result in results[:3]:
     _assert_close(result)
     assert result["same_tokens"], result
-  assert results[2]["hidden"] <= TOLERANCE
+  assert results[3]["hidden"] <= TOLERANCE
 
 
 def test_each_device_holds_one_nth_of_the_sharded_weights():
@@ -103,15 +114,29 @@ def test_shard_and_unshard_are_inverse_with_sections():
   np.testing.assert_array_equal(tp.unshard_values(shards, 1, (4, 4, 4)), value)
 
 
+def test_shard_pads_an_axis_the_degree_does_not_divide_and_unshard_drops_it():
+  value = np.arange(10 * 3).reshape(10, 3) + 1
+  shards = tp.shard_value(value, 4, axis=0)
+  assert [s.shape for s in shards] == [(3, 3)] * 4 and tp.real_sizes(10, 4) == [3, 3, 3, 1]
+  np.testing.assert_array_equal(shards[3], [[28, 29, 30], [0, 0, 0], [0, 0, 0]])
+  np.testing.assert_array_equal(tp.unshard_values(shards, 0, size=10), value)
+  assert tp.padded_size(10, 4) == 12 and tp.padded_size(12, 4) == 12
+  assert not tp.vocabulary_fills_shards(5, 4)   # 2 rows a shard: the last holds none
+
+
 def test_vocab_parallel_cross_entropy_matches_numpy():
   rng = np.random.default_rng(0)
   logits = rng.normal(size=(2, 3, 8)).astype("float32") * 5
   labels = rng.integers(0, 8, (2, 3))
-  ce = tp.vocab_parallel_cross_entropy([logits[..., :4], logits[..., 4:]], labels, DEVICES)
   shifted = logits - logits.max(-1, keepdims=True)
   log_softmax = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
   expected = -np.take_along_axis(log_softmax, labels[..., None], -1)[..., 0]
-  np.testing.assert_allclose(ce.numpy(), expected, atol=1e-5)
+  for split in (4, 5):   # even shards, and a padded vocabulary's narrower last shard
+    shards = [logits[..., :split], logits[..., split:]]
+    ce = tp.vocab_parallel_cross_entropy(shards, labels, DEVICES)
+    np.testing.assert_allclose(ce.numpy(), expected, atol=1e-5)
+    np.testing.assert_array_equal(tp.vocab_parallel_argmax(shards, DEVICES).numpy(),
+                                  logits.argmax(-1))
 
 
 def test_layers_round_trip_their_config():
@@ -143,7 +168,8 @@ def test_attention_masks_padded_keys_and_shards_the_cache():
 @pytest.mark.parametrize("key,value,message", [
     ("num_heads", 6, "does not divide config.model.num_heads=6"),
     ("intermediate_dim", 30, "does not divide config.model.intermediate_dim=30"),
-    ("vocab_size", 33, "does not divide config.model.vocab_size=33"),
+    ("vocab_size", 5, "splits config.model.vocab_size=5 into shards of 2 rows and leaves "
+                      "the last without a real one; use one of: 1, 2, 3, 5"),
 ])
 def test_a_degree_that_does_not_divide_is_a_one_line_error(key, value, message):
   config = checks.sharded_config("llama", 4)

@@ -29,8 +29,8 @@ class TensorParallelBackbone(TransformerBackbone):
   `model_parallel` local devices (`tfllm.layers.tensor_parallel.tensor_parallel_devices`).
 
   Args:
-    model_parallel: the tensor-parallel degree `N` (divides `num_heads`, `num_kv_heads`,
-      `intermediate_dim` and `vocab_size`).
+    model_parallel: the tensor-parallel degree `N` (divides `num_heads`, `num_kv_heads` and
+      `intermediate_dim`; the vocabulary is padded to a multiple of `N`).
     **kwargs: as in `TransformerBackbone`.
 
   Call arguments and returns: as `TransformerBackbone` (hidden states `[batch, seq,
@@ -196,8 +196,8 @@ def check_config(config) -> int:
   """Validates a config for tensor parallelism; returns its degree `N`.
 
   Raises:
-    ConfigError: one line naming the numbers: `N` does not divide the heads, KV heads,
-      hidden units or vocabulary, asks for more devices than there are, or the task is
+    ConfigError: one line naming the numbers: `N` does not divide the heads, KV heads or
+      hidden units, leaves a vocabulary shard without a real row, asks for more devices than there are, or the task is
       not one tensor parallelism supports yet.
   """
   config_lib.validate(config)
@@ -320,7 +320,8 @@ def gather(param: ShardedParameter, shard_values: Sequence) -> np.ndarray:
   shard_values = [keras.ops.convert_to_numpy(value) for value in shard_values]
   if param.axis is None:
     return shard_values[0]
-  return tp.unshard_values(shard_values, param.axis, param.sections)
+  return tp.unshard_values(shard_values, param.axis, param.sections,
+                           size=param.unsharded.shape[param.axis])
 
 
 def unsharded_values(layout: Sequence[ShardedParameter]

@@ -10,7 +10,9 @@ on that device only, so each device holds `1/N` of every sharded kernel. The lay
 - feed-forward: hidden units split into `N` groups: up (and SwiGLU's gate) column-parallel,
   down row-parallel;
 - token embedding, tied logits and cross-entropy: vocabulary rows split into `N` ranges
-  (vocab-parallel), so `[batch, seq, vocab]` logits are never formed on one device.
+  (vocab-parallel), so `[batch, seq, vocab]` logits are never formed on one device; a
+  vocabulary `N` does not divide is padded with rows that never reach a logit
+  (`padded_size`), so checkpoints hold the unpadded table.
 
 A row-parallel projection is followed by the only communication of the forward pass: the
 sum of the `N` partial outputs (`sum_partials`). The model runs as one program over the
@@ -23,10 +25,11 @@ design and what was rejected: docs/distributed.md, "Tensor parallelism".
 from tfllm.layers.tensor_parallel.blocks import (TensorParallelAttention,
                                                  TensorParallelFeedForward,
                                                  TensorParallelTransformerBlock)
-from tfllm.layers.tensor_parallel.sharding import (ShardedLayer, check_degree, shard_value,
-                                                   split_sections, sum_partials,
-                                                   tensor_parallel_devices, unshard_values,
-                                                   variable_bytes_by_device)
+from tfllm.layers.tensor_parallel.sharding import (ShardedLayer, check_degree, padded_size,
+                                                   real_sizes, shard_value, split_sections,
+                                                   sum_partials, tensor_parallel_devices,
+                                                   unshard_values, variable_bytes_by_device,
+                                                   vocabulary_fills_shards)
 from tfllm.layers.tensor_parallel.vocab import (ShardedLogits, VocabParallelEmbedding,
                                                 VocabParallelProjection, vocab_parallel_argmax,
                                                 vocab_parallel_cross_entropy)
@@ -34,7 +37,7 @@ from tfllm.layers.tensor_parallel.vocab import (ShardedLogits, VocabParallelEmbe
 __all__ = [
     "ShardedLayer", "ShardedLogits", "TensorParallelAttention", "TensorParallelFeedForward",
     "TensorParallelTransformerBlock", "VocabParallelEmbedding", "VocabParallelProjection",
-    "check_degree", "shard_value", "split_sections", "sum_partials", "tensor_parallel_devices",
-    "unshard_values", "variable_bytes_by_device", "vocab_parallel_argmax",
-    "vocab_parallel_cross_entropy",
+    "check_degree", "padded_size", "real_sizes", "shard_value", "split_sections",
+    "sum_partials", "tensor_parallel_devices", "unshard_values", "variable_bytes_by_device",
+    "vocab_parallel_argmax", "vocab_parallel_cross_entropy", "vocabulary_fills_shards",
 ]

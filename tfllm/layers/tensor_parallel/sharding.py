@@ -4,7 +4,7 @@ reduce and `ShardedLayer`, the base of every sharded layer (layout: the package 
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -33,14 +33,44 @@ def tensor_parallel_devices(degree: int) -> List[str]:
 
 def check_degree(degree: int, num_heads: int, num_kv_heads: int, intermediate_dim: int,
                  vocab_size: int) -> None:
-  """Raises a one-line `ConfigError` when `degree` does not divide a sharded dimension."""
+  """Raises a one-line `ConfigError` when `degree` does not divide a sharded dimension, or
+  leaves a vocabulary shard without a real row.
+
+  The vocabulary need not divide: it is padded to a multiple of `degree`
+  (`padded_size`), as Megatron-LM pads it; the padding rows sit at the end of the last
+  shards and never reach a logit. A degree that leaves a whole shard of padding is refused.
+  """
   for key, size in (("num_heads", num_heads), ("num_kv_heads", num_kv_heads),
-                    ("intermediate_dim", intermediate_dim), ("vocab_size", vocab_size)):
+                    ("intermediate_dim", intermediate_dim)):
     if int(size) % int(degree):
       divisors = [d for d in range(1, int(size) + 1) if size % d == 0 and d <= 64]
       raise ConfigError(f"config.train.model_parallel={degree} does not divide "
                         f"config.model.{key}={size}; use one of: "
                         f"{', '.join(map(str, divisors))}")
+  if not vocabulary_fills_shards(vocab_size, degree):
+    fitting = [d for d in range(1, min(int(vocab_size), 64) + 1)
+               if vocabulary_fills_shards(vocab_size, d)]
+    raise ConfigError(f"config.train.model_parallel={degree} splits config.model.vocab_size="
+                      f"{vocab_size} into shards of {padded_size(vocab_size, degree) // degree} "
+                      f"rows and leaves the last without a real one; use one of: "
+                      f"{', '.join(map(str, fitting))}")
+
+
+def padded_size(size: int, degree: int) -> int:
+  """`size` rounded up to a multiple of `degree` (a vocabulary split over `degree` shards)."""
+  return -(-int(size) // int(degree)) * int(degree)
+
+
+def real_sizes(size: int, degree: int) -> List[int]:
+  """How many of the `padded_size(size, degree) / degree` positions of each shard are real
+  (the rest is padding): `[local, ..., local, size - (degree - 1) * local]` or fewer."""
+  local = padded_size(size, degree) // int(degree)
+  return [max(0, min(local, int(size) - i * local)) for i in range(int(degree))]
+
+
+def vocabulary_fills_shards(size: int, degree: int) -> bool:
+  """True when every one of the `degree` shards of a padded axis holds a real position."""
+  return min(real_sizes(size, degree)) > 0
 
 
 def sum_partials(partials: Sequence[tf.Tensor], device: str) -> tf.Tensor:
@@ -75,23 +105,34 @@ def shard_value(value: np.ndarray, degree: int, axis: int,
 
   `sections` are the sizes of consecutive parts of that axis that are split separately
   (the fused QKV kernel's `[Q | K | V]` columns): shard `i` is the concatenation of the
-  `i`-th piece of every section.
+  `i`-th piece of every section. An axis without sections that `degree` does not divide
+  (the vocabulary) is padded with zeros at its end to `padded_size` first.
   """
   value = np.asarray(value)
+  size = value.shape[axis]
+  if not sections and size % degree:
+    padding = [(0, 0)] * value.ndim
+    padding[axis] = (0, padded_size(size, degree) - size)
+    value = np.pad(value, padding)
   parts = np.split(value, np.cumsum(split_sections(value.shape[axis], sections))[:-1], axis)
   pieces = [np.split(part, degree, axis) for part in parts]
   return [np.concatenate([piece[i] for piece in pieces], axis) for i in range(degree)]
 
 
 def unshard_values(shards: Sequence[np.ndarray], axis: int,
-                   sections: Sequence[int] | None = None) -> np.ndarray:
-  """The inverse of `shard_value`: the unsharded weight from its shards."""
+                   sections: Sequence[int] | None = None,
+                   size: int | None = None) -> np.ndarray:
+  """The inverse of `shard_value`: the unsharded weight from its shards; `size` is the
+  unsharded length of `axis` (the padding `shard_value` added is dropped)."""
   degree = len(shards)
-  size = sum(np.asarray(shard).shape[axis] for shard in shards)
-  local = [s // degree for s in split_sections(size, sections)]
+  total = sum(np.asarray(shard).shape[axis] for shard in shards)
+  local = [s // degree for s in split_sections(total, sections)]
   split_shards = [np.split(np.asarray(shard), np.cumsum(local)[:-1], axis) for shard in shards]
-  return np.concatenate([np.concatenate([parts[s] for parts in split_shards], axis)
-                         for s in range(len(local))], axis)
+  value = np.concatenate([np.concatenate([parts[s] for parts in split_shards], axis)
+                          for s in range(len(local))], axis)
+  if size is not None and size < total:
+    value = np.take(value, np.arange(size), axis)
+  return value
 
 
 class ShardedLayer(keras.layers.Layer):
@@ -126,6 +167,14 @@ class ShardedLayer(keras.layers.Layer):
     if size % self.degree:
       raise ValueError(f"{self.name}: {self.degree} devices do not divide {name}={size}")
     return size // self.degree
+
+  def padded_local_sizes(self, name: str, size: int) -> Tuple[int, List[int]]:
+    """`(rows a shard holds, real rows of each shard)` of dimension `name` padded to a
+    multiple of `N` (`padded_size`); every shard must hold a real row."""
+    if not vocabulary_fills_shards(size, self.degree):
+      raise ValueError(f"{self.name}: {self.degree} devices leave a shard of {name}={size} "
+                       "without a real row")
+    return padded_size(size, self.degree) // self.degree, real_sizes(size, self.degree)
 
   def build_shards(self, make_shard, input_shape):
     """`self.shards[i] = make_shard(i)`, built on `devices[i]` (its variables live there)."""

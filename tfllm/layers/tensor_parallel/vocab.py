@@ -16,14 +16,16 @@ from tfllm.layers.tensor_parallel.sharding import ShardedLayer, sum_partials
 class VocabParallelEmbedding(ShardedLayer):
   """Token embedding with its vocabulary rows split over `devices`; also the tied logits.
 
-  Shard `i` is a `keras.layers.Embedding` of rows `i*V/N ... (i+1)*V/N - 1` on `devices[i]`
-  (its variable is named `embeddings`, so AdamW's embedding rules apply to it as to the
-  unsharded table). A lookup takes each id's row from the shard that owns it (zeros from
-  the others) and sums the shards' results; the reverse projection returns the shards'
-  logits unjoined, for `vocab_parallel_cross_entropy`.
+  The table is padded to `V' = ceil(V / N) * N` rows (`padded_size`): shard `i` is a
+  `keras.layers.Embedding` of rows `i*V'/N ... (i+1)*V'/N - 1` on `devices[i]` (its variable
+  is named `embeddings`, so AdamW's embedding rules apply to it as to the unsharded table).
+  A lookup takes each id's row from the shard that owns it (zeros from the others) and sums
+  the shards' results; the reverse projection returns the shards' logits unjoined, for
+  `vocab_parallel_cross_entropy`, each shard's over its real rows only, so padding rows never
+  reach a logit (and get no gradient).
 
   Args:
-    input_dim: vocabulary size `V` (divisible by `N`).
+    input_dim: vocabulary size `V` (any size that leaves every shard a real row).
     output_dim: hidden size.
     devices: the `N` device names of the tensor-parallel group.
     embeddings_initializer: initializer of the table (each shard gets a clone).
@@ -31,8 +33,8 @@ class VocabParallelEmbedding(ShardedLayer):
   Call arguments:
     inputs: int `[batch, seq]` token ids, or with `reverse=True` hidden states
       `[..., output_dim]`.
-    reverse: if True, returns a list of `N` float32 logits `[..., V / N]`, shard `i`'s on
-      `devices[i]`.
+    reverse: if True, returns a list of `N` float32 logits `[..., V_i]`, shard `i`'s on
+      `devices[i]` (`V_i` its real rows: `V / N` when `N` divides `V`; together `V`).
 
   Returns:
     `[batch, seq, output_dim]` embeddings, or the list of shard logits.
@@ -43,10 +45,10 @@ class VocabParallelEmbedding(ShardedLayer):
   import numpy as np
   from tfllm.layers.tensor_parallel import VocabParallelEmbedding
 
-  layer = VocabParallelEmbedding(10, 4, devices=["/CPU:0", "/CPU:0"])
+  layer = VocabParallelEmbedding(9, 4, devices=["/CPU:0", "/CPU:0"])
   assert layer(np.array([[1, 7]])).shape == (1, 2, 4)
   shard_logits = layer(np.zeros((1, 2, 4), "float32"), reverse=True)
-  assert [tuple(logits.shape) for logits in shard_logits] == [(1, 2, 5), (1, 2, 5)]
+  assert [tuple(logits.shape) for logits in shard_logits] == [(1, 2, 5), (1, 2, 4)]
   ```
   """
 
@@ -55,7 +57,8 @@ class VocabParallelEmbedding(ShardedLayer):
     super().__init__(devices, **kwargs)
     self.input_dim = int(input_dim)
     self.output_dim = int(output_dim)
-    self.local_vocab = self.local_size("input_dim (vocab_size)", self.input_dim)
+    self.local_vocab, self.real_rows = self.padded_local_sizes("input_dim (vocab_size)",
+                                                               self.input_dim)
     self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
 
   def build(self, input_shape=None):
@@ -80,18 +83,19 @@ class VocabParallelEmbedding(ShardedLayer):
     return sum_partials(partials, self.devices[0])
 
   def logits(self, hidden) -> List[tf.Tensor]:
-    """Tied logits `[..., V / N]` per shard, float32 (matmul in the compute dtype)."""
+    """Tied logits `[..., V_i]` per shard (its real rows), float32 (matmul in the compute
+    dtype)."""
     outputs = []
-    for shard, device in zip(self.shards, self.devices):
+    for shard, device, rows in zip(self.shards, self.devices, self.real_rows):
       with tf.device(device):
-        table = tf.cast(shard.embeddings, self.compute_dtype)
+        table = tf.cast(shard.embeddings[:rows], self.compute_dtype)
         outputs.append(tf.cast(tf.matmul(tf.cast(hidden, self.compute_dtype), table,
                                          transpose_b=True), tf.float32))
     return outputs
 
   def compute_output_shape(self, input_shape, reverse=False):
     if reverse:
-      return [(*input_shape[:-1], self.local_vocab)] * self.degree
+      return [(*input_shape[:-1], rows) for rows in self.real_rows]
     return (*input_shape, self.output_dim)
 
   def get_config(self):
@@ -106,8 +110,11 @@ class VocabParallelEmbedding(ShardedLayer):
 class VocabParallelProjection(ShardedLayer):
   """An untied, bias-free vocabulary projection (Llama's) split by output columns.
 
+  The columns are padded to a multiple of `N`, as `VocabParallelEmbedding`'s rows are; each
+  shard returns its real columns only.
+
   Args:
-    units: vocabulary size `V` (divisible by `N`).
+    units: vocabulary size `V` (any size that leaves every shard a real column).
     devices: the `N` device names of the tensor-parallel group.
     kernel_initializer: initializer of the kernel (each shard gets a clone).
 
@@ -115,7 +122,7 @@ class VocabParallelProjection(ShardedLayer):
     inputs: `[..., hidden]`.
 
   Returns:
-    A list of `N` float32 logits `[..., V / N]`, shard `i`'s on `devices[i]`.
+    A list of `N` float32 logits `[..., V_i]`, shard `i`'s on `devices[i]` (together `V`).
 
   Example:
 
@@ -123,16 +130,17 @@ class VocabParallelProjection(ShardedLayer):
   import numpy as np
   from tfllm.layers.tensor_parallel import VocabParallelProjection
 
-  layer = VocabParallelProjection(10, devices=["/CPU:0", "/CPU:0"])
+  layer = VocabParallelProjection(9, devices=["/CPU:0", "/CPU:0"])
   shard_logits = layer(np.zeros((1, 2, 4), "float32"))
-  assert [tuple(logits.shape) for logits in shard_logits] == [(1, 2, 5), (1, 2, 5)]
+  assert [tuple(logits.shape) for logits in shard_logits] == [(1, 2, 5), (1, 2, 4)]
   ```
   """
 
   def __init__(self, units, devices, kernel_initializer="glorot_uniform", **kwargs):
     super().__init__(devices, **kwargs)
     self.units = int(units)
-    self.local_units = self.local_size("units (vocab_size)", self.units)
+    self.local_units, self.real_units = self.padded_local_sizes("units (vocab_size)",
+                                                                self.units)
     self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
   def build(self, input_shape):
@@ -144,9 +152,11 @@ class VocabParallelProjection(ShardedLayer):
 
   def call(self, inputs):
     outputs = []
-    for shard, device in zip(self.shards, self.devices):
+    for shard, device, units in zip(self.shards, self.devices, self.real_units):
       with tf.device(device):
-        outputs.append(tf.cast(shard(inputs), tf.float32))
+        logits = shard(inputs)
+        outputs.append(tf.cast(logits if units == self.local_units else logits[..., :units],
+                               tf.float32))
     return outputs
 
   def get_config(self):
@@ -167,7 +177,8 @@ def vocab_parallel_cross_entropy(shard_logits: Sequence[tf.Tensor], labels: tf.T
   (it cancels out of the loss), so the gradient is exactly `softmax - onehot` per shard.
 
   Args:
-    shard_logits: `N` float logits `[..., V / N]`, shard `i` on `devices[i]`.
+    shard_logits: `N` float logits `[..., V_i]`, shard `i` on `devices[i]`; every shard but
+      the last as wide as the first (a padded vocabulary's last shard is narrower).
     labels: int `[...]` in `[0, V)`.
     devices: the `N` devices.
 
@@ -202,7 +213,8 @@ def vocab_parallel_argmax(shard_logits: Sequence[tf.Tensor],
   the lowest index, as `tf.argmax` of the joined logits does.
 
   Args:
-    shard_logits: `N` float logits `[..., V / N]`, shard `i` on `devices[i]`.
+    shard_logits: `N` float logits `[..., V_i]`, shard `i` on `devices[i]` (as for
+      `vocab_parallel_cross_entropy`).
     devices: the `N` devices.
 
   Returns:
@@ -226,7 +238,8 @@ class ShardedLogits:
   argmax come from the shards, so `[batch, seq, vocab]` is never formed on one device.
 
   Args:
-    shards: `N` float logits `[..., V / N]`, shard `i` on `devices[i]`.
+    shards: `N` float logits `[..., V_i]`, shard `i` on `devices[i]` (the last one narrower
+      for a padded vocabulary).
     devices: the `N` devices of the tensor-parallel group.
 
   Example:

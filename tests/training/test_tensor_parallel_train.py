@@ -140,3 +140,25 @@ def test_a_run_saved_at_2_resumes_at_4_with_the_same_values():
   for result in results:
     assert (result["weights"], result["adamw"], result["step"]) == (0.0, 0.0, 4), result
     assert result["next_losses"] <= 1e-5, result
+
+
+def test_the_host_copy_is_made_once_a_step(tmp_path):
+  """`before_save` copies the shards to the host pair only when a step ran since the last
+  copy or restore: the end of a run saves and then reports from the same values."""
+  trainer = tp_trainer(tp_config("gpt2", 2, steps=2), tmp_path)
+  state = trainer.checkpoint_state
+  embeddings = state.model.backbone.token_embedding.embeddings
+  trainer.train()
+  state.before_save()   # the final save already copied step 2: nothing new to copy
+  marker = np.full(embeddings.shape, 7.0, "float32")
+  embeddings.assign(marker)
+  state.before_save()
+  np.testing.assert_array_equal(_value(embeddings), marker)
+  trainer.run_steps(trainer.train_iterator(2), 1)   # a step: the next copy overwrites it
+  state.before_save()
+  assert not np.array_equal(_value(embeddings), marker)
+  saved = trainer.save()
+  trainer.restore(saved)   # after a restore the pairs agree: no copy either
+  embeddings.assign(marker)
+  state.before_save()
+  np.testing.assert_array_equal(_value(embeddings), marker)

@@ -181,14 +181,23 @@ class UnshardedState:
       self.model = models.build(config)
       self.optimizer = build_optimizer(config.train, self.model.trainable_variables)
       self.optimizer.build(self.model.trainable_variables)
+    # The sharded optimizer's step when the two pairs last held the same values: only an
+    # optimizer step changes the shards, so a copy at the same step would copy nothing new
+    # (the end of a run saves, then the report reads the unsharded model).
+    self._same_at_step: Optional[int] = None
 
   def before_save(self):
-    """Copies the shards and their AdamW state into the unsharded pair."""
-    to_unsharded(self.sharded_model, self.sharded_optimizer, self.model, self.optimizer)
+    """Copies the shards and their AdamW state into the unsharded pair (unless no step has
+    run since they were last the same)."""
+    step = int(self.sharded_optimizer.iterations.numpy())
+    if step != self._same_at_step:
+      to_unsharded(self.sharded_model, self.sharded_optimizer, self.model, self.optimizer)
+      self._same_at_step = step
 
   def after_restore(self):
     """Shards the restored unsharded pair into the tensor-parallel model and its AdamW."""
     from_unsharded(self.sharded_model, self.sharded_optimizer, self.model, self.optimizer)
+    self._same_at_step = int(self.sharded_optimizer.iterations.numpy())
 
 
 def build_models(config, budget_progress: Optional[tf.Variable],

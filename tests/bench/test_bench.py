@@ -95,8 +95,29 @@ def test_growth_fit_recovers_linear_and_quadratic_parts():
 
 def test_sweep_flag_is_parsed_or_refused_with_the_accepted_names():
   assert sweep.parse_sweep("seq_len=256,128") == ("seq_len", [128, 256])
-  with pytest.raises(ValueError, match="seq_len, num_layers, batch_size"):
+  with pytest.raises(ValueError, match="seq_len, num_layers, batch_size, model_parallel"):
     sweep.parse_sweep("width=1,2")
+
+
+def test_model_parallel_sweep_times_the_sharded_model_and_measures_bytes_per_device():
+  """At N=2 (the session's 2 logical CPUs) the step trains the tensor-parallel model (its
+  loss from the vocabulary shards) and every device holds less than the N=1 model."""
+  result = bench.run(_config(num_heads=2), mode="train", sweeps=["model_parallel=1,2"],
+                     steps=1, repeats=1, log=lambda line: None)
+  (summary,) = result["sweeps"]
+  one, two = [point["device_bytes"] for point in summary["points"]]
+  assert len(one) == 1 and len(two) == 2
+  (whole,) = one.values()
+  # Every weight and slot is held once: split ones over both, replicated ones on device 0.
+  assert max(two.values()) < whole == sum(two.values())
+  sharded = summary["points"][1]["result"]
+  assert sharded["jit_compile"] is False and sharded["models"]["tfllm"]["model_parallel"] == 2
+  assert np.isfinite(sharded["models"]["tfllm"]["tokens_per_second"]["median"])
+  with pytest.raises(ValueError, match="--compare=keras_hub is not accepted"):
+    config = _config(num_heads=2)
+    config.train.model_parallel = 2
+    bench.run(config, mode="train", compare="keras_hub", steps=1, repeats=1,
+              log=lambda line: None)
 
 
 def test_train_mode_with_comparison_and_sweep_writes_json_and_plot(tmp_path):

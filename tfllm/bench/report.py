@@ -100,7 +100,7 @@ def sweep_table(sweep: Dict) -> str:
   header = [sweep["name"], "step ms", "step CPU ms"]
   for label, _ in columns:
     header += [f"{label} linear ms", f"{label} quadratic ms", f"{label} quad share"]
-  header.append("peak MiB")
+  header += ["peak MiB", "weights + AdamW MiB, largest device"]
   rows = []
   for i, point in enumerate(sweep["points"]):
     row = [point["value"], _range(point["step_seconds"], 1e3, 1),
@@ -111,6 +111,9 @@ def sweep_table(sweep: Dict) -> str:
       row += [f"{fitted['linear'] * 1e3:.1f}", f"{fitted['quadratic'] * 1e3:.1f}",
               "-" if share is None else f"{share * 100:.0f}%"]
     row.append("-" if point.get("peak_bytes") is None else f"{point['peak_bytes'] / 2**20:.0f}")
+    device_bytes = point.get("device_bytes") or {}
+    row.append(f"{max(device_bytes.values()) / 2**20:.1f} (of {len(device_bytes)})"
+               if device_bytes else "-")
     rows.append(row)
   lines.append(_table(header, rows))
   return "\n".join(lines)

@@ -21,6 +21,8 @@ SWEEP_KEYS = {
     "seq_len": ("data.sequence_length",),
     "num_layers": ("model.num_layers",),
     "batch_size": ("train.global_batch_size",),
+    # Tensor-parallel degree (`tfllm-bench --cpu_devices=N` splits a CPU into N devices).
+    "model_parallel": ("train.model_parallel",),
 }
 
 

@@ -19,7 +19,9 @@ import tensorflow as tf
 from keras import ops
 
 from tfllm.bench import keras_hub_models, measure, mfu
+from tfllm.layers import tensor_parallel as tp
 from tfllm.models import build, build_backbone
+from tfllm.models import tensor_parallel as tp_models
 
 
 @dataclasses.dataclass
@@ -32,12 +34,22 @@ class Candidate:
     variables: the variables the step trains.
     logits_fn: `features -> float32 logits [batch, seq, vocab]`, training mode.
     features: the batch's inputs in the model's own keys.
+    loss_fn: `(features, labels) -> mean token cross-entropy`; None: the one of `logits_fn`'s
+      joined logits (a tensor-parallel model's comes from its vocabulary shards).
   """
   name: str
   counted: keras.Model
   variables: List[tf.Variable]
   logits_fn: Callable
   features: Dict[str, tf.Tensor]
+  loss_fn: Optional[Callable] = None
+
+  def loss(self, features, labels):
+    if self.loss_fn is not None:
+      return self.loss_fn(features, labels)
+    logits = self.logits_fn(features)
+    return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits,
+                                                                 from_logits=True))
 
   @property
   def num_parameters(self) -> int:
@@ -52,10 +64,20 @@ def synthetic_tokens(vocab_size: int, batch_size: int, sequence_length: int, see
 
 
 def tfllm_candidate(config, token_ids) -> Candidate:
-  """The tfllm model of `config`: its causal LM, or its encoder backbone + tied logits."""
+  """The tfllm model of `config`: its causal LM (tensor-parallel over
+  `config.train.model_parallel` devices when > 1), or its encoder backbone + tied logits."""
   features = {"token_ids": token_ids, "padding_mask": tf.ones_like(token_ids, tf.bool)}
   if config.model.num_token_types:
     features["token_type_ids"] = tf.zeros_like(token_ids)
+  if config.train.model_parallel > 1:
+    model = tp_models.build_tensor_parallel(config)
+
+    def sharded_loss(f, labels):
+      total, count = model.cross_entropy_sums(model(f, training=True), labels)
+      return total / count
+
+    return Candidate("tfllm", model, model.trainable_variables,
+                     lambda f: model(f, training=True), features, loss_fn=sharded_loss)
   if config.model.causal:
     model = build(config)
     return Candidate("tfllm", model, model.trainable_variables,
@@ -99,28 +121,35 @@ def keras_hub_candidate(config, token_ids) -> Candidate:
 
 
 def make_train_step(candidate: Candidate, labels, jit_compile: bool,
-                    learning_rate: float = 1e-4) -> Callable[[], tf.Tensor]:
-  """`step() -> loss`: one AdamW update of `candidate` on its fixed batch."""
-  step, arguments = train_step_function(candidate, labels, jit_compile, learning_rate)
+                    learning_rate: float = 1e-4, optimizer=None) -> Callable[[], tf.Tensor]:
+  """`step() -> loss`: one AdamW update of `candidate` on its fixed batch (`optimizer`: a
+  built one, default `adamw(candidate, learning_rate)`)."""
+  step, arguments = train_step_function(candidate, labels, jit_compile, learning_rate,
+                                        optimizer)
   return lambda: step(*arguments)
 
 
-def train_step_function(candidate: Candidate, labels, jit_compile: bool,
-                        learning_rate: float = 1e-4):
-  """`(step, arguments)`: the `tf.function` of one AdamW update of `candidate` and the
-  arguments `step(*arguments)` takes (its fixed batch); the HLO mode compiles it alone."""
+def adamw(candidate: Candidate, learning_rate: float = 1e-4) -> keras.optimizers.Optimizer:
+  """A Keras AdamW (loss-scaled under `mixed_float16`) built for `candidate`'s variables."""
   optimizer = keras.optimizers.AdamW(learning_rate=learning_rate)
   if keras.mixed_precision.global_policy().name == "mixed_float16":
     optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
   optimizer.build(candidate.variables)
+  return optimizer
+
+
+def train_step_function(candidate: Candidate, labels, jit_compile: bool,
+                        learning_rate: float = 1e-4, optimizer=None):
+  """`(step, arguments)`: the `tf.function` of one AdamW update of `candidate` and the
+  arguments `step(*arguments)` takes (its fixed batch); the HLO mode compiles it alone.
+  `optimizer`: a built one (default: `adamw(candidate, learning_rate)`)."""
+  optimizer = optimizer or adamw(candidate, learning_rate)
   variables = candidate.variables
 
   @tf.function(jit_compile=jit_compile)
   def step(features, labels):
     with tf.GradientTape() as tape:
-      logits = candidate.logits_fn(features)
-      loss = ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits,
-                                                                   from_logits=True))
+      loss = candidate.loss(features, labels)
       scaled = optimizer.scale_loss(loss)
     gradients = tape.gradient(scaled, variables)
     optimizer.apply_gradients(zip(gradients, variables))
@@ -158,6 +187,15 @@ def benchmark_train(config, batch_size: Optional[int] = None, steps: int = 10,
   """
   if compare not in (None, "", "keras_hub"):
     raise ValueError(f"compare={compare!r} is not accepted; use keras_hub or nothing")
+  degree = int(config.train.model_parallel)
+  if degree > 1:
+    if compare:
+      raise ValueError(f"config.train.model_parallel={degree}: --compare={compare} is not "
+                       "accepted (KerasHub has no tensor-parallel model on TF); leave it out")
+    if jit_compile:
+      # One program over several devices is not one XLA cluster (as in tfllm-train).
+      log(f"[train] model_parallel={degree}: the step runs without XLA")
+      jit_compile = False
   if steps < 1:
     raise ValueError(f"steps={steps} must be >= 1")
   batch_size = int(batch_size or config.train.global_batch_size)
@@ -175,7 +213,11 @@ def benchmark_train(config, batch_size: Optional[int] = None, steps: int = 10,
 
   runners, details = {}, {}
   for candidate in candidates:
-    step = make_train_step(candidate, labels, jit_compile)
+    optimizer = adamw(candidate)
+    step = make_train_step(candidate, labels, jit_compile, optimizer=optimizer)
+    # Where the weights and AdamW slots live, measured on the variables' devices.
+    device_bytes = tp.variable_bytes_by_device(list(candidate.variables) +
+                                               list(optimizer.variables))
     log(f"[train] {candidate.name}: compiling and warming up "
         f"({candidate.num_parameters:,} parameters)")
     for _ in range(2):
@@ -188,10 +230,14 @@ def benchmark_train(config, batch_size: Optional[int] = None, steps: int = 10,
       return loss.numpy()
 
     runners[candidate.name] = run
+    if degree > 1:
+      log(f"[train] weights + AdamW per device: " + ", ".join(
+          f"{device} {size / 2**20:.1f} MiB" for device, size in sorted(device_bytes.items())))
     flops_per_token = mfu.training_flops_per_token(candidate.counted, model.num_layers,
                                                    model.num_heads, head_dim, sequence_length)
     details[candidate.name] = dict(
-        parameters=candidate.num_parameters,
+        parameters=candidate.num_parameters, model_parallel=degree,
+        device_bytes=device_bytes,
         flops_parameters=mfu.flops_parameter_count(candidate.counted),
         flops_per_token=flops_per_token)
 

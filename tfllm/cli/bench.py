@@ -4,6 +4,7 @@
   tfllm-bench --mode=generate --compare=keras_hub --sweep=batch_size=1,8
   tfllm-bench --mode=train --sweep=seq_len=128,256,512 --sweep=num_layers=2,4,8 --output=s.json
   tfllm-bench --mode=attention --sweep=seq_len=4096,8192 --attention_block_size=512
+  tfllm-bench --mode=train --config=gpt_small --sweep=model_parallel=1,2,4 --cpu_devices=4
   tfllm-bench --mode=hlo --config=gpt_small --mixed_precision=mixed_bfloat16 --compare=keras_hub
 
 Prints a table (values are median [min..max] over rounds; compared models alternate within
@@ -32,12 +33,14 @@ MODES = ("train", "generate", "attention", "pipeline", "serve", "hlo")  # tfllm.
 def define_flags():
   tfllm_flags.define_config_flag("gpt_tiny")
   flags.DEFINE_enum("mode", "train", list(MODES), "What to measure.")
+  tfllm_flags.define_cpu_devices_flag()
   flags.DEFINE_enum("compare", None, ["keras_hub"],
                     "Also time KerasHub's model of the same shape (train, generate, hlo).")
   flags.DEFINE_string("output", None, "JSON file for the results (sweeps: a PNG beside it).")
   flags.DEFINE_string("plot", None, "PNG path of the sweep plot (default: --output's .png).")
-  flags.DEFINE_multi_string("sweep", [], "NAME=V1,V2,... with NAME seq_len, num_layers or "
-                            "batch_size; repeat the flag for several sweeps.")
+  flags.DEFINE_multi_string("sweep", [], "NAME=V1,V2,... with NAME seq_len, num_layers, "
+                            "batch_size or model_parallel (tensor-parallel degree; on CPU "
+                            "with --cpu_devices); repeat the flag for several sweeps.")
   flags.DEFINE_integer("repeats", 5, "Timed rounds (compared models alternate).", lower_bound=1)
   flags.DEFINE_integer("steps", 10, "Train steps per timed round.", lower_bound=1)
   flags.DEFINE_integer("batch_size", 0, "Train: examples per step (0 = the config's global "
@@ -79,6 +82,9 @@ def main(argv):
           "use float32, mixed_bfloat16 or mixed_float16", file=sys.stderr)
     return 2
   try:
+    if FLAGS.cpu_devices:
+      from tfllm import distribute  # loads TF: after the flag checks
+      distribute.split_cpu(FLAGS.cpu_devices)
     config = tfllm_flags.load_config()
     bench.run(config, mode=FLAGS.mode, compare=FLAGS.compare, sweeps=FLAGS.sweep,
               batch_size=FLAGS.batch_size, steps=FLAGS.steps, repeats=FLAGS.repeats,

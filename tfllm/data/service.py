@@ -85,9 +85,12 @@ class ServiceInput:
 
   Example:
 
-    train_data = ServiceInput(lambda context, seed: make(context, seed),
-                              "grpc://localhost:5050", job_name("/tmp/run"), seed=0)
-    dataset = train_data(None)
+    train_data = ServiceInput(
+        lambda context, seed: pipelines.make_dataset(
+            with_data_seed(config, seed), "train", tokenizer, input_context=context),
+        "grpc://localhost:5050", job_name("/tmp/run"), seed=config.data.seed)
+    dataset = train_data(None)              # served batches of the whole pipeline
+    resumed = train_data.resumed_at(1000)   # a fresh pass in job ...-from-1000
   """
 
   def __init__(self, build: Callable[[Optional[tf.distribute.InputContext], int],
@@ -106,6 +109,12 @@ class ServiceInput:
       return self
     return ServiceInput(self.build, self.address, f"{self.name}-from-{step}",
                         self.seed, start_step=step)
+
+  def describe(self) -> str:
+    """One line for the log: where the training input runs."""
+    return (f"training input: tf.data service at {self.address}, job {self.name} (dynamic "
+            f"sharding; a run resuming at step k reads job {self.name}-from-k, a fresh pass; "
+            "evaluation reads locally)")
 
   def __call__(self, context: Optional[tf.distribute.InputContext]) -> tf.data.Dataset:
     # One shared job for every consumer: the pipeline is whole, batched per replica.

@@ -99,6 +99,8 @@ def build_experiment(config: ml_collections.ConfigDict, strategy: tf.distribute.
     log(f"adversarial training: {adversarial.describe(config.finetune.adversarial)}")
   experiment.train_data, experiment.eval_data = _dataset_fns(config, tokenizer, threads,
                                                             model_dir)
+  if isinstance(experiment.train_data, service.ServiceInput):
+    log(experiment.train_data.describe())
   experiment.metrics = eval_metrics(config, tokenizer)
   experiment.flops_per_token = _flops_per_token(config, experiment.trained_model)
   experiment.peak = mfu_peak(config, strategy, policy)

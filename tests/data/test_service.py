@@ -83,6 +83,24 @@ def test_a_pass_through_the_service_yields_every_example_once(dispatcher, review
   assert served == local
 
 
+def test_a_pass_of_bucketed_token_classification_yields_every_sentence_once(dispatcher,
+                                                                           tmp_path):
+  words = " ".join(pydoc_topics(2)).split()
+  # 22 sentences of 1 to 11 real words, tagged by word length.
+  write_tfrecord(tmp_path / "tagged.tfrecord", [
+      {"tokens": words[7 * i:7 * i + 1 + i % 11],
+       "ner": [len(w) % 3 for w in words[7 * i:7 * i + 1 + i % 11]]} for i in range(22)])
+  config = make_config(dataset="tfrecord", files=str(tmp_path / "tagged.tfrecord"),
+                       sequence_length=32, text_feature="tokens", label_feature="ner",
+                       bucket_lengths=(8, 16))
+  config.task.update(dict(name="token_classification", labels=["A", "B", "C"]))
+  local = _rows(pipelines.make_dataset(config, "train", BYTE, training=False))
+  served = _rows(service.distribute(
+      pipelines.make_dataset(config, "train", BYTE, training=False), dispatcher, "tagged-pass"))
+  assert sum(local.values()) == 22
+  assert served == local
+
+
 def test_the_training_pipeline_is_served_in_batches_of_its_shape(dispatcher, reviews_config):
   config = config_lib.validate(reviews_config.copy_and_resolve_references())
   local = pipelines.make_dataset(config, "train", BYTE)

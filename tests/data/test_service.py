@@ -163,3 +163,21 @@ def test_document_context_on_the_service_is_refused_in_one_line():
     config_lib.validate(config)
   config.data.context_tokens = 0
   config_lib.validate(config)
+
+
+def test_two_replicas_read_per_replica_batches_of_one_shared_job(dispatcher, reviews_config):
+  from tests.training.helpers import two_cpu_mirrored  # pylint: disable=g-import-not-at-top
+  strategy = two_cpu_mirrored()
+  assert strategy.num_replicas_in_sync == 2
+  built = []
+
+  def build(context, seed):
+    built.append(context)
+    return pipelines.make_dataset(reviews_config, "train", BYTE, input_context=context)
+
+  served = service.ServiceInput(build, dispatcher, "two-replicas", seed=0)
+  features, _, _ = next(iter(devices.distributed_dataset(strategy, served)))
+  shards = strategy.experimental_local_results(features["token_ids"])
+  # The global batch of 4, two examples per replica, from one whole pipeline.
+  assert [shard.shape[0] for shard in shards] == [2, 2]
+  assert [(c.num_input_pipelines, c.num_replicas_in_sync) for c in built] == [(1, 2)]

@@ -181,3 +181,11 @@ def test_two_replicas_read_per_replica_batches_of_one_shared_job(dispatcher, rev
   # The global batch of 4, two examples per replica, from one whole pipeline.
   assert [shard.shape[0] for shard in shards] == [2, 2]
   assert [(c.num_input_pipelines, c.num_replicas_in_sync) for c in built] == [(1, 2)]
+
+
+def test_a_dispatcher_that_does_not_answer_is_one_line_not_a_hang():
+  from launch.local_multiworker import free_ports  # pylint: disable=g-import-not-at-top
+  port, = free_ports(1)
+  with pytest.raises(RuntimeError, match=rf"^no tf.data service dispatcher answers at "
+                     rf"grpc://localhost:{port} within 1 s; start one [^\n]*$"):
+    service.wait_for_dispatcher(f"grpc://localhost:{port}", timeout_s=1)

@@ -30,6 +30,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
+import time
 from typing import Callable, Optional
 
 import ml_collections
@@ -64,6 +66,28 @@ def with_data_seed(config: ml_collections.ConfigDict, seed: int) -> ml_collectio
   copy = ml_collections.ConfigDict(config.to_dict())
   copy.data.seed = seed
   return copy
+
+
+def wait_for_dispatcher(address: str, timeout_s: float = 30.0) -> None:
+  """Returns once the dispatcher at `address` ("grpc://HOST:PORT") accepts connections.
+
+  Raises:
+    RuntimeError: nothing answered within `timeout_s` (TF's service client would wait
+      forever: docs/stack.md).
+  """
+  host, port = address[len("grpc://"):].rsplit(":", 1)
+  deadline = time.monotonic() + timeout_s
+  while True:
+    try:
+      with socket.create_connection((host, int(port)), timeout=1.0):
+        return
+    except OSError:
+      if time.monotonic() >= deadline:
+        raise RuntimeError(  # pylint: disable=raise-missing-from
+            f"no tf.data service dispatcher answers at {address} within {timeout_s:g} s; "
+            "start one (launch/data_service.py --role=dispatcher) or fix "
+            "config.data.service_address")
+      time.sleep(0.5)
 
 
 def distribute(dataset: tf.data.Dataset, address: str, name: str) -> tf.data.Dataset:
@@ -121,5 +145,6 @@ class ServiceInput:
     whole = (None if context is None else tf.distribute.InputContext(
         num_input_pipelines=1, input_pipeline_id=0,
         num_replicas_in_sync=context.num_replicas_in_sync))
+    wait_for_dispatcher(self.address)
     dataset = self.build(whole, resumed_seed(self.seed, self.start_step))
     return distribute(dataset, self.address, self.name)

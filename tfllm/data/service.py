@@ -12,7 +12,8 @@ tf.data service worker gets restarted while processing a file"), and a pass with
 restart yields every example once (tested in `tests/data/test_service.py`). The static
 policies (FILE, DATA, FILE_OR_DATA) need a fixed worker list in the dispatcher and a
 service worker on each trainer host, and DATA makes every worker run the whole pipeline and
-drop all but its share: neither moves work off the trainer's host. docs/distributed.md.
+drop all but its share: none of them moves work off the trainer's host
+(docs/distributed.md).
 
 Every consumer of one training job (each `multi_worker_mirrored` worker) reads one shared
 service job, named after the model dir: the pipeline is built unsharded (the service shares

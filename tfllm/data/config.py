@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from tfllm.config import ConfigError, SectionSchema
 from tfllm.data import augment
 
@@ -46,6 +48,11 @@ def _data_defaults():
       max_predictions=20,
       # Augmented copies of the training split (docs/finetuning.md, "Data augmentation").
       augment=augment.augment_defaults(),
+      # "grpc://HOST:PORT": the training pipeline runs on this tf.data service dispatcher's
+      # workers (launch/data_service.py; docs/distributed.md); "" = on the trainer's host.
+      service_address="",
+      # The service job the run's consumers share; "" = named after the model dir.
+      service_job_name="",
   )
 
 
@@ -68,6 +75,27 @@ def _check_data(section):
     raise ConfigError(f"config.data.dataset={section.dataset!r} needs config.data.files "
                       "(a glob, optionally with {split})")
   augment.check_augment(section.augment)
+  check_service_address(section.service_address)
+
+
+SERVICE_ADDRESS = re.compile(r"grpc://[^\s/:]+:[0-9]{1,5}")
+
+
+def check_service_address(address: str) -> None:
+  """Raises ConfigError unless `address` is "" or `grpc://HOST:PORT`."""
+  if address and not SERVICE_ADDRESS.fullmatch(address):
+    raise ConfigError(f"config.data.service_address={address!r} is not accepted; use "
+                      "grpc://HOST:PORT (a tf.data service dispatcher) or \"\" (no service)")
+
+
+def check_service_task(config) -> None:
+  """Cross-section rule (`data` and `task`): raises ConfigError for the settings whose
+  pipelines the tf.data service cannot shard (docs/stack.md)."""
+  if config.data.service_address and config.data.context_tokens:
+    raise ConfigError(f"config.data.context_tokens={config.data.context_tokens} cannot run on "
+                      "the tf.data service: its sentence windows zip shifted copies of the "
+                      "source, which dynamic sharding splits apart (sentences are lost); set "
+                      "config.data.context_tokens=0 or config.data.service_address=''")
 
 
 # Tasks whose examples are padded (not packed): length buckets apply to them.
@@ -123,6 +151,7 @@ def check_with_task(config) -> None:
   check_bucket_lengths(config)
   check_context_tokens(config)
   check_augment_task(config)
+  check_service_task(config)
 
 
 SCHEMAS = {

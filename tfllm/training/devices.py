@@ -12,6 +12,8 @@ from typing import List, Optional, Sequence
 
 import tensorflow as tf
 
+from tfllm.data import service
+
 
 def num_workers(strategy: tf.distribute.Strategy) -> int:
   """Workers of a `MultiWorkerMirroredStrategy` job (chief included); 1 otherwise."""
@@ -108,6 +110,11 @@ def distributed_dataset(strategy: tf.distribute.Strategy, dataset_fn, skip_steps
     batches_per_step: per-replica batches one step reads (`train.grad_accum_steps`), for
       `skip_steps`.
   """
+
+  if skip_steps and isinstance(dataset_fn, service.ServiceInput):
+    # Served batches come in no fixed order: a resumed run reads a fresh, differently seeded
+    # pass instead of skipping (tfllm.data.service).
+    dataset_fn, skip_steps = dataset_fn.resumed_at(skip_steps), 0
 
   def per_worker(context: tf.distribute.InputContext):
     dataset = dataset_fn(context)

@@ -19,7 +19,7 @@ import tensorflow as tf
 from tfllm import config as config_lib
 from tfllm import finetune, models, precision, runtime
 from tfllm.artifacts.loader import load_trained_model
-from tfllm.data import pipelines, tokenizers, train_subset
+from tfllm.data import pipelines, service, tokenizers, train_subset
 from tfllm.finetune import adversarial
 from tfllm.finetune.multitask_data import multitask_dataset
 from tfllm.metrics.base import EvalMetric
@@ -97,7 +97,10 @@ def build_experiment(config: ml_collections.ConfigDict, strategy: tf.distribute.
   experiment.gradients = gradients
   if gradients is not None:
     log(f"adversarial training: {adversarial.describe(config.finetune.adversarial)}")
-  experiment.train_data, experiment.eval_data = _dataset_fns(config, tokenizer, threads)
+  experiment.train_data, experiment.eval_data = _dataset_fns(config, tokenizer, threads,
+                                                            model_dir)
+  if isinstance(experiment.train_data, service.ServiceInput):
+    log(experiment.train_data.describe())
   experiment.metrics = eval_metrics(config, tokenizer)
   experiment.flops_per_token = _flops_per_token(config, experiment.trained_model)
   experiment.peak = mfu_peak(config, strategy, policy)
@@ -152,21 +155,29 @@ def _build_tensor_parallel(config, policy: str, tokenizer, log) -> Experiment:
                     budget_progress=budget_progress, checkpoint_state=state)
 
 
-def _dataset_fns(config, tokenizer, threads):
-  """`(train_data, eval_data)`: `InputContext -> tf.data.Dataset` of the config's task."""
+def _dataset_fns(config, tokenizer, threads, model_dir: str):
+  """`(train_data, eval_data)`: `InputContext -> tf.data.Dataset` of the config's task
+  (training input on the tf.data service when `data.service_address` is set)."""
   data_options = runtime.dataset_options(threads)
 
-  def data(context, which: str, training: bool):
+  def data(context, which: str, training: bool, config=config, options=data_options):
     if config.task.name == "multi_task":
       dataset = multitask_dataset(config, which, tokenizer, context, training)
     else:
       split = config.data.train_split if training else config.data.eval_split
       dataset = pipelines.make_dataset(config, split, tokenizer, input_context=context,
                                        training=training)
-    return dataset.with_options(data_options)
+    return dataset.with_options(options)
 
-  return (lambda context: data(context, "train", True),
-          lambda context: data(context, "eval", False))
+  train_data = lambda context: data(context, "train", True)  # noqa: E731
+  if config.data.service_address:
+    # The service workers run the pipeline with their own threads, not this host's plan.
+    train_data = service.ServiceInput(
+        lambda context, seed: data(context, "train", True, service.with_data_seed(config, seed),
+                                   tf.data.Options()),
+        config.data.service_address, config.data.service_job_name or service.job_name(model_dir),
+        seed=config.data.seed)
+  return train_data, lambda context: data(context, "eval", False)
 
 
 def _flops_per_token(config, model) -> float:

@@ -104,7 +104,9 @@ def test_sharded_logits_give_the_joined_logits_loss_and_predictions():
 
 
 @pytest.mark.parametrize("section, key, value, precision, message", [
-    (None, None, None, "mixed_bfloat16", "trains in float32 only; mixed_precision="),
+    (None, None, None, "mixed_float16", "trains in float32 or mixed_bfloat16; "
+     "mixed_precision='mixed_float16' is not supported yet; use one of: float32, "
+     "mixed_bfloat16"),
     ("train", "jit_compile", "on", "float32", "config.train.jit_compile='on' is not accepted"),
     ("finetune.adversarial", "method", "fgm", "float32",
      "config.finetune.adversarial.method='fgm' yet; use config.finetune.adversarial.method=''"),
@@ -162,3 +164,25 @@ def test_the_host_copy_is_made_once_a_step(tmp_path):
   embeddings.assign(marker)
   state.before_save()
   np.testing.assert_array_equal(_value(embeddings), marker)
+
+
+def test_mixed_bfloat16_at_2_devices_trains_as_one(tmp_path):
+  """Under `mixed_bfloat16` (float32 variables, bfloat16 matmuls, float32 logits and loss)
+  the N=2 run follows the N=1 run from the same weights within bfloat16's rounding of the
+  partial sums: measured 1.7e-4 (GPT-2) and 1.0e-3 (Llama) over 12 steps."""
+  tensor_parallel.check_training(tp_config("llama", 2), "mirrored", "mixed_bfloat16")
+  previous = keras.mixed_precision.global_policy()
+  keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  try:
+    unsharded = tp_trainer(tp_config("llama", 1), tmp_path / "one")
+    start = unsharded.save()
+    sharded = tp_trainer(tp_config("llama", 2), tmp_path / "two")
+    sharded.restore(start)
+    assert sharded.model.model.compute_dtype == "bfloat16"
+    one, two = unsharded.train(), sharded.train()
+  finally:
+    keras.mixed_precision.set_global_policy(previous)
+  assert all(v.dtype == "float32" for v in sharded.checkpoint_state.model.weights)
+  np.testing.assert_allclose(two.losses, one.losses, rtol=0, atol=3e-3)
+  assert two.eval_metrics["loss"] == pytest.approx(one.eval_metrics["loss"], abs=2e-3)
+  assert abs(two.losses[-1] - two.losses[0]) > 0.1   # it trained

@@ -11,7 +11,7 @@ from typing import Callable, Dict, Optional, Tuple
 import keras
 import tensorflow as tf
 
-from tfllm import models
+from tfllm import models, precision
 from tfllm.config import ConfigError
 from tfllm.finetune.config import pruning_enabled
 from tfllm.layers.tensor_parallel import ShardedLogits, variable_bytes_by_device
@@ -119,6 +119,8 @@ def check_training(config, strategy_name: str, mixed_precision: str) -> None:
     raise ConfigError(f"{key} trains one tensor-parallel group on this machine; "
                       f"distribution_strategy={strategy_name!r} (data x tensor parallelism) is "
                       f"not supported yet; use one of: {', '.join(ONE_GROUP_STRATEGIES)}")
+  if mixed_precision == "auto":   # float32 or mixed_bfloat16, by the hardware
+    mixed_precision = precision.resolve_policy(mixed_precision)
   if mixed_precision not in PRECISIONS:
     # float16 needs loss scaling, which the host copy's AdamW does not carry yet.
     raise ConfigError(f"{key} trains in {' or '.join(PRECISIONS)}; mixed_precision="

@@ -85,13 +85,9 @@ class VocabParallelEmbedding(ShardedLayer):
   def logits(self, hidden) -> List[tf.Tensor]:
     """Tied logits `[..., V_i]` per shard (its real rows), float32 (matmul in the compute
     dtype)."""
-    outputs = []
-    for shard, device, rows in zip(self.shards, self.devices, self.real_rows):
-      with tf.device(device):
-        table = tf.cast(shard.embeddings[:rows], self.compute_dtype)
-        outputs.append(tf.cast(tf.matmul(tf.cast(hidden, self.compute_dtype), table,
-                                         transpose_b=True), tf.float32))
-    return outputs
+    return real_logits(hidden, [shard.embeddings[:rows] for shard, rows in
+                                zip(self.shards, self.real_rows)],
+                       self.devices, self.compute_dtype, transpose=True)
 
   def compute_output_shape(self, input_shape, reverse=False):
     if reverse:
@@ -151,19 +147,31 @@ class VocabParallelProjection(ShardedLayer):
     self.built = True
 
   def call(self, inputs):
-    outputs = []
-    for shard, device, units in zip(self.shards, self.devices, self.real_units):
-      with tf.device(device):
-        logits = shard(inputs)
-        outputs.append(tf.cast(logits if units == self.local_units else logits[..., :units],
-                               tf.float32))
-    return outputs
+    # The shards' kernels, not their `Dense` calls: a padded shard multiplies by its real
+    # columns only.
+    return real_logits(inputs, [shard.kernel[:, :units] for shard, units in
+                                zip(self.shards, self.real_units)],
+                       self.devices, self.compute_dtype)
 
   def get_config(self):
     config = super().get_config()
     config.update(units=self.units,
                   kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
     return config
+
+
+def real_logits(hidden, weights: Sequence, devices: Sequence[str], compute_dtype,
+                transpose: bool = False) -> List[tf.Tensor]:
+  """Each shard's float32 logits `hidden @ weights[i]` (`weights[i]` transposed for a tied
+  table `[V_i, hidden]`), on `devices[i]`, the matmul in `compute_dtype`; the weights are the
+  shards' real rows or columns, so padding costs no work."""
+  outputs = []
+  for weight, device in zip(weights, devices):
+    with tf.device(device):
+      outputs.append(tf.cast(tf.matmul(tf.cast(hidden, compute_dtype),
+                                       tf.cast(weight, compute_dtype), transpose_b=transpose),
+                             tf.float32))
+  return outputs
 
 
 def vocab_parallel_cross_entropy(shard_logits: Sequence[tf.Tensor], labels: tf.Tensor,

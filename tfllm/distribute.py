@@ -46,7 +46,8 @@ _mirrored_instances = itertools.count()
 
 def get_strategy(name: str = "off", tpu: Optional[str] = None, num_gpus: Optional[int] = None,
                  all_reduce: str = "auto", worker_timeout_s: float = 300.0,
-                 tpu_timeout_s: float = 60.0) -> tf.distribute.Strategy:
+                 tpu_timeout_s: float = 60.0,
+                 one_replica_per_worker: bool = False) -> tf.distribute.Strategy:
   """Returns the `tf.distribute.Strategy` called `name`.
 
   Call it first thing in a program: `multi_worker_mirrored` must configure the runtime
@@ -62,6 +63,9 @@ def get_strategy(name: str = "off", tpu: Optional[str] = None, num_gpus: Optiona
     worker_timeout_s: for `multi_worker_mirrored`: how long to wait for every worker in
       `TF_CONFIG` to join before failing with the addresses of the missing ones.
     tpu_timeout_s: for a grpc:// `tpu`: how long to wait for its port to accept a connection.
+    one_replica_per_worker: for `multi_worker_mirrored`: one replica a worker, on its CPU,
+      whatever GPUs it has (a tensor-parallel program places its shards on the worker's
+      devices itself; the replicas' all-reduce then runs between the workers' CPUs).
 
   Returns:
     The strategy; `off` returns the default strategy, so `strategy.scope()` and
@@ -96,7 +100,7 @@ def get_strategy(name: str = "off", tpu: Optional[str] = None, num_gpus: Optiona
       cross_device_ops = tf.distribute.HierarchicalCopyAllReduce()
     return _mirrored(_local_devices(key, num_gpus), cross_device_ops)
   if key == "multi_worker_mirrored":
-    return _multi_worker_mirrored(all_reduce, worker_timeout_s)
+    return _multi_worker_mirrored(all_reduce, worker_timeout_s, one_replica_per_worker)
   return _tpu_strategy(tpu, tpu_timeout_s)
 
 
@@ -258,11 +262,13 @@ def worker_temp_dir(model_dir: str, strategy: Optional[tf.distribute.Strategy] =
 # ----------------------------------------------------------------------------- MWMS
 
 
-def _multi_worker_mirrored(all_reduce: str, timeout_s: float) -> tf.distribute.Strategy:
+def _multi_worker_mirrored(all_reduce: str, timeout_s: float,
+                           one_replica_per_worker: bool = False) -> tf.distribute.Strategy:
   """`MultiWorkerMirroredStrategy` that fails after `timeout_s` if a peer does not join.
 
   Without `TF_CONFIG` it is one worker over the local devices (TF's own behaviour): the same
   program then runs alone, e.g. to try a multi-worker config on one machine.
+  `one_replica_per_worker`: see `get_strategy`.
   """
   implementation = {
       "auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
@@ -270,13 +276,23 @@ def _multi_worker_mirrored(all_reduce: str, timeout_s: float) -> tf.distribute.S
       "nccl": tf.distribute.experimental.CommunicationImplementation.NCCL,
   }[all_reduce]
   options = tf.distribute.experimental.CommunicationOptions(implementation=implementation)
+  resolver = None
+  if one_replica_per_worker:
+    # MWMS makes a replica of each local GPU it is told of (TF_CONFIG's resolver: all of
+    # them); a resolver that names no accelerator gives the worker's CPU alone.
+    tf_config = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf_config.cluster_spec(), task_type=tf_config.task_type, task_id=tf_config.task_id,
+        rpc_layer=tf_config.rpc_layer or "grpc", num_accelerators={})
   if not os.environ.get("TF_CONFIG", "").strip():
-    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver,
+                                                     communication_options=options)
   config = read_tf_config()
   cluster, task = config["cluster"], config["task"]
   _bound_cluster_registration(cluster, timeout_s)
   try:
-    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver,
+                                                     communication_options=options)
   except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError) as e:
     me = cluster[task["type"]][task["index"]]
     peers = {f"{job} {i} at {address}": address for job, addresses in cluster.items()

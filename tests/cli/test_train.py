@@ -91,7 +91,13 @@ def _files(directory):
       "--config.train.eval_every_steps=5", "--mode=train"], {},
      r"needs evaluations, which mode=train does not run", 2),
     (["--config.train.model_parallel=2", "--cpu_devices=2"], {},
-     r"model_parallel=2 trains one tensor-parallel group .*'one_device' \(data x tensor", 2),
+     r"model_parallel=2 trains tensor-parallel groups .*'one_device' is not supported", 2),
+    (["--config.train.model_parallel=2", "--cpu_devices=3", "--distribution_strategy=mirrored"],
+     {}, r"model_parallel=2 does not divide the 3 devices mirrored trains on into groups", 2),
+    (["--config.train.model_parallel=2", "--cpu_devices=4", "--distribution_strategy=mirrored",
+      "--config.train.global_batch_size=3"], {},
+     r"global_batch_size=3 is split over 2 data-parallel groups of 2 devices; use a multiple "
+     r"of 2", 2),
     (["--config.train.model_parallel=4", "--cpu_devices=2", "--distribution_strategy=off"],
      {}, r"model_parallel=4 does not divide config.model.num_heads=2; use one of: 1, 2", 2),
 ])
@@ -127,6 +133,23 @@ def test_every_strategy_name_trains_or_fails_in_one_line(tmp_path, strategy):
                    r"[\d.]+, tokenizer [\d.]+, model [\d.]+, dataset [\d.]+, first call "
                    r"\(compile \+ 2 steps\) [\d.]+$", result.stdout, re.M), result.stdout
   assert re.search(r"^CPU time: user [\d.]+ s, kernel [\d.]+ s", result.stdout, re.M)
+
+
+def test_four_cpu_devices_train_as_two_groups_of_two_and_evaluate_on_one(tmp_path):
+  """`mirrored` over 4 logical CPUs at model_parallel=2: two data-parallel groups of two
+  devices, each device holding its copy's shards; the checkpoint evaluates on one device
+  with the same validation loss."""
+  model_dir = tmp_path / "run"
+  grouped = run_cli(f"--model_dir={model_dir}", "--distribution_strategy=mirrored",
+                    "--cpu_devices=4", "--config.train.model_parallel=2", *QUICK)
+  assert grouped.returncode == 0, grouped.stderr
+  assert "tensor parallel over 2 data-parallel groups of 2 devices" in grouped.stdout
+  assert re.findall(r"device:CPU:(\d): parameters", grouped.stdout) == ["0", "1", "2", "3"]
+  assert "(1 replicas); tensor parallel: 2 groups of 2 devices a replica" in grouped.stdout
+  loss = re.search(r"validation at step 2: .* loss ([\d.]+)", grouped.stdout).group(1)
+  one = run_cli(f"--model_dir={model_dir}", "--mode=eval", *QUICK)
+  assert one.returncode == 0, one.stderr
+  assert re.search(r"validation at step 2: .* loss ([\d.]+)", one.stdout).group(1) == loss
 
 
 def test_train_resume_and_refuse_a_different_model_shape(tmp_path):

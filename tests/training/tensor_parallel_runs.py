@@ -1,12 +1,13 @@
 """Tiny tensor-parallel training runs for `test_tensor_parallel_train.py`, and as a program
-in a subprocess that splits the CPU into 4 devices first (resume a run saved at `N=2` at
-`N=4`):
+in a subprocess that splits the CPU into 4 devices first:
 
-  python -m tests.training.tensor_parallel_runs gpt2 llama
+  python -m tests.training.tensor_parallel_runs gpt2 llama groups:gpt2
 
-prints one JSON line per style: the largest differences of the `N=4` run's model and AdamW
-values, restored from the `N=2` checkpoint, from the `N=2` run's, and of the next steps'
-losses.
+prints one JSON line per argument. A style: the largest differences of the `N=4` run's
+model and AdamW values, restored from the `N=2` checkpoint, from the `N=2` run's, and of the
+next steps' losses. `groups:STYLE`: the largest differences of 2 data-parallel groups of
+`N=2` (the 4 devices as 2 x 2) from one device at the same global batch and start
+(`groups_match_one_device`).
 """
 
 from __future__ import annotations
@@ -45,13 +46,15 @@ def tp_config(style: str, degree: int, steps: int = STEPS):
       optimizer=dict(warmup_steps=2, learning_rate=1e-3), validate=True)
 
 
-def tp_trainer(config, model_dir) -> Trainer:
-  """The job's models at the config's degree, over synthetic data, under the default
-  strategy (one tensor-parallel group); unsharded: the plain causal LM and its AdamW."""
+def tp_trainer(config, model_dir, groups: int = 1) -> Trainer:
+  """The job's models at the config's degree (`groups` data-parallel groups of it), over
+  synthetic data, under the default strategy; unsharded (degree 1, one group): the plain
+  causal LM and its AdamW."""
   keras.utils.set_random_seed(0)
   state = None
-  if config.train.model_parallel > 1:
-    model, optimizer, state = tensor_parallel.build_models(config, None, log=lambda _: None)
+  if config.train.model_parallel > 1 or groups > 1:
+    model, optimizer, state = tensor_parallel.build_models(config, None, log=lambda _: None,
+                                                           groups=groups)
   else:
     model = models.build(config)
     optimizer = build_optimizer(config.train, model.trainable_variables)
@@ -59,7 +62,7 @@ def tp_trainer(config, model_dir) -> Trainer:
   return Trainer(config, tf.distribute.get_strategy(), model, optimizer, str(model_dir),
                  synthetic_dataset_fn(config), synthetic_dataset_fn(config, 10**7),
                  metrics=metrics_lib.eval_metrics(config), jit_compile=False,
-                 checkpoint_state=state, log=lambda line: None)
+                 checkpoint_state=state, data_parallel_groups=groups, log=lambda line: None)
 
 
 def _max_difference(a, b) -> float:
@@ -85,13 +88,41 @@ def resume_at_4(style: str, directory: str) -> dict:
   return dict(style=style, next_losses=float(losses.max()), **restored)
 
 
+def groups_match_one_device(style: str, directory: str, degree: int = 2, groups: int = 2,
+                            steps: int = 20) -> dict:
+  """`groups` data-parallel groups of `degree` devices against one device, from the same
+  start (the one-device run's step-0 checkpoint) at the same global batch: the largest
+  differences of the losses over `steps` steps, of the final weights and AdamW state, of
+  the groups' copies from each other, and of the evaluation."""
+  one = tp_trainer(tp_config(style, 1, steps=steps), f"{directory}/one")
+  start = one.save()
+  grouped = tp_trainer(tp_config(style, degree, steps=steps), f"{directory}/grouped", groups)
+  grouped.restore(start)
+  first, second = one.train(), grouped.train()
+  copies = grouped.model.models
+  grouped.checkpoint_state.before_save()
+  state = grouped.checkpoint_state
+  return dict(
+      style=style, steps=len(second.losses),
+      losses=float(np.abs(np.array(first.losses) - np.array(second.losses)).max()),
+      weights=_max_difference(one.model.weights, state.model.weights),
+      adamw=_max_difference(one.optimizer.variables, state.optimizer.variables),
+      copies=max(_max_difference(copies[0].weights, copy.weights) for copy in copies[1:]),
+      eval=max(abs(first.eval_metrics[key] - second.eval_metrics[key])
+               for key in first.eval_metrics))
+
+
 def main(argv):
   cpu = tf.config.list_physical_devices("CPU")[0]
   tf.config.set_logical_device_configuration(
       cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(4)])
-  for style in argv[1:]:
+  for argument in argv[1:]:
     with tempfile.TemporaryDirectory() as directory:
-      print(json.dumps(resume_at_4(style, directory)), flush=True)
+      if argument.startswith("groups:"):
+        result = groups_match_one_device(argument.split(":", 1)[1], directory)
+      else:
+        result = resume_at_4(argument, directory)
+      print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,36 @@ def test_two_workers_match_one_device_and_only_the_chief_writes(tmp_path):
   assert [n for n in os.listdir(tmp_path / "scratch") if n.startswith("tfllm-")] == []
 
 
+@pytest.mark.parametrize("style", ["gpt2", "llama"])
+def test_two_workers_of_two_devices_tensor_parallel_match_one_device(tmp_path, style):
+  """2 workers on loopback, each splitting its CPU into 2 logical devices for one
+  tensor-parallel group (N=2), one replica a worker: from the one-device run's step-0
+  checkpoint, at the same global batch of 8, the 20 losses and the final weights are the
+  one-device run's within float32 rounding of the differently ordered sums."""
+  from tests.training.tensor_parallel_runs import tp_config, tp_trainer  # pylint: disable=g-import-not-at-top
+  trainer = tp_trainer(tp_config(style, 1, steps=20), tmp_path / "one")
+  start = trainer.save()
+  one = trainer.train()
+
+  out = tmp_path / "tp.npz"
+  lines = []
+  code = local_multiworker.launch_local(
+      _worker_command(tmp_path / "tp", f"--tensor_parallel={style}", "--cpu_devices=2",
+                      f"--start={start}", "--steps=20", f"--out={out}"),
+      num_workers=2, env=_env(tmp_path), timeout=300, write=lines.append)
+  assert code == 0, "\n".join(lines[-40:])
+  assert any("[worker 0]   /job:worker/replica:0/task:0/device:CPU:1: parameters" in line
+             for line in lines), "\n".join(lines)
+  assert any("[worker 1]   /job:worker/replica:0/task:1/device:CPU:1: parameters" in line
+             for line in lines), "\n".join(lines)
+  grouped = np.load(out)
+  assert int(grouped["step"]) == 20
+  np.testing.assert_allclose(grouped["losses"], one.losses, atol=1e-5, rtol=0)
+  for i, weight in enumerate(trainer.model.weights):
+    np.testing.assert_allclose(grouped[f"w{i}"], weight.numpy(), atol=1e-5, rtol=0,
+                               err_msg=weight.path)
+
+
 def _start_workers(model_dir, tmp_path, flags):
   env = dict(os.environ, **_env(tmp_path))
   configs = local_multiworker.local_tf_configs(2)

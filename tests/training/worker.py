@@ -2,8 +2,14 @@
 
   python -m tests.training.worker --strategy=multi_worker_mirrored --model_dir=DIR \
       --steps=20 --out=result.npz [--eval_shards=12,8]
+  python -m tests.training.worker --strategy=multi_worker_mirrored --model_dir=DIR \
+      --tensor_parallel=gpt2 --cpu_devices=2 --start=CKPT --steps=20 --out=result.npz
 
 Resumes from `model_dir`; the chief writes the step losses and final weights to `--out`.
+With `--tensor_parallel=STYLE`: the tiny tensor-parallel causal LM of
+`tests.training.tensor_parallel_runs` at degree 2 over each worker's `--cpu_devices`
+logical CPUs, one replica a worker (as `tfllm-train` runs it), started from the unsharded
+checkpoint `--start`; its final weights are the unsharded model's.
 Errors are one line on stderr and exit code 1, as in `tfllm-train`.
 """
 
@@ -26,9 +32,17 @@ def main() -> int:
   parser.add_argument("--out", default="")
   parser.add_argument("--eval_shards", default="",
                       help="evaluate after training on a finite split: examples per worker")
+  parser.add_argument("--tensor_parallel", default="", help="a style: gpt2 or llama")
+  parser.add_argument("--cpu_devices", type=int, default=0)
+  parser.add_argument("--start", default="", help="checkpoint to start from")
   args = parser.parse_args()
 
   from tfllm import distribute  # pylint: disable=g-import-not-at-top
+  if args.cpu_devices:
+    distribute.split_cpu(args.cpu_devices)
+  if args.tensor_parallel:
+    return _tensor_parallel(args, distribute.get_strategy(
+        args.strategy, worker_timeout_s=60, one_replica_per_worker=True))
   strategy = distribute.get_strategy(args.strategy, num_gpus=1 if args.strategy in (
       "one_device", "mirrored") else None, worker_timeout_s=60)
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -52,6 +66,37 @@ def main() -> int:
              eval_loss=evaluation.get("loss", np.nan),
              start_step=result.step - len(result.losses),
              **{f"w{i}": v.numpy() for i, v in enumerate(trainer.model.weights)})
+  return 0
+
+
+def _tensor_parallel(args, strategy) -> int:
+  """The `--tensor_parallel` run (see the module docstring)."""
+  # pylint: disable=g-import-not-at-top
+  import keras
+  import numpy as np
+  from tests.training.helpers import synthetic_dataset_fn
+  from tests.training.tensor_parallel_runs import tp_config
+  from tfllm import distribute, metrics
+  from tfllm.training import tensor_parallel
+  from tfllm.training.loop import Trainer
+  chief = distribute.is_chief(strategy)
+  config = tp_config(args.tensor_parallel, 2, steps=args.steps)
+  keras.utils.set_random_seed(0)
+  model, optimizer, state = tensor_parallel.build_models(config, None, log=print)
+  trainer = Trainer(config, strategy, model, optimizer, args.model_dir,
+                    synthetic_dataset_fn(config), synthetic_dataset_fn(config, 10**7),
+                    metrics=metrics.eval_metrics(config), is_chief=chief,
+                    worker_dir=None if chief else distribute.worker_temp_dir(args.model_dir,
+                                                                             strategy),
+                    jit_compile=False, checkpoint_state=state,
+                    log=lambda line: print(line, flush=True))
+  trainer.restore(args.start or None)
+  result = trainer.train()
+  if chief and args.out:
+    state.before_save()
+    np.savez(args.out, losses=np.array(result.losses), step=result.step,
+             **{f"w{i}": keras.ops.convert_to_numpy(v)
+                for i, v in enumerate(state.model.weights)})
   return 0
 
 

@@ -31,6 +31,8 @@ class TensorParallelBackbone(TransformerBackbone):
   Args:
     model_parallel: the tensor-parallel degree `N` (divides `num_heads`, `num_kv_heads` and
       `intermediate_dim`; the vocabulary is padded to a multiple of `N`).
+    group: which `N` local devices: `[group * N, (group + 1) * N)` (data parallelism runs
+      one copy of the model per group).
     **kwargs: as in `TransformerBackbone`.
 
   Call arguments and returns: as `TransformerBackbone` (hidden states `[batch, seq,
@@ -48,11 +50,17 @@ class TensorParallelBackbone(TransformerBackbone):
   ```
   """
 
-  def __init__(self, model_parallel=1, **kwargs):
+  def __init__(self, model_parallel=1, group=0, **kwargs):
     # The make_* hooks run inside TransformerBackbone.__init__ and need the devices.
     object.__setattr__(self, "model_parallel", int(model_parallel))
-    object.__setattr__(self, "devices", tp.tensor_parallel_devices(model_parallel))
+    object.__setattr__(self, "group", int(group))
+    object.__setattr__(self, "devices", tp.tensor_parallel_devices(model_parallel, group))
     super().__init__(**kwargs)
+
+  def build(self, input_shape=None):
+    # The replicated weights (norms, position tables) on the group's first device.
+    with tf.device(self.devices[0]):
+      super().build(input_shape)
 
   def make_token_embedding(self, vocab_size, hidden_dim, embeddings_initializer, name):
     return tp.VocabParallelEmbedding(vocab_size, hidden_dim, devices=self.devices,
@@ -92,7 +100,7 @@ class TensorParallelBackbone(TransformerBackbone):
 
   def get_config(self):
     config = super().get_config()
-    config.update(model_parallel=self.model_parallel)
+    config.update(model_parallel=self.model_parallel, group=self.group)
     return config
 
 
@@ -150,7 +158,10 @@ class TensorParallelCausalLM(keras.Model):
     self.built = True
 
   def call(self, inputs, training=None):
-    return self.shard_logits(self.backbone(inputs, training=training))
+    # What no shard places (embedding sums, norms, residuals) runs on the group's first
+    # device rather than on the machine's default one, which belongs to group 0.
+    with tf.device(self.devices[0]):
+      return self.shard_logits(self.backbone(inputs, training=training))
 
   def shard_logits(self, hidden) -> List[tf.Tensor]:
     """The `N` float32 logits `[..., vocab / N]` of hidden states `[..., hidden_dim]`."""
@@ -215,19 +226,23 @@ def check_config(config) -> int:
   return degree
 
 
-def build_backbone(model, degree: int) -> TensorParallelBackbone:
-  """A `TensorParallelBackbone` from the `model` config section."""
+def build_backbone(model, degree: int, group: int = 0) -> TensorParallelBackbone:
+  """A `TensorParallelBackbone` from the `model` config section, on group `group`'s
+  devices."""
   unsharded = build_unsharded_backbone(model).get_config()
   unsharded.pop("name")
-  return TensorParallelBackbone(model_parallel=degree, name="backbone", **unsharded)
+  return TensorParallelBackbone(model_parallel=degree, group=group, name="backbone",
+                                **unsharded)
 
 
-def build_tensor_parallel(config) -> TensorParallelCausalLM:
-  """The tensor-parallel causal LM of `config` (`config.train.model_parallel` devices),
-  built; validates the config first (`check_config`)."""
+def build_tensor_parallel(config, group: int = 0) -> TensorParallelCausalLM:
+  """The tensor-parallel causal LM of `config` (`config.train.model_parallel` devices of
+  group `group`), built; validates the config first (`check_config`)."""
   degree = check_config(config)
-  model = TensorParallelCausalLM(build_backbone(config.model, degree),
-                                 tie_embeddings=config.model.tie_embeddings)
+  model = TensorParallelCausalLM(build_backbone(config.model, degree, group),
+                                 tie_embeddings=config.model.tie_embeddings,
+                                 **(dict(name=f"tensor_parallel_causal_lm_group_{group}")
+                                    if group else {}))
   model.build()
   return model
 

@@ -57,13 +57,16 @@ class Experiment:
   # Tensor parallelism: the unsharded pair its checkpoints hold (the trainer's
   # `checkpoint_state`, `tfllm.training.tensor_parallel.UnshardedState`); None otherwise.
   checkpoint_state: Any = None
+  # Tensor parallelism: the data-parallel groups `model` runs (the trainer's argument).
+  data_parallel_groups: int = 1
 
 
 def build_experiment(config: ml_collections.ConfigDict, strategy: tf.distribute.Strategy,
                      model_dir: str, mixed_precision: str, threads: runtime.ThreadPlan,
                      chief: bool = True, worker_dir: Optional[str] = None,
                      log: Callable[[str], None] = print,
-                     startup: Optional[runtime.StartupTimer] = None) -> Experiment:
+                     startup: Optional[runtime.StartupTimer] = None,
+                     tensor_parallel_groups: int = 1) -> Experiment:
   """Builds the experiment of `config` under `strategy` (model and optimizer in its scope).
 
   Sets `config.model.vocab_size` from the tokenizer and (chief) writes the config and the
@@ -76,6 +79,8 @@ def build_experiment(config: ml_collections.ConfigDict, strategy: tf.distribute.
     threads: the thread plan (the datasets' options follow it).
     chief, worker_dir: whether this worker writes; a non-chief worker's scratch directory.
     log: the chief's log; startup: marks the tokenizer and model phases.
+    tensor_parallel_groups: with `train.model_parallel > 1`, the data-parallel groups of
+      that many devices (`tfllm.training.tensor_parallel.data_parallel_groups`).
   """
   gradients = adversarial.gradients_fn(config, config.model.hidden_dim)
   policy = precision.set_policy(mixed_precision, strategy=strategy)
@@ -90,8 +95,13 @@ def build_experiment(config: ml_collections.ConfigDict, strategy: tf.distribute.
       write_atomically(os.path.join(model_dir, train_subset.INDICES_FILE),
                        train_subset.describe(config.data))
   keras.utils.set_random_seed(config.train.seed)
-  with strategy.scope():
-    experiment = _build_models(config, policy, tokenizer, log)
+  if config.train.model_parallel > 1:
+    # Outside the scope: a strategy would turn each shard into a variable mirrored on its
+    # own devices; the shards are plain variables on theirs (the trainer sums gradients).
+    experiment = _build_tensor_parallel(config, policy, tokenizer, log, tensor_parallel_groups)
+  else:
+    with strategy.scope():
+      experiment = _build_models(config, policy, tokenizer, log)
   if startup:
     startup.mark("model")
   experiment.gradients = gradients
@@ -111,8 +121,6 @@ def build_experiment(config: ml_collections.ConfigDict, strategy: tf.distribute.
 def _build_models(config, policy: str, tokenizer, log) -> Experiment:
   """The model, its fine-tuning preparation, pruning, distillation and the optimizer (called
   inside the strategy's scope)."""
-  if config.train.model_parallel > 1:
-    return _build_tensor_parallel(config, policy, tokenizer, log)
   model = models.build(config)
   prepared = finetune.prepare_model(model, config)  # pretrained init, frozen layers, LoRA
   if config.finetune.init_checkpoint or config.finetune.strategy != "full":
@@ -144,15 +152,17 @@ def _build_models(config, policy: str, tokenizer, log) -> Experiment:
                     step_hooks=[pruning] if pruning else [], budget_progress=budget_progress)
 
 
-def _build_tensor_parallel(config, policy: str, tokenizer, log) -> Experiment:
-  """The sharded causal LM over `config.train.model_parallel` devices, trained on
-  `ShardedLogits` and checkpointed unsharded (`tfllm.training.tensor_parallel`)."""
+def _build_tensor_parallel(config, policy: str, tokenizer, log, groups: int) -> Experiment:
+  """The sharded causal LM over `config.train.model_parallel` devices (a copy in each of
+  `groups` data-parallel groups), trained on `ShardedLogits` and checkpointed unsharded
+  (`tfllm.training.tensor_parallel`)."""
   budget_progress = (optimizer_lib.time_budget_progress()
                      if config.train.time_budget_minutes else None)
-  model, optimizer, state = tensor_parallel.build_models(config, budget_progress, log)
+  model, optimizer, state = tensor_parallel.build_models(config, budget_progress, log, groups)
   return Experiment(model=model, trained_model=model, optimizer=optimizer, train_data=None,
                     eval_data=None, metrics=(), tokenizer=tokenizer, policy=policy,
-                    budget_progress=budget_progress, checkpoint_state=state)
+                    budget_progress=budget_progress, checkpoint_state=state,
+                    data_parallel_groups=groups)
 
 
 def _dataset_fns(config, tokenizer, threads, model_dir: str):

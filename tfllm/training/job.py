@@ -62,13 +62,17 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
   threads = runtime.plan_threads(config.runtime)
   threads_note = runtime.configure_threads(threads)
   strategy = _strategy(config, strategy_name, tpu, num_gpus, mixed_precision)
+  groups = (tensor_parallel.data_parallel_groups(config, strategy_name, num_gpus,
+                                                 replicas=strategy.num_replicas_in_sync)
+            if config.train.model_parallel > 1 else 1)
   startup.mark("strategy")
   check_with_strategy(config, strategy, mode, model_dir)
   chief = distribute.is_chief(strategy)
   worker_dir = None if chief else distribute.worker_temp_dir(model_dir, strategy)
   log = log if chief else (lambda line: None)
   experiment = build_experiment(config, strategy, model_dir, mixed_precision, threads,
-                                chief=chief, worker_dir=worker_dir, log=log, startup=startup)
+                                chief=chief, worker_dir=worker_dir, log=log, startup=startup,
+                                tensor_parallel_groups=groups)
   trainer = _trainer(config, strategy, experiment, model_dir, chief, worker_dir, log, startup)
   _restore(trainer, experiment, mode, log)
   _log_setup(log, trainer, experiment, threads_note or threads.describe())
@@ -77,12 +81,20 @@ def run(config: ml_collections.ConfigDict, model_dir: str, mode: str = "train_an
 
 
 def _strategy(config, strategy_name, tpu, num_gpus, mixed_precision) -> tf.distribute.Strategy:
-  """The strategy `strategy_name` names; with `train.model_parallel = N > 1`, TF's default
-  strategy: one tensor-parallel group, one replica whose program spans the group's N devices."""
+  """The strategy `strategy_name` names; with `train.model_parallel = N > 1`, one replica a
+  machine whose program spans its tensor-parallel groups' devices (several groups under
+  `mirrored` and `multi_worker_mirrored`: `tensor_parallel.data_parallel_groups`): TF's
+  default strategy on one machine, `multi_worker_mirrored` with a replica a worker across
+  machines."""
   if config.train.model_parallel > 1:
     tensor_parallel.check_training(config, strategy_name, mixed_precision)
+    strategy = tf.distribute.get_strategy()
+    if str(strategy_name).strip().lower() == "multi_worker_mirrored":
+      # One replica a worker, whose program spans the worker's tensor-parallel groups; made
+      # before anything lists the devices (which starts the runtime MWMS must configure).
+      strategy = distribute.get_strategy(strategy_name, one_replica_per_worker=True)
     tp_models.check_config(config)   # N against the devices (the vocabulary: once it is known)
-    return tf.distribute.get_strategy()
+    return strategy
   return distribute.get_strategy(strategy_name, tpu=tpu, num_gpus=num_gpus)
 
 
@@ -165,16 +177,21 @@ def _trainer(config, strategy, experiment: Experiment, model_dir, chief, worker_
       peak_flops_per_device=experiment.peak.flops_per_second,
       budget_progress=experiment.budget_progress, objective=experiment.objective,
       trained_model=experiment.trained_model, gradients=experiment.gradients,
-      step_hooks=experiment.step_hooks, checkpoint_state=experiment.checkpoint_state, log=log,
-      startup=startup)
+      step_hooks=experiment.step_hooks, checkpoint_state=experiment.checkpoint_state,
+      data_parallel_groups=experiment.data_parallel_groups, log=log, startup=startup)
 
 
 def _log_setup(log, trainer: Trainer, experiment: Experiment, threads_line: str):
   """The lines that say what runs: model size, strategy, precision, XLA, threads, MFU peak."""
   strategy, peak = trainer.strategy, experiment.peak
+  tensor = ""
+  if experiment.checkpoint_state is not None:
+    groups = experiment.data_parallel_groups
+    tensor = (f"; tensor parallel: {groups} group{'s' if groups > 1 else ''} of "
+              f"{trainer.config.train.model_parallel} devices a replica")
   log(f"model: {experiment.trained_model.count_params():,} parameters; strategy: "
-      f"{type(strategy).__name__} ({strategy.num_replicas_in_sync} replicas); precision: "
-      f"{experiment.policy}; XLA: {'on' if trainer.jit_compile else 'off'}")
+      f"{type(strategy).__name__} ({strategy.num_replicas_in_sync} replicas){tensor}; "
+      f"precision: {experiment.policy}; XLA: {'on' if trainer.jit_compile else 'off'}")
   log(threads_line)
   log(f"MFU peak: {peak.flops_per_second / 1e12:g} TFLOP/s per device ({peak.source})"
       if peak.flops_per_second else

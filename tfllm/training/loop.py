@@ -6,7 +6,8 @@ custom loop gives the same code path on every strategy (Model Garden's Orbit loo
 One optimizer step, per replica:
   1. take `grad_accum_steps` micro-batches; all-reduce the sum of their sample weights, so the
      loss is `sum(weight * cross-entropy) / global sum of weights` whatever the split;
-  2. sum the gradients of the micro-batches, all-reduce them (sum over replicas);
+  2. sum the gradients of the micro-batches (and of a tensor-parallel run's data-parallel
+     groups: `data_parallel_groups`), all-reduce them (sum over replicas);
   3. clip them by their global norm, and apply AdamW (which does not all-reduce again).
 The step function is XLA-compiled where that works. What happens between host calls
 (checkpoints, evaluation, summaries, the progress line, stop requests, the NaN guard) is the
@@ -83,6 +84,11 @@ class Trainer:
       `before_save()` / `after_restore()` that copy the shards to and from them
       (`tfllm.training.tensor_parallel.UnshardedState`), so checkpoints do not depend on the
       degree.
+    data_parallel_groups: `G` > 1 when `model` runs data parallelism inside one replica
+      (`tfllm.training.tensor_parallel.TensorParallelGroups`): its trainable variables are
+      `G` equal copies of the weights, copy by copy, each given the gradient of its part of
+      the batch. The step sums the `G` gradients of each weight (then over replicas), clips
+      that global gradient, and applies it to every copy.
     log: where progress lines go (chief only).
     clock: seconds since an arbitrary origin (tests replace it).
 
@@ -105,6 +111,7 @@ class Trainer:
                gradients: Optional[Callable] = None,
                step_hooks: Sequence = (),
                checkpoint_state=None,
+               data_parallel_groups: int = 1,
                log: Callable[[str], None] = print,
                clock: Callable[[], float] = time.perf_counter,
                startup=None):
@@ -135,6 +142,7 @@ class Trainer:
     self.trained_model = model if trained_model is None else trained_model
     self.step_hooks = list(step_hooks)
     self.checkpoint_state = checkpoint_state
+    self.data_parallel_groups = int(data_parallel_groups)
     self.checkpointer = self._build_checkpointer(worker_dir)
     self._train_loop_fn = None
     self._eval_step_fns: Dict[int, Callable] = {}
@@ -227,6 +235,7 @@ class Trainer:
       grads = [g if mg is None else g + tf.convert_to_tensor(mg)
                for g, mg in zip(grads, micro_grads)]
       loss += micro_loss
+    grads = self._sum_over_groups(grads, variables)
     grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
     scale = self._loss_scale()
     clip_norm = self.train_config.optimizer.clip_norm
@@ -235,13 +244,26 @@ class Trainer:
       grads, norm = tf.clip_by_global_norm(grads, clip_norm * scale)
     else:
       norm = tf.linalg.global_norm(grads)
-    self.optimizer.apply(grads, variables)
+    self.optimizer.apply(grads * self.data_parallel_groups, variables)
     for hook in self.step_hooks:
       hook.after_update(self.step + 1)
     # Positions run, padding included: batch x length varies with `data.bucket_lengths`.
     tokens = tf.add_n([tf.cast(tf.size(features["token_ids"]), tf.float32)
                        for features, _, _ in micro_batches])
     return tf.stack([loss, tokens]), norm / scale
+
+  def _sum_over_groups(self, grads, variables):
+    """The gradient of each weight summed over the `data_parallel_groups` copies (formed on
+    the first copy's device; each copy's update reads it from there)."""
+    groups = self.data_parallel_groups
+    if groups == 1:
+      return grads
+    size = len(variables) // groups
+    summed = []
+    for i in range(size):
+      with tf.device(variables[i].value.device):
+        summed.append(tf.add_n([grads[g * size + i] for g in range(groups)]))
+    return summed
 
   def _micro_loss(self, features, labels, sample_weight, global_weights,
                   word_embeddings_delta=None):

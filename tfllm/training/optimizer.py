@@ -105,8 +105,32 @@ class _PreReducedAdamW(keras.optimizers.AdamW):
     return grads_and_vars
 
 
+class _PlacedAdamW(_PreReducedAdamW):
+  """`_PreReducedAdamW` for plain variables that live on their own devices (a
+  tensor-parallel model's shards, created outside any strategy's scope): each variable's
+  update and weight decay run on its device, without a strategy's `update` or merge call,
+  which refuse a variable they do not mirror when called from a replica (under
+  `multi_worker_mirrored`)."""
+
+  def _backend_update_step(self, grads, trainable_variables, learning_rate):
+    for grad, variable in zip(grads, trainable_variables):
+      with tf.device(variable.value.device):
+        self.update_step(grad, variable, learning_rate)
+
+  def _apply_weight_decay(self, variables):
+    if self.weight_decay is None:
+      return
+    for variable in variables:
+      if self._use_weight_decay(variable):
+        with tf.device(variable.value.device):
+          rate = tf.cast(self.learning_rate, variable.dtype)
+          decay = tf.cast(self.weight_decay, variable.dtype)
+          variable.assign_sub(variable * decay * rate)
+
+
 def build_optimizer(train: ml_collections.ConfigDict, variables, total_steps: int | None = None,
-                    budget_progress: tf.Variable | None = None) -> keras.optimizers.Optimizer:
+                    budget_progress: tf.Variable | None = None,
+                    placed_variables: bool = False) -> keras.optimizers.Optimizer:
   """AdamW for `variables`; create and then `build` it inside `strategy.scope()`.
 
   Args:
@@ -115,13 +139,15 @@ def build_optimizer(train: ml_collections.ConfigDict, variables, total_steps: in
     total_steps: where the learning-rate decay ends; default `config.train.steps`.
     budget_progress: `time_budget_progress()` of a run with a time budget (give the same
       variable to the `Trainer`): the decay then also ends with the budget.
+    placed_variables: `variables` are plain variables on their own devices, created outside
+      the strategy's scope (a tensor-parallel model's: `_PlacedAdamW`).
 
   Returns:
     An AdamW, not yet built (a float16 loss-scale wrapper builds it), expecting all-reduced,
     clipped gradients (see `_PreReducedAdamW`).
   """
   opt = train.optimizer
-  optimizer = _PreReducedAdamW(
+  optimizer = (_PlacedAdamW if placed_variables else _PreReducedAdamW)(
       learning_rate=learning_rate_schedule(train, total_steps, budget_progress),
       weight_decay=opt.weight_decay or None,
       beta_1=opt.beta_1, beta_2=opt.beta_2, epsilon=opt.epsilon, name="adamw")

@@ -6,7 +6,7 @@ default strategy (one replica whose program spans the group's devices)."""
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import keras
 import tensorflow as tf
@@ -14,6 +14,7 @@ import tensorflow as tf
 from tfllm import models, precision
 from tfllm.config import ConfigError
 from tfllm.finetune.config import pruning_enabled
+from tfllm.layers import tensor_parallel as tp
 from tfllm.layers.tensor_parallel import ShardedLogits, variable_bytes_by_device
 from tfllm.models import tensor_parallel as tp_models
 from tfllm.training.optimizer import build_optimizer
@@ -37,7 +38,10 @@ def device_bytes_report(config, model: keras.Model, optimizer=None) -> str:
   """One line a device: its parameter and AdamW bytes, and the unsharded total
   (`optimizer`: as in `device_bytes`)."""
   parameters, optimizer = device_bytes(config, model, optimizer)
-  lines = [f"tensor parallel over {config.train.model_parallel} devices: bytes per device"]
+  groups = len(getattr(model, "models", [model]))
+  layout = (f"{groups} data-parallel groups of {config.train.model_parallel} devices"
+            if groups > 1 else f"{config.train.model_parallel} devices")
+  lines = [f"tensor parallel over {layout}: bytes per device"]
   for device in sorted(set(parameters) | set(optimizer)):
     lines.append(f"  {device}: parameters {parameters.get(device, 0):,}  "
                  f"AdamW {optimizer.get(device, 0):,}")
@@ -96,18 +100,58 @@ def from_unsharded(sharded_model, sharded_optimizer, unsharded_model, unsharded_
 
 # Where a tensor-parallel run keeps the unsharded model and AdamW its checkpoints hold.
 HOST = "/device:CPU:0"
-# The strategies `tfllm-train` accepts with `model_parallel > 1`: each means one group.
-ONE_GROUP_STRATEGIES = ("mirrored", "off", "default")
+# The strategies `tfllm-train` accepts with `model_parallel > 1`: "mirrored" runs data
+# parallelism over groups of `model_parallel` local devices, "multi_worker_mirrored" over
+# each worker's groups and across the workers, the others one group.
+STRATEGIES = ("mirrored", "multi_worker_mirrored", "off", "default")
 # The precisions it trains in at `model_parallel > 1`.
 PRECISIONS = ("float32", "mixed_bfloat16")
+
+
+def data_parallel_groups(config, strategy_name: str, num_gpus: Optional[int] = None,
+                         replicas: int = 1) -> int:
+  """How many tensor-parallel groups of `config.train.model_parallel` devices train side by
+  side on this machine (data parallelism across them): under `mirrored`, the local devices
+  it would use (`num_gpus` of them, default all: GPUs, else logical CPUs) over the degree;
+  under `multi_worker_mirrored`, each worker's devices over the degree; else 1.
+
+  Args:
+    replicas: the strategy's replicas (one a worker under `multi_worker_mirrored`), each
+      running this many groups on its slice of the global batch.
+
+  Raises:
+    ConfigError: one line naming the numbers: the degree does not divide the devices, or
+      the groups of all replicas do not divide `config.train.global_batch_size`.
+  """
+  degree = int(config.train.model_parallel)
+  strategy_name = str(strategy_name).strip().lower()
+  if strategy_name not in ("mirrored", "multi_worker_mirrored"):
+    return 1
+  available = len(tp.local_devices())
+  devices = available if num_gpus is None or strategy_name != "mirrored" else int(num_gpus)
+  if devices > available:
+    tp.tensor_parallel_devices(devices)   # the one-line error naming what the machine has
+  if devices < degree or devices % degree:
+    fitting = [d for d in range(1, devices + 1) if devices % d == 0]
+    raise ConfigError(f"config.train.model_parallel={degree} does not divide the {devices} "
+                      f"devices {strategy_name} trains on into groups; use one of: "
+                      f"{', '.join(map(str, fitting))} (or num_gpus, --cpu_devices: a "
+                      f"multiple of {degree})")
+  groups = devices // degree
+  batch, total = int(config.train.global_batch_size), groups * int(replicas)
+  if batch % total:
+    across = f" ({replicas} workers x {groups})" if replicas > 1 else ""
+    raise ConfigError(f"config.train.global_batch_size={batch} is split over {total}{across} "
+                      f"data-parallel groups of {degree} devices; use a multiple of {total}")
+  return groups
 
 
 def check_training(config, strategy_name: str, mixed_precision: str) -> None:
   """What this slice of tensor parallelism trains (after `tp_models.check_config`).
 
   Raises:
-    ConfigError: one line naming the setting and what is accepted: data x tensor
-      parallelism (another strategy), a precision other than float32 or mixed_bfloat16
+    ConfigError: one line naming the setting and what is accepted: a strategy other than
+      `STRATEGIES` (multi-worker and TPU data x tensor parallelism), a precision other than float32 or mixed_bfloat16
       (`PRECISIONS`), `jit_compile=on`
       (one program over several devices is not one XLA cluster), or a fine-tuning feature
       the sharded model does not carry (pretrained init, LoRA/frozen layers, distillation,
@@ -115,10 +159,10 @@ def check_training(config, strategy_name: str, mixed_precision: str) -> None:
   """
   degree = config.train.model_parallel
   key = f"config.train.model_parallel={degree}"
-  if str(strategy_name).strip().lower() not in ONE_GROUP_STRATEGIES:
-    raise ConfigError(f"{key} trains one tensor-parallel group on this machine; "
-                      f"distribution_strategy={strategy_name!r} (data x tensor parallelism) is "
-                      f"not supported yet; use one of: {', '.join(ONE_GROUP_STRATEGIES)}")
+  if str(strategy_name).strip().lower() not in STRATEGIES:
+    raise ConfigError(f"{key} trains tensor-parallel groups on this machine's devices; "
+                      f"distribution_strategy={strategy_name!r} is not supported with it yet; "
+                      f"use one of: {', '.join(STRATEGIES)}")
   if mixed_precision == "auto":   # float32 or mixed_bfloat16, by the hardware
     mixed_precision = precision.resolve_policy(mixed_precision)
   if mixed_precision not in PRECISIONS:
@@ -150,25 +194,87 @@ def check_training(config, strategy_name: str, mixed_precision: str) -> None:
                         "or model_parallel=1")
 
 
-class ShardedOutputModel:
-  """A `TensorParallelCausalLM` as the trainer calls it: `model(features, training=...)` gives
-  `ShardedLogits`, which the loss and the eval metrics read from the shards
-  (`tfllm.metrics.losses`); every other attribute is the wrapped model's.
+def split_batch(tensor: tf.Tensor, groups: int) -> List[tf.Tensor]:
+  """`tensor` split along its first axis into `groups` consecutive parts, the first
+  `batch % groups` one example larger (a batch need not divide)."""
+  if groups == 1:
+    return [tensor]
+  batch = tf.shape(tensor)[0]
+  sizes = batch // groups + tf.cast(tf.range(groups) < batch % groups, batch.dtype)
+  return tf.split(tensor, sizes, num=groups)
+
+
+class GroupedLogits(ShardedLogits):
+  """The logits of a batch split over data-parallel tensor-parallel groups: each group's
+  `ShardedLogits` for its consecutive part of the batch. The cross-entropy and argmax are
+  each group's, from its own shards on its own devices; only the `[batch, seq]` results are
+  joined, on the first group's first device.
 
   Args:
-    model: the built `TensorParallelCausalLM`.
+    parts: one `ShardedLogits` a group, in batch order.
   """
 
-  def __init__(self, model: tp_models.TensorParallelCausalLM):
-    self.model = model
+  def __init__(self, parts: Sequence[ShardedLogits]):
+    self.parts = list(parts)
+    super().__init__([s for part in self.parts for s in part.shards],
+                     [d for part in self.parts for d in part.devices])
+
+  def _joined(self, per_part) -> tf.Tensor:
+    with tf.device(self.parts[0].devices[0]):
+      return tf.concat(per_part, axis=0)
+
+  def cross_entropy(self, labels: tf.Tensor) -> tf.Tensor:
+    return self._joined([part.cross_entropy(part_labels) for part, part_labels
+                         in zip(self.parts, split_batch(labels, len(self.parts)))])
+
+  def argmax(self) -> tf.Tensor:
+    return self._joined([part.argmax() for part in self.parts])
+
+
+class TensorParallelGroups:
+  """`G` copies of a `TensorParallelCausalLM`, copy `g` over tensor-parallel group `g`'s
+  devices, as the trainer calls them: data parallelism across the groups, in one program.
+
+  `model(features, training=...)` splits the batch into `G` consecutive parts (`split_batch`),
+  runs part `g` on copy `g` and gives their `GroupedLogits` (the `ShardedLogits` of one
+  copy when `G` = 1), which the loss and the eval metrics read from the shards
+  (`tfllm.metrics.losses`). `trainable_variables` are every copy's, copy by copy in the same
+  order: the trainer sums the `G` gradients of each weight and applies the sum to every copy
+  (`Trainer(data_parallel_groups=G)`), so the copies stay equal. Every other attribute is
+  the first copy's.
+
+  Args:
+    models: the built `TensorParallelCausalLM` of each group (the same config).
+  """
+
+  def __init__(self, models: Sequence[tp_models.TensorParallelCausalLM]):
+    self.models = list(models)
+
+  @property
+  def model(self) -> tp_models.TensorParallelCausalLM:
+    """The first group's copy (what checkpoints and reports read)."""
+    return self.models[0]
+
+  @property
+  def trainable_variables(self):
+    return [v for model in self.models for v in model.trainable_variables]
+
+  @property
+  def weights(self):
+    return [v for model in self.models for v in model.weights]
 
   def __call__(self, features, training=None) -> ShardedLogits:
-    return ShardedLogits(self.model(features, training=training), self.model.devices)
+    groups = len(self.models)
+    parts = [dict(zip(features, values)) for values in
+             zip(*[split_batch(value, groups) for value in features.values()])]
+    logits = [ShardedLogits(model(part, training=training), model.devices)
+              for model, part in zip(self.models, parts)]
+    return logits[0] if groups == 1 else GroupedLogits(logits)
 
   def __getattr__(self, name):
-    if name == "model":   # not set yet (e.g. during a copy): no recursion
+    if name == "models":   # not set yet (e.g. during a copy): no recursion
       raise AttributeError(name)
-    return getattr(self.model, name)
+    return getattr(self.models[0], name)
 
 
 class UnshardedState:
@@ -178,11 +284,12 @@ class UnshardedState:
 
   Args:
     config: the run's config.
-    sharded_model, sharded_optimizer: the tensor-parallel model and its built AdamW.
+    sharded_models: the tensor-parallel model of each data-parallel group (equal copies).
+    sharded_optimizer: their built AdamW (one, over every copy's variables).
   """
 
-  def __init__(self, config, sharded_model, sharded_optimizer):
-    self.sharded_model = sharded_model
+  def __init__(self, config, sharded_models, sharded_optimizer):
+    self.sharded_models = list(sharded_models)
     self.sharded_optimizer = sharded_optimizer
     with tf.device(HOST):
       self.model = models.build(config)
@@ -193,6 +300,11 @@ class UnshardedState:
     # (the end of a run saves, then the report reads the unsharded model).
     self._same_at_step: Optional[int] = None
 
+  @property
+  def sharded_model(self):
+    """The first group's copy (every group's holds the same values)."""
+    return self.sharded_models[0]
+
   def before_save(self):
     """Copies the shards and their AdamW state into the unsharded pair (unless no step has
     run since they were last the same)."""
@@ -202,18 +314,28 @@ class UnshardedState:
       self._same_at_step = step
 
   def after_restore(self):
-    """Shards the restored unsharded pair into the tensor-parallel model and its AdamW."""
-    from_unsharded(self.sharded_model, self.sharded_optimizer, self.model, self.optimizer)
+    """Shards the restored unsharded pair into every group's tensor-parallel model and its
+    AdamW state."""
+    for sharded_model in self.sharded_models:
+      from_unsharded(sharded_model, self.sharded_optimizer, self.model, self.optimizer)
     self._same_at_step = int(self.sharded_optimizer.iterations.numpy())
 
 
 def build_models(config, budget_progress: Optional[tf.Variable],
-                 log: Callable[[str], None] = print):
-  """`(model for the trainer, its AdamW, UnshardedState)` of a tensor-parallel run; logs the
-  bytes per device."""
-  model = tp_models.build_tensor_parallel(config)
+                 log: Callable[[str], None] = print, groups: int = 1):
+  """`(model for the trainer, its AdamW, UnshardedState)` of a tensor-parallel run over
+  `groups` data-parallel groups (`TensorParallelGroups`); logs the bytes per device.
+
+  Every group's copy starts from the same values: the first group's initial values are
+  copied into the others.
+  """
+  sharded = [tp_models.build_tensor_parallel(config, group) for group in range(groups)]
+  for copy in sharded[1:]:
+    for source, target in zip(sharded[0].weights, copy.weights):
+      target.assign(source)
+  model = TensorParallelGroups(sharded)
   optimizer = build_optimizer(config.train, model.trainable_variables,
-                              budget_progress=budget_progress)
+                              budget_progress=budget_progress, placed_variables=True)
   optimizer.build(model.trainable_variables)
   log(device_bytes_report(config, model, optimizer))
-  return ShardedOutputModel(model), optimizer, UnshardedState(config, model, optimizer)
+  return model, optimizer, UnshardedState(config, sharded, optimizer)

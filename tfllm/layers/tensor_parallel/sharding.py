@@ -13,22 +13,39 @@ import tensorflow as tf
 from tfllm.config import ConfigError
 
 
-def tensor_parallel_devices(degree: int) -> List[str]:
-  """The first `degree` local GPUs, or logical CPU devices on a machine without GPUs.
+def local_devices() -> List[str]:
+  """This process's devices a tensor-parallel model is placed on: its GPUs, or its logical
+  CPU devices on a machine without GPUs. (In a multi-worker job TF also lists every other
+  worker's devices: those are left out.)"""
+  here = tf.DeviceSpec.from_string(tf.constant(0).device)
+  def mine(devices):
+    specs = [(name, tf.DeviceSpec.from_string(name)) for name in devices]
+    return [name for name, spec in specs   # (a name without a job is this process's)
+            if all(getattr(spec, part) in (None, getattr(here, part))
+                   for part in ("job", "replica", "task"))]
+  gpus = mine(device.name for device in tf.config.list_logical_devices("GPU"))
+  return gpus or mine(device.name for device in tf.config.list_logical_devices("CPU"))
+
+
+def tensor_parallel_devices(degree: int, group: int = 0) -> List[str]:
+  """The `degree` local devices of tensor-parallel group `group`: devices
+  `[group * degree, (group + 1) * degree)` of `local_devices()` (group 0: the first GPUs).
 
   Raises:
     ConfigError: `degree` < 1, or more devices than this machine has.
   """
-  degree = int(degree)
+  degree, group = int(degree), int(group)
   if degree < 1:
     raise ConfigError(f"config.train.model_parallel={degree} must be >= 1")
-  gpus = [device.name for device in tf.config.list_logical_devices("GPU")]
-  devices = gpus or [device.name for device in tf.config.list_logical_devices("CPU")]
-  if degree > len(devices):
-    kind = "GPUs" if gpus else "logical CPU devices (no GPUs; split the CPU into more)"
-    raise ConfigError(f"config.train.model_parallel={degree} needs {degree} devices but this "
-                      f"machine has {len(devices)} {kind}")
-  return devices[:degree]
+  devices = local_devices()
+  needed = (group + 1) * degree
+  if needed > len(devices):
+    kind = ("GPUs" if "GPU" in devices[0]
+            else "logical CPU devices (no GPUs; split the CPU into more)")
+    groups = f" ({group + 1} groups of {degree})" if group else ""
+    raise ConfigError(f"config.train.model_parallel={degree} needs {needed} devices{groups} "
+                      f"but this machine has {len(devices)} {kind}")
+  return devices[group * degree:needed]
 
 
 def check_degree(degree: int, num_heads: int, num_kv_heads: int, intermediate_dim: int,

@@ -70,6 +70,22 @@ def test_generate_prints_one_continuation_per_prompt(model_dir):
   assert len(done.stdout.rstrip("\n").split("\n\n")) == 2
 
 
+def test_generate_tensor_parallel_prints_the_one_device_continuations(model_dir):
+  """`--model_parallel=2` over the CPU split in 2: the model sharded (KV cache with the
+  heads) decodes greedily to the one-device text; a degree the heads refuse is one line,
+  exit 2."""
+  prompts = ["--prompt=hello world", "--prompt=the film"]
+  one = run_cli("tfllm.cli.generate", f"--model_dir={model_dir}", *prompts,
+                "--max_new_tokens=6", "--nojit_compile")
+  two = run_cli("tfllm.cli.generate", f"--model_dir={model_dir}", *prompts,
+                "--max_new_tokens=6", "--model_parallel=2", "--cpu_devices=2")
+  assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+  assert two.stdout == one.stdout and one.stdout.strip()
+  bad = run_cli("tfllm.cli.generate", f"--model_dir={model_dir}", *prompts,
+                "--model_parallel=3", "--cpu_devices=3")
+  assert bad.returncode == 2 and "model_parallel=3 does not divide" in error_line(bad)
+
+
 def test_export_of_a_multi_task_model_dir_serves_every_head(tmp_path):
   model_dir = str(tmp_path / "multi")
   make_model_dir(model_dir, "multi_task")

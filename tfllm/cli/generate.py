@@ -2,6 +2,10 @@
 
   tfllm-generate --model_dir=/tmp/gpt_tiny --prompt="ROMEO:" --prompt="To be"
       [--max_new_tokens=64] [--temperature=0.8] [--top_k=40] [--top_p=0.95] [--seed=1]
+      [--model_parallel=2 [--cpu_devices=2]]
+
+`--model_parallel=N` decodes tensor-parallel: the trained model sharded over N local devices
+(the KV cache with the heads), without XLA (docs/distributed.md).
 
 Prints one continuation per prompt, in order, separated by blank lines.
 Exit codes: 0 done; 1 an error (one line on stderr); 2 bad flags.
@@ -33,7 +37,11 @@ def define_flags():
                        lower_bound=0)
   flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass; 1 = off.")
   flags.DEFINE_integer("seed", 0, "Sampling seed.")
-  flags.DEFINE_bool("jit_compile", True, "Compile the generation loop with XLA.")
+  flags.DEFINE_bool("jit_compile", True, "Compile the generation loop with XLA (one device "
+                    "only: off with --model_parallel > 1).")
+  flags.DEFINE_integer("model_parallel", 1, "Decode tensor-parallel over this many local "
+                       "devices.", lower_bound=1)
+  tfllm_flags.define_cpu_devices_flag()
 
 
 def main(argv):
@@ -45,17 +53,36 @@ def main(argv):
     print(f"{PROGRAM}: error: --model_dir and at least one --prompt are required",
           file=sys.stderr)
     return 2
+  degree = FLAGS.model_parallel
+  if degree > 1 and FLAGS["jit_compile"].present and FLAGS.jit_compile:
+    print(f"{PROGRAM}: error: --jit_compile with --model_parallel={degree}: one program over "
+          f"{degree} devices is not one XLA cluster; drop --jit_compile", file=sys.stderr)
+    return 2
+  from tfllm import distribute  # loads TF: after the flag checks
+  from tfllm.config import ConfigError  # loads TF: after the flag checks
   from tfllm.export import load_trained  # loads TF: after the flag checks
   from tfllm.models import generation  # loads TF: after the flag checks
+  from tfllm.models import tensor_parallel  # loads TF: after the flag checks
   try:
+    if FLAGS.cpu_devices:
+      distribute.split_cpu(FLAGS.cpu_devices)
     model, tokenizer, config = load_trained(FLAGS.model_dir)
     if config.task.name != "causal_lm":
       raise ValueError(f"{FLAGS.model_dir} holds a {config.task.name} model; generation needs "
                        "a causal_lm")
+    if degree > 1:
+      if config.finetune.quantize:
+        raise ConfigError(f"--model_parallel={degree}: {FLAGS.model_dir} holds an "
+                          f"{config.finetune.quantize}-quantized model, which decodes on one "
+                          "device; use --model_parallel=1")
+      model = tensor_parallel.shard_trained(model, config, degree)
     output = generation.generate(
         model, list(FLAGS.prompt), tokenizer=tokenizer, max_new_tokens=FLAGS.max_new_tokens,
         temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p, seed=FLAGS.seed,
-        jit_compile=FLAGS.jit_compile)
+        jit_compile=FLAGS.jit_compile and degree == 1)
+  except ConfigError as error:
+    print(f"{PROGRAM}: error: {tfllm_flags.one_line(error)}", file=sys.stderr)
+    return 2
   except Exception as error:  # pylint: disable=broad-except
     logging.debug("%s failed", PROGRAM, exc_info=True)
     print(f"{PROGRAM}: error: {tfllm_flags.one_line(error)}", file=sys.stderr)

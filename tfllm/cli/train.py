@@ -8,7 +8,8 @@ of a config file of your own.
   tfllm-train --config=gpt_tiny --config.train.steps=2000
       --model_dir=/tmp/gpt_tiny --distribution_strategy=mirrored
   tfllm-train --config=gpt_tiny_shakespeare --config.train.model_parallel=2 --cpu_devices=2
-      --model_dir=/tmp/gpt_tp2   (tensor parallel over 2 devices: docs/distributed.md)
+      --model_dir=/tmp/gpt_tp2   (tensor parallel over 2 devices: docs/distributed.md;
+      --cpu_devices=4: 2 data-parallel groups of 2)
   tfllm-train --config=/path/my_config.py --model_dir=/tmp/mine
 
 Exit codes: 0 done; 1 an error (one line on stderr); 2 bad flags or config; 143 stopped by

@@ -13,6 +13,7 @@ import dataclasses
 from typing import List, Optional, Sequence, Tuple
 
 import keras
+import ml_collections
 import numpy as np
 import tensorflow as tf
 
@@ -245,6 +246,20 @@ def build_tensor_parallel(config, group: int = 0) -> TensorParallelCausalLM:
                                     if group else {}))
   model.build()
   return model
+
+
+def shard_trained(model: keras.Model, config, degree: int) -> TensorParallelCausalLM:
+  """The tensor-parallel copy, over `degree` local devices, of a trained unsharded causal LM
+  (`model`, of `config`): e.g. to decode with the KV cache sharded with the heads.
+
+  Raises:
+    ConfigError: as `check_config`, for `degree`.
+  """
+  config = config_lib.validate(ml_collections.ConfigDict(config.to_dict()))
+  config.train.model_parallel = int(degree)
+  sharded = build_tensor_parallel(config)
+  load_unsharded(parameter_layout(model, sharded))
+  return sharded
 
 
 @dataclasses.dataclass

@@ -1,8 +1,10 @@
 """A tensor-parallel model in training: what it and its AdamW hold on each device
 (tfllm-summary, the trainer's start-up log), the copy of model and optimizer state to and from
 the unsharded layout (checkpoints that do not depend on the degree), and what `tfllm-train`
-builds and accepts for `config.train.model_parallel > 1`: one tensor-parallel group, under the
-default strategy (one replica whose program spans the group's devices)."""
+builds and accepts for `config.train.model_parallel > 1`: a copy of the model in each
+tensor-parallel group of a machine's devices (`TensorParallelGroups`), data-parallel across
+the groups in one replica a machine (TF's default strategy, or `multi_worker_mirrored` with a
+replica a worker)."""
 
 from __future__ import annotations
 
@@ -151,9 +153,9 @@ def check_training(config, strategy_name: str, mixed_precision: str) -> None:
 
   Raises:
     ConfigError: one line naming the setting and what is accepted: a strategy other than
-      `STRATEGIES` (multi-worker and TPU data x tensor parallelism), a precision other than float32 or mixed_bfloat16
-      (`PRECISIONS`), `jit_compile=on`
-      (one program over several devices is not one XLA cluster), or a fine-tuning feature
+      `STRATEGIES` (`tpu`, `one_device`), a precision other than float32 or
+      mixed_bfloat16 (`PRECISIONS`), `jit_compile=on` (one program over several devices is
+      not one XLA cluster), or a fine-tuning feature
       the sharded model does not carry (pretrained init, LoRA/frozen layers, distillation,
       pruning, adversarial training).
   """

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from tests.testing import tiny_config
 from tfllm import config as config_lib
-from tfllm.bench import keras_hub_models, measure, mfu, sweep
+from tfllm.bench import collectives, keras_hub_models, measure, mfu, sweep
 from tfllm.bench import run as bench
 from tfllm.bench import train
 
@@ -112,12 +112,27 @@ def test_model_parallel_sweep_times_the_sharded_model_and_measures_bytes_per_dev
   assert max(two.values()) < whole == sum(two.values())
   sharded = summary["points"][1]["result"]
   assert sharded["jit_compile"] is False and sharded["models"]["tfllm"]["model_parallel"] == 2
+  # The profile finds the partial sums and the copies between the 2 devices, a part of the
+  # op time; the unsharded step has none to find.
+  communication = summary["points"][1]["collectives"]
+  assert 0 < communication["transfer_ms"] < communication["collective_ms"]
+  assert 0 < communication["share"] < 1 and summary["points"][0]["collectives"] is None
   assert np.isfinite(sharded["models"]["tfllm"]["tokens_per_second"]["median"])
   with pytest.raises(ValueError, match="--compare=keras_hub is not accepted"):
     config = _config(num_heads=2)
     config.train.model_parallel = 2
     bench.run(config, mode="train", compare="keras_hub", steps=1, repeats=1,
               log=lambda line: None)
+
+
+def test_collectives_are_the_shard_combines_and_the_copies_between_devices():
+  scope = collectives.COLLECTIVE_SCOPE
+  assert collectives.is_collective(f"model/block_0/attention/{scope}/AddN:AddN")
+  assert collectives.is_collective(f"{scope}/Max:Max")
+  assert collectives.is_collective("Max_1/_161:_Send")
+  assert collectives.is_collective("adam_w/Cast/ReadVariableOp/_12:_Recv")
+  assert not collectives.is_collective("model/block_0/feed_forward/up/MatMul:_MklMatMul")
+  assert not collectives.is_collective(f"{scope}_like/AddN:AddN")
 
 
 def test_train_mode_with_comparison_and_sweep_writes_json_and_plot(tmp_path):

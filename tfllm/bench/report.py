@@ -100,7 +100,7 @@ def sweep_table(sweep: Dict) -> str:
   header = [sweep["name"], "step ms", "step CPU ms"]
   for label, _ in columns:
     header += [f"{label} linear ms", f"{label} quadratic ms", f"{label} quad share"]
-  header += ["peak MiB", "weights + AdamW MiB, largest device"]
+  header += ["peak MiB", "weights + AdamW MiB, largest device", "collectives % of op time"]
   rows = []
   for i, point in enumerate(sweep["points"]):
     row = [point["value"], _range(point["step_seconds"], 1e3, 1),
@@ -114,6 +114,8 @@ def sweep_table(sweep: Dict) -> str:
     device_bytes = point.get("device_bytes") or {}
     row.append(f"{max(device_bytes.values()) / 2**20:.1f} (of {len(device_bytes)})"
                if device_bytes else "-")
+    communication = point.get("collectives")
+    row.append(f"{communication['share'] * 100:.1f}" if communication else "-")
     rows.append(row)
   lines.append(_table(header, rows))
   return "\n".join(lines)

@@ -182,6 +182,7 @@ def _train(config, compare, sweeps, batch_size, steps, repeats, jit_compile, pea
                          tokens_per_second=tfllm["tokens_per_second"], mfu=tfllm["mfu"],
                          peak_bytes=tfllm["memory"].get("peak_bytes"),
                          device_bytes=tfllm["device_bytes"],
+                         collectives=tfllm.get("collectives"),
                          memory_kind=tfllm["memory"].get("kind"), result=result))
     summary = sweep_lib.summarize_sweep(name, points)
     log(report.sweep_table(summary))

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from tfllm.bench import keras_hub_models, measure, mfu
+from tfllm.bench import collectives, keras_hub_models, measure, mfu
 from tfllm.layers import tensor_parallel as tp
 from tfllm.models import build, build_backbone
 from tfllm.models import tensor_parallel as tp_models
@@ -230,14 +230,20 @@ def benchmark_train(config, batch_size: Optional[int] = None, steps: int = 10,
       return loss.numpy()
 
     runners[candidate.name] = run
+    communication = None
     if degree > 1:
       log(f"[train] weights + AdamW per device: " + ", ".join(
           f"{device} {size / 2**20:.1f} MiB" for device, size in sorted(device_bytes.items())))
+      communication = collectives.collective_share(step)
+      log(f"[train] collectives: {communication['share'] * 100:.1f}% of the op time "
+          f"({communication['collective_ms']:.1f} of {communication['op_ms']:.1f} ms over "
+          f"{communication['calls']} profiled steps; copies between devices "
+          f"{communication['transfer_ms']:.1f} ms)")
     flops_per_token = mfu.training_flops_per_token(candidate.counted, model.num_layers,
                                                    model.num_heads, head_dim, sequence_length)
     details[candidate.name] = dict(
         parameters=candidate.num_parameters, model_parallel=degree,
-        device_bytes=device_bytes,
+        device_bytes=device_bytes, collectives=communication,
         flops_parameters=mfu.flops_parameter_count(candidate.counted),
         flops_per_token=flops_per_token)
 

@@ -25,8 +25,8 @@ design and what was rejected: docs/distributed.md, "Tensor parallelism".
 from tfllm.layers.tensor_parallel.blocks import (TensorParallelAttention,
                                                  TensorParallelFeedForward,
                                                  TensorParallelTransformerBlock)
-from tfllm.layers.tensor_parallel.sharding import (ShardedLayer, check_degree, local_devices,
-                                                   padded_size,
+from tfllm.layers.tensor_parallel.sharding import (COLLECTIVE_SCOPE, ShardedLayer, check_degree,
+                                                   local_devices, padded_size,
                                                    real_sizes, shard_value, split_sections,
                                                    sum_partials, tensor_parallel_devices,
                                                    unshard_values, variable_bytes_by_device,
@@ -36,7 +36,7 @@ from tfllm.layers.tensor_parallel.vocab import (ShardedLogits, VocabParallelEmbe
                                                 vocab_parallel_cross_entropy)
 
 __all__ = [
-    "ShardedLayer", "ShardedLogits", "TensorParallelAttention", "TensorParallelFeedForward",
+    "COLLECTIVE_SCOPE", "ShardedLayer", "ShardedLogits", "TensorParallelAttention", "TensorParallelFeedForward",
     "TensorParallelTransformerBlock", "VocabParallelEmbedding", "VocabParallelProjection",
     "check_degree", "local_devices", "padded_size", "real_sizes", "shard_value", "split_sections",
     "sum_partials", "tensor_parallel_devices", "unshard_values", "variable_bytes_by_device",

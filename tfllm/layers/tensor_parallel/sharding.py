@@ -90,13 +90,19 @@ def vocabulary_fills_shards(size: int, degree: int) -> bool:
   return min(real_sizes(size, degree)) > 0
 
 
+# The name scope of the ops that combine the shards' results (the partial sums, the
+# vocabulary-parallel loss's combines): how a profile tells communication from computation
+# (`tfllm.bench.collectives`).
+COLLECTIVE_SCOPE = "tensor_parallel_collective"
+
+
 def sum_partials(partials: Sequence[tf.Tensor], device: str) -> tf.Tensor:
   """The sum of the shards' partial outputs, formed on `device` (the group's first).
 
   This is the all-reduce of a row-parallel layer, done as a reduce onto one device; each
   shard's next column-parallel layer reads the result from there (TF copies it over).
   """
-  with tf.device(device):
+  with tf.device(device), tf.name_scope(COLLECTIVE_SCOPE):
     return tf.add_n(list(partials))
 
 

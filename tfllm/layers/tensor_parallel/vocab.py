@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 
 from tfllm.layers.initializers import clone_initializer
-from tfllm.layers.tensor_parallel.sharding import ShardedLayer, sum_partials
+from tfllm.layers.tensor_parallel.sharding import COLLECTIVE_SCOPE, ShardedLayer, sum_partials
 
 
 @keras.saving.register_keras_serializable(package="tfllm")
@@ -200,7 +200,7 @@ def vocab_parallel_cross_entropy(shard_logits: Sequence[tf.Tensor], labels: tf.T
   for logits, device in zip(shard_logits, devices):
     with tf.device(device):
       maxes.append(tf.reduce_max(tf.stop_gradient(tf.cast(logits, tf.float32)), axis=-1))
-  with tf.device(devices[0]):
+  with tf.device(devices[0]), tf.name_scope(COLLECTIVE_SCOPE):
     global_max = tf.reduce_max(tf.stack(maxes), axis=0)
   for i, (logits, device) in enumerate(zip(shard_logits, devices)):
     with tf.device(device):
@@ -210,7 +210,7 @@ def vocab_parallel_cross_entropy(shard_logits: Sequence[tf.Tensor], labels: tf.T
       owned = tf.logical_and(local >= 0, local < local_vocab)
       picked = tf.gather(logits, tf.where(owned, local, 0), batch_dims=batch_dims)
       targets.append(tf.where(owned, picked, 0.0))
-  with tf.device(devices[0]):
+  with tf.device(devices[0]), tf.name_scope(COLLECTIVE_SCOPE):
     return tf.math.log(tf.add_n(sums)) + global_max - tf.add_n(targets)
 
 

@@ -1,11 +1,14 @@
 """The share of a tensor-parallel step's op time spent in communication, from TF's profiler.
 
-A tensor-parallel step communicates in two ways (`tfllm.layers.tensor_parallel`): the sums
-of the shards' partial outputs and the vocabulary-parallel loss's combines (ops under the
-`COLLECTIVE_SCOPE` name scope), and the copies of tensors between devices that TF inserts
-where one device reads another's output (`_Send`/`_Recv`, `_HostSend`/`_HostRecv`). This
-module profiles a few calls of a step function and sums the durations the profiler records
-for those ops against those of every TF op.
+A tensor-parallel step communicates by the copies of tensors between devices that TF
+inserts where one device reads another's output (`_Send`/`_Recv`, `_HostSend`/`_HostRecv`),
+and combines the shards' results in ops under the `COLLECTIVE_SCOPE` name scope
+(`tfllm.layers.tensor_parallel`: the partial sums, the vocabulary-parallel loss's max and
+sums). This module profiles a few calls of a step function and sums the durations the
+profiler records for those ops against those of every TF op. Grappler's arithmetic
+optimizer fuses a partial sum with the residual add after it into one `AddN` named in the
+block's scope, so those few adds (one a position and hidden unit) count as computation; the
+copies they read are counted.
 
 What the share means: devices run their ops concurrently, so it is a share of the op time
 summed over the devices (the work), not of the wall time; a `_Recv` that waits for its
@@ -38,7 +41,8 @@ def op_times(xspace) -> Dict[str, int]:
       for event in line.events:
         name = metadata[event.metadata_id].name
         node, _, op_type = name.rpartition(":")
-        if node and op_type and " " not in name:
+        # (The executor's own events are named like `ExecutorState::Process`.)
+        if node and op_type and " " not in name and "::" not in name:
           totals[name] = totals.get(name, 0) + event.duration_ps
   return totals
 

@@ -83,7 +83,7 @@ def test_generate_tensor_parallel_prints_the_one_device_continuations(model_dir)
   assert two.stdout == one.stdout and one.stdout.strip()
   bad = run_cli("tfllm.cli.generate", f"--model_dir={model_dir}", *prompts,
                 "--model_parallel=3", "--cpu_devices=3")
-  assert bad.returncode == 2 and "model_parallel=3 does not divide" in error_line(bad)
+  assert bad.returncode == 2 and "--model_parallel=3 does not divide" in error_line(bad)
 
 
 def test_export_of_a_multi_task_model_dir_serves_every_head(tmp_path):

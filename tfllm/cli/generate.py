@@ -75,7 +75,11 @@ def main(argv):
         raise ConfigError(f"--model_parallel={degree}: {FLAGS.model_dir} holds an "
                           f"{config.finetune.quantize}-quantized model, which decodes on one "
                           "device; use --model_parallel=1")
-      model = tensor_parallel.shard_trained(model, config, degree)
+      try:
+        model = tensor_parallel.shard_trained(model, config, degree)
+      except ConfigError as error:   # the shared check names the config key: name the flag
+        raise ConfigError(str(error).replace("config.train.model_parallel=",
+                                             "--model_parallel=")) from None
     output = generation.generate(
         model, list(FLAGS.prompt), tokenizer=tokenizer, max_new_tokens=FLAGS.max_new_tokens,
         temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p, seed=FLAGS.seed,

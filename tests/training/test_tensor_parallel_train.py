@@ -86,6 +86,12 @@ def test_requests_it_cannot_run_are_one_line_config_errors(tmp_path, change, str
   assert not (tmp_path / "run").exists()
 
 
+def test_more_devices_than_the_machine_has_names_num_gpus():
+  with pytest.raises(ConfigError, match=r"^num_gpus=5 asks for more devices than this machine "
+                                        r"has: 2; use at most 2$"):
+    tensor_parallel.data_parallel_groups(tp_config("gpt2", 2), "mirrored", num_gpus=5)
+
+
 def test_sharded_logits_give_the_joined_logits_loss_and_predictions():
   """`tfllm.metrics.losses` on `ShardedLogits` (2 devices) against NumPy on the joined
   logits, with a tie across shards (the lowest index wins, as `np.argmax`)."""

@@ -132,7 +132,8 @@ def data_parallel_groups(config, strategy_name: str, num_gpus: Optional[int] = N
   available = len(tp.local_devices())
   devices = available if num_gpus is None or strategy_name != "mirrored" else int(num_gpus)
   if devices > available:
-    tp.tensor_parallel_devices(devices)   # the one-line error naming what the machine has
+    raise ConfigError(f"num_gpus={devices} asks for more devices than this machine has: "
+                      f"{available}; use at most {available}")
   if devices < degree or devices % degree:
     fitting = [d for d in range(1, devices + 1) if devices % d == 0]
     raise ConfigError(f"config.train.model_parallel={degree} does not divide the {devices} "

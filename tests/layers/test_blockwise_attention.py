@@ -82,6 +82,11 @@ def test_decoding_against_a_cache_with_explicit_mask_matches():
   expected = layer._attend(query, key, value, compute_attention_mask(1, 16, **parts), False)
   actual = blockwise_attention(query, key, value, 4, **parts)
   np.testing.assert_allclose(actual, expected, atol=1e-5, rtol=0)
+  # The KV cache's heads-major layout attends to the same result.
+  heads_major = [tf.transpose(t, (0, 2, 1, 3)) for t in (key, value)]
+  np.testing.assert_allclose(
+      layer._attend(query, *heads_major, compute_attention_mask(1, 16, **parts), False,
+                    heads_major=True), expected, atol=1e-6, rtol=0)
 
 
 def test_rejects_a_non_positive_block_size():

@@ -160,9 +160,9 @@ def test_attention_masks_padded_keys_and_shards_the_cache():
   changed[1, 3:] = 100.0  # padded keys: other positions' outputs must not move
   np.testing.assert_allclose(layer(changed, padding_mask=padding).numpy()[1, :3], out[1, :3],
                              atol=1e-6)
-  caches = [np.zeros((2, 2, 5, 1, 8), "float32") for _ in DEVICES]
+  caches = [tuple(np.zeros((2, 1, 5, 8), "float32") for _ in range(2)) for _ in DEVICES]
   _, updated = layer(x, cache=caches, cache_update_index=0, use_causal_mask=True)
-  assert [tuple(c.shape) for c in updated] == [(2, 2, 5, 1, 8)] * 2
+  assert [tuple(t.shape) for keys_values in updated for t in keys_values] == [(2, 1, 5, 8)] * 4
 
 
 @pytest.mark.parametrize("key,value,message", [

@@ -1,7 +1,7 @@
 """Keras layers of tfllm's Transformers, one concept a module."""
 
 from tfllm.layers.adapter import Adapter
-from tfllm.layers.attention import MultiHeadSelfAttention
+from tfllm.layers.attention import MultiHeadSelfAttention, empty_kv_cache
 from tfllm.layers.embeddings import PositionEmbedding, SinusoidalPositionEncoding, TokenEmbedding
 from tfllm.layers.feed_forward import FeedForward
 from tfllm.layers.initializers import clone_initializer
@@ -13,5 +13,5 @@ from tfllm.layers.transformer_block import TransformerBlock
 __all__ = [
     "Adapter", "FeedForward", "MASKED_SCORE", "MultiHeadSelfAttention", "PositionEmbedding", "RMSNorm", "RotaryEmbedding",
     "SinusoidalPositionEncoding", "TokenEmbedding", "TransformerBlock", "clone_initializer",
-    "compute_attention_mask",
+    "compute_attention_mask", "empty_kv_cache",
 ]

@@ -13,6 +13,13 @@ from tfllm.layers.masking import MASKED_SCORE, compute_attention_mask
 from tfllm.layers.rotary import RotaryEmbedding
 
 
+def empty_kv_cache(batch_size, num_kv_heads, max_length, head_dim, dtype):
+  """A zero KV cache of one attention layer: `(keys, values)`, each
+  `[batch, num_kv_heads, max_length, head_dim]` (`MultiHeadSelfAttention`'s `cache`)."""
+  return tuple(ops.zeros((batch_size, num_kv_heads, max_length, head_dim), dtype=dtype)
+               for _ in range(2))
+
+
 @keras.saving.register_keras_serializable(package="tfllm")
 class MultiHeadSelfAttention(keras.layers.Layer):
   """Scaled dot-product self-attention, `softmax(Q K^T / sqrt(d)) V`, over several heads.
@@ -42,24 +49,33 @@ class MultiHeadSelfAttention(keras.layers.Layer):
       when a cache is given).
     attention_mask: `[batch, seq, keys]` boolean, true where attending is allowed.
     use_causal_mask: mask keys after each query's position.
-    cache: `[batch, 2, max_length, K, d]` keys and values of earlier positions, or None.
+    cache: `(keys, values)`, each `[batch, K, max_length, d]` (`empty_kv_cache`): keys and
+      values of earlier positions, or None. Heads come before positions so that decoding
+      attends over the cache as it is and writes only the new positions (no copy of the
+      cache a step: docs/benchmarks.md, "Generation").
     cache_update_index: position (scalar int) at which `inputs` are written into the cache.
     training: enables dropout.
 
   Returns:
-    `[batch, seq, hidden]`, and with a cache also the updated cache (same shape as `cache`).
+    `[batch, seq, hidden]`, and with a cache also the updated `(keys, values)`.
 
   Example:
 
   ```python
   import numpy as np
-  from tfllm.layers import MultiHeadSelfAttention
+  from tfllm.layers import MultiHeadSelfAttention, empty_kv_cache
 
   layer = MultiHeadSelfAttention(num_heads=4, head_dim=8, num_kv_heads=2)
   inputs = np.random.default_rng(0).normal(size=(2, 5, 32)).astype("float32")
   padding = np.array([[True] * 5, [True] * 3 + [False] * 2])
   outputs = layer(inputs, padding_mask=padding, use_causal_mask=True)
   assert outputs.shape == (2, 5, 32)
+
+  # Incremental decoding: write the 5 positions into a cache of 8, then attend from there.
+  cache = empty_kv_cache(2, num_kv_heads=2, max_length=8, head_dim=8, dtype="float32")
+  outputs, (keys, values) = layer(inputs, cache=cache, cache_update_index=0,
+                                  use_causal_mask=True)
+  assert keys.shape == (2, 2, 8, 8)
   ```
   """
 
@@ -123,41 +139,52 @@ class MultiHeadSelfAttention(keras.layers.Layer):
       query = self.rotary(query, start_index=start)
       key = self.rotary(key, start_index=start)
 
+    heads_major = cache is not None
     if cache is not None:
       if cache_update_index is None:
         raise ValueError("a cache needs cache_update_index, the position of `inputs`")
-      key = ops.slice_update(cache[:, 0], (0, start, 0, 0), ops.cast(key, cache.dtype))
-      value = ops.slice_update(cache[:, 1], (0, start, 0, 0), ops.cast(value, cache.dtype))
-      cache = ops.stack([key, value], axis=1)
+      cached_keys, cached_values = cache
+      # Only the new positions move; the cache is updated in place inside a compiled loop.
+      key = ops.slice_update(cached_keys, (0, 0, start, 0),
+                             ops.transpose(ops.cast(key, cached_keys.dtype), (0, 2, 1, 3)))
+      value = ops.slice_update(cached_values, (0, 0, start, 0),
+                               ops.transpose(ops.cast(value, cached_values.dtype), (0, 2, 1, 3)))
+      cache = (key, value)
 
     mask_parts = dict(query_start=start, padding_mask=padding_mask,
                       attention_mask=attention_mask, causal=use_causal_mask)
     if self.attention_block_size:
+      if heads_major:
+        key, value = (ops.transpose(t, (0, 2, 1, 3)) for t in (key, value))
       # Each key block builds its own mask: the whole [q, k] mask never exists either.
       output = blockwise_attention(query, key, value, self.attention_block_size,
                                            **mask_parts)
     else:
+      keys_length = ops.shape(key)[2 if heads_major else 1]
       output = self._attend(query, key, value,
-                            compute_attention_mask(seq, ops.shape(key)[1], **mask_parts),
-                            training)
+                            compute_attention_mask(seq, keys_length, **mask_parts),
+                            training, heads_major)
     output = self.output_projection(ops.reshape(output, (batch, seq, q_width)))
     return output if cache is None else (output, cache)
 
-  def _attend(self, query, key, value, mask, training):
-    """Attention of `[b, q, H, d]` queries over `[b, k, K, d]` keys/values -> `[b, q, H, d]`."""
+  def _attend(self, query, key, value, mask, training, heads_major=False):
+    """Attention of `[b, q, H, d]` queries over `[b, k, K, d]` keys/values (`[b, K, k, d]`
+    when `heads_major`, the cache's layout) -> `[b, q, H, d]`."""
     batch, q_len = ops.shape(query)[0], ops.shape(query)[1]
     groups = self.num_heads // self.num_kv_heads
     # Grouping queries as [b, q, K, G, d] lets G query heads share a KV head without
     # materializing repeated keys and values.
     query = ops.reshape(query, (batch, q_len, self.num_kv_heads, groups, self.head_dim))
     query = query * ops.cast(1.0 / math.sqrt(self.head_dim), query.dtype)
-    scores = ops.einsum("bqkgd,bskd->bkgqs", query, ops.cast(key, query.dtype))
+    keys = "bksd" if heads_major else "bskd"
+    scores = ops.einsum(f"bqkgd,{keys}->bkgqs", query, ops.cast(key, query.dtype))
     scores = ops.cast(scores, "float32")
     if mask is not None:
       scores = ops.where(mask[:, None, None, :, :], scores, MASKED_SCORE)
     probabilities = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
     probabilities = self.probability_dropout(probabilities, training=training)
-    output = ops.einsum("bkgqs,bskd->bqkgd", probabilities, ops.cast(value, self.compute_dtype))
+    output = ops.einsum(f"bkgqs,{keys}->bqkgd", probabilities,
+                        ops.cast(value, self.compute_dtype))
     return ops.reshape(output, (batch, q_len, self.num_heads, self.head_dim))
 
   def compute_output_shape(self, input_shape):

@@ -47,7 +47,8 @@ class TransformerBlock(keras.layers.Layer):
   Call arguments:
     inputs: `[batch, seq, hidden]`.
     padding_mask: `[batch, keys]`, true at real tokens.
-    cache: `[batch, 2, max_length, num_kv_heads, head_dim]` or None (decoder only).
+    cache: `(keys, values)`, each `[batch, num_kv_heads, max_length, head_dim]`
+      (`tfllm.layers.empty_kv_cache`), or None (decoder only).
     cache_update_index: position of `inputs` in the cache.
     training: enables dropout.
 

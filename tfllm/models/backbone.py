@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from tfllm.layers import PositionEmbedding, SinusoidalPositionEncoding, TokenEmbedding
-from tfllm.layers import TransformerBlock, clone_initializer
+from tfllm.layers import TransformerBlock, clone_initializer, empty_kv_cache
 from tfllm.layers.normalization import make_norm
 
 
@@ -230,11 +230,16 @@ class TransformerBackbone(keras.Model):
     return self.encode(x, inputs.get("padding_mask"), training=training)
 
   def init_cache(self, batch_size, max_length=None, dtype=None):
-    """A zero KV cache `[batch, num_layers, 2, max_length, num_kv_heads, head_dim]`."""
+    """A zero KV cache: a list with one `(keys, values)` a layer, each
+    `[batch, num_kv_heads, max_length, head_dim]` (`tfllm.layers.empty_kv_cache`).
+
+    One tensor pair a layer (not one stacked tensor) so that a decoding step updates each
+    in place instead of slicing and re-stacking the whole cache (docs/benchmarks.md).
+    """
     # `or` would turn a tensor max_length into a Python bool under XLA.
     max_length = self.max_sequence_length if max_length is None else max_length
-    return ops.zeros((batch_size, self.num_layers, 2, max_length, self.num_kv_heads,
-                      self.head_dim), dtype=dtype or self.compute_dtype)
+    return [empty_kv_cache(batch_size, self.num_kv_heads, max_length, self.head_dim,
+                           dtype or self.compute_dtype) for _ in range(self.num_layers)]
 
   def call_with_cache(self, token_ids, cache, cache_update_index, padding_mask=None):
     """Runs `token_ids` `[batch, seq]` at positions `cache_update_index ...` against `cache`.
@@ -253,12 +258,12 @@ class TransformerBackbone(keras.Model):
       raise ValueError("call_with_cache needs a causal backbone (causal=True)")
     x = self.embed(token_ids, start_index=cache_update_index)
     layer_caches = []
-    for i, block in enumerate(self.blocks):
-      x, layer_cache = block(x, padding_mask=padding_mask, cache=cache[:, i],
+    for block, layer_cache in zip(self.blocks, cache):
+      x, layer_cache = block(x, padding_mask=padding_mask, cache=layer_cache,
                              cache_update_index=cache_update_index)
       layer_caches.append(layer_cache)
     x = self.final_norm(x) if self.final_norm is not None else x
-    return x, ops.stack(layer_caches, axis=1)
+    return x, layer_caches
 
   def get_config(self):
     return dict(

@@ -20,6 +20,7 @@ import tensorflow as tf
 from tfllm import config as config_lib
 from tfllm.config import ConfigError
 from tfllm.layers import tensor_parallel as tp
+from tfllm.layers import empty_kv_cache
 from tfllm.models.backbone import TransformerBackbone
 from tfllm.models.build import build_backbone as build_unsharded_backbone
 
@@ -73,7 +74,8 @@ class TensorParallelBackbone(TransformerBackbone):
 
   def init_cache(self, batch_size, max_length=None, dtype=None):
     """A zero KV cache sharded with the heads: for each layer, a list of `N` shard caches
-    `[batch, 2, max_length, num_kv_heads / N, head_dim]`, shard `i`'s on device `i`."""
+    `(keys, values)`, each `[batch, num_kv_heads / N, max_length, head_dim]`, shard `i`'s on
+    device `i`."""
     max_length = self.max_sequence_length if max_length is None else max_length
     local_kv_heads = self.num_kv_heads // self.model_parallel
     caches = []
@@ -81,8 +83,8 @@ class TensorParallelBackbone(TransformerBackbone):
       layer = []
       for device in self.devices:
         with tf.device(device):
-          layer.append(tf.zeros((batch_size, 2, max_length, local_kv_heads, self.head_dim),
-                                dtype=dtype or self.compute_dtype))
+          layer.append(empty_kv_cache(batch_size, local_kv_heads, max_length, self.head_dim,
+                                      dtype or self.compute_dtype))
       caches.append(layer)
     return caches
 

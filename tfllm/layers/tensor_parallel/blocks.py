@@ -37,8 +37,8 @@ class TensorParallelAttention(ShardedLayer):
     inputs: `[batch, seq, hidden]`.
     padding_mask, attention_mask, use_causal_mask, cache_update_index, training: as in
       `MultiHeadSelfAttention`.
-    cache: None, or a list of `N` per-shard caches `[batch, 2, max_length, K / N, d]` (the
-      KV cache sharded with the heads).
+    cache: None, or a list of `N` per-shard caches `(keys, values)`, each
+      `[batch, K / N, max_length, d]` (the KV cache sharded with the heads).
 
   Returns:
     `[batch, seq, hidden]`, and with a cache also the list of updated shard caches.
@@ -190,7 +190,8 @@ class TensorParallelTransformerBlock(TransformerBlock):
       `intermediate_dim` divisible by `N`).
 
   Call arguments and returns: as `TransformerBlock`, except that a cache is the list of
-  `N` per-shard caches `[batch, 2, max_length, num_kv_heads / N, head_dim]`.
+  `N` per-shard caches `(keys, values)`, each
+  `[batch, num_kv_heads / N, max_length, head_dim]`.
 
   Example:
 

@@ -48,6 +48,34 @@ def test_cached_greedy_equals_uncached_greedy(model, generator):
     assert new == uncached_greedy(model, prompt, 8)
 
 
+@pytest.mark.parametrize("prompt_lengths", [(3, 20, 45), (40, 70)])
+def test_prefill_of_a_static_length_then_prompts_longer_than_it(prompt_lengths):
+  """Buffer 80: the prefill covers the first 16 (or 64) positions, the shortest prompt's;
+  the longer prompts' remaining tokens go through the decoding loop."""
+  config = config_lib.default_config()
+  config.model.update(model_preset("gpt2"))
+  config.model.update(vocab_size=VOCAB, num_layers=2, hidden_dim=32, num_heads=2,
+                      intermediate_dim=64, max_sequence_length=80)
+  keras.utils.set_random_seed(4)
+  long_model = build(config)
+  assert generation.prefill_lengths(80) == [16, 32, 64, 80]
+  rng = np.random.default_rng(0)
+  prompts = [rng.integers(1, VOCAB, size=n).tolist() for n in prompt_lengths]
+  output = generation.Generator(long_model, stop_token_ids=()).generate(prompts,
+                                                                        max_new_tokens=6)
+  for prompt, new in zip(prompts, output.token_ids):
+    assert new == uncached_greedy(long_model, prompt, 6)
+  # The prefilled keys and values: those the loop reads before rewriting (positions before
+  # the shortest prompt's last token) equal a prefill of the whole buffer.
+  token_ids, lengths = generation.pack_prompts(tf.ragged.constant(prompts), 80)
+  start = int(min(prompt_lengths))
+  empty = lambda: long_model.backbone.init_cache(len(prompts), 80)  # noqa: E731
+  prefilled = generation.prefill_cache(long_model, token_ids, empty(), tf.constant(start))
+  _, whole = long_model.backbone.call_with_cache(token_ids, empty(), 0)
+  for got, want in zip(tf.nest.flatten(prefilled), tf.nest.flatten(whole)):
+    np.testing.assert_allclose(got[:, :, :start - 1], want[:, :, :start - 1], atol=1e-5)
+
+
 def test_batch_equals_one_by_one_greedy_and_sampled(generator):
   for kwargs in (dict(), dict(temperature=1.0, top_p=0.9, seed=11)):
     batch = generator.generate(PROMPTS, max_new_tokens=7, **kwargs).token_ids

@@ -4,7 +4,10 @@ Layout: prompts are **right**-padded into a fixed-length buffer `[batch, max_len
 (KerasHub's scheme), so every token sits at its true position and a prompt's output does not
 depend on the other prompts of its batch. The loop
 
-  1. prefills the KV cache with the whole buffer in one backbone call;
+  1. prefills the KV cache in one backbone call over the buffer's first `L` positions, `L`
+     the smallest of a few static lengths (`prefill_lengths`) that covers the shortest
+     prompt (one XLA program holds a branch a length; a 16-token prompt in a buffer of 1,024
+     does not pay for 1,024 positions);
   2. from the shortest prompt's end, runs one token a step: the model reads the token at
      `index - 1` against the cache and proposes the token at `index`; rows whose prompt is
      longer than `index` keep their prompt token (their cache entry is recomputed from the
@@ -107,6 +110,29 @@ def sample_next_token(logits, temperature, top_k, top_p, seed, step):
   return tf.cond(tf.reduce_any(tf.cast(temperature, tf.float32) > 0.0), sampled, lambda: greedy)
 
 
+def prefill_lengths(max_length: int) -> List[int]:
+  """The static prefill lengths of a buffer: powers of two from 16 below `max_length`, and
+  `max_length` itself."""
+  lengths, length = [], 16
+  while length < max_length:
+    lengths.append(length)
+    length *= 2
+  return lengths + [int(max_length)]
+
+
+def prefill_cache(model, token_ids, cache, start):
+  """The cache with positions `[0, L)` of `token_ids` written, `L` the first of
+  `prefill_lengths` that is `>= start` (scalar int32). Positions from `start - 1` on are
+  rewritten by the decoding loop before any query attends to them."""
+  lengths = prefill_lengths(token_ids.shape[1])
+  branch = tf.reduce_sum(tf.cast(tf.constant(lengths[:-1], tf.int32) < start, tf.int32))
+
+  def prefill(length):
+    return lambda: model.backbone.call_with_cache(token_ids[:, :length], cache, 0)[1]
+
+  return tf.switch_case(branch, [prefill(length) for length in lengths])
+
+
 def generate_tokens(model, token_ids, prompt_lengths, max_new_tokens, temperature, top_k,
                     top_p, seed, stop_token_ids: Sequence[int] = (), pad_token_id: int = 0):
   """Continues right-padded prompts in place; graph code (call inside a `tf.function`).
@@ -138,10 +164,10 @@ def generate_tokens(model, token_ids, prompt_lengths, max_new_tokens, temperatur
   stop_token_ids = tf.constant(list(stop_token_ids) or [-1], tf.int32)
   positions = tf.range(max_length)[None, :]
 
-  cache = model.backbone.init_cache(batch_size, max_length)
-  _, cache = model.backbone.call_with_cache(token_ids, cache, 0)
   # An empty batch has no shortest prompt: start past the end so the loop never runs.
   start = tf.cond(batch_size > 0, lambda: tf.reduce_min(prompt_lengths), lambda: max_length)
+  cache = prefill_cache(model, token_ids, model.backbone.init_cache(batch_size, max_length),
+                        start)
   done = max_new_tokens <= 0
   num_generated = tf.zeros_like(prompt_lengths)
 

@@ -326,3 +326,75 @@ def test_bad_invocations_are_one_line_and_keep_the_output(model_dirs, tmp_path):
     assert message in error_line(done), args
   assert output.read_text() == "kept\n"
   assert sorted(os.listdir(tmp_path)) == ["empty_run", "in.txt", "out.jsonl"]
+
+
+class ScoreTestSentences(tfds.core.GeneratorBasedBuilder):
+  """Tokenized sentences with IOB2 tags (a ClassLabel sequence, like tfllm_conll2003's)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  SENTENCES = ((["john", "lives", "in", "paris"], ["B-PER", "O", "O", "B-LOC"]),
+               (["mary", "is", "good"], ["B-PER", "O", "O"]),
+               (["hello", "world", "london"], ["O", "O", "B-LOC"]),
+               (["to", "be", "or", "not"], ["O", "O", "O", "O"]))
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self, disable_shuffling=True,
+        features=tfds.features.FeaturesDict({
+            "tokens": tfds.features.Sequence(tfds.features.Text()),
+            "ner": tfds.features.Sequence(tfds.features.ClassLabel(names=NER_TAGS)),
+        }))
+
+  def _split_generators(self, dl_manager):
+    return {"test": self._generate_examples()}
+
+  def _generate_examples(self):
+    for index, (tokens, tags) in enumerate(self.SENTENCES):
+      yield index, {"tokens": tokens, "ner": tags}
+
+
+@pytest.mark.slow
+def test_score_of_a_tagger_equals_a_reference_over_its_own_predictions(model_dirs, tmp_path):
+  from tests.export.test_score import reference_chunks
+  data_dir = str(tmp_path / "tfds")
+  ScoreTestSentences(data_dir=data_dir).download_and_prepare()
+  output, metrics = str(tmp_path / "ner.jsonl"), str(tmp_path / "metrics.json")
+  done = run_predict(f"--model_dir={model_dirs('token_classification')}",
+                     "--input=tfds:score_test_sentences/test", f"--data_dir={data_dir}",
+                     f"--output={output}", "--text_field=tokens", "--label_field=ner",
+                     "--score", f"--metrics_output={metrics}")
+  assert done.returncode == 0, done.stderr
+  lines = done.stdout.strip().splitlines()
+  assert lines[1].startswith("score of tfds:score_test_sentences/test (4 examples): ")
+  assert "entity report:" in done.stdout
+  with open(metrics, encoding="utf-8") as f:
+    scored = json.load(f)
+  rows = read_jsonl(output)
+  tp = predicted = actual = 0
+  for row, (_, gold) in zip(rows, ScoreTestSentences.SENTENCES):
+    true_chunks, pred_chunks = reference_chunks(gold), reference_chunks(row["tags"])
+    tp, predicted, actual = (tp + len(true_chunks & pred_chunks),
+                             predicted + len(pred_chunks), actual + len(true_chunks))
+  assert scored["examples"] == 4 and scored["entity/micro/support"] == actual == 4
+  assert scored["entity/micro/precision"] == pytest.approx(tp / predicted if predicted else 0)
+  assert scored["entity/micro/recall"] == pytest.approx(tp / actual)
+  assert f"entity/micro/f1 {scored['entity/micro/f1']:.4f}" in lines[1]
+
+
+@pytest.mark.slow
+def test_scoring_refuses_what_it_cannot_score_in_one_line(model_dirs, tmp_path):
+  prompts = write_bytes(tmp_path / "in.txt", b"a film\n")
+  output = str(tmp_path / "out.jsonl")
+  classifier = f"--model_dir={model_dirs('sequence_classification')}"
+  cases = [
+      ((classifier, f"--input={prompts}", "--score"), "carries no labels"),
+      ((classifier, f"--input={prompts}", "--label_field=label"),
+       "label_field='label' is for scoring; add --score"),
+      ((f"--model_dir={model_dirs('causal_lm')}", "--input=tfds:tfllm_movie_sentiment/test",
+        "--score"), "this is a causal_lm model"),
+  ]
+  for args, message in cases:
+    done = run_predict(*args, f"--output={output}")
+    assert done.returncode == 2, (args, done.stderr)
+    assert message in error_line(done), args
+  assert not os.path.exists(output)

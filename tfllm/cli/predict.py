@@ -5,12 +5,16 @@
       --output=out.jsonl [--text_field=text] [--max_new_tokens=64 --temperature=0.8 ...]
   tfllm-predict --model_dir=/tmp/minilm_sentiment --input=tfds:tfllm_movie_sentiment/test
       --data_dir=~/tensorflow_datasets --output=test.jsonl
+  tfllm-predict --saved_model=/tmp/minilm_serving/sentiment/1 \
+      --input=tfds:tfllm_movie_sentiment/test --output=test.jsonl --score
 
 Exactly one of `--model_dir` (a training run; its signatures are built in memory) and
 `--saved_model` (a version directory tfllm-export wrote). Input: a text file (one input a
 line), a `.jsonl` file (the text in `--text_field`) or `tfds:NAME/SPLIT`; `--input_format`
 overrides the guess. One JSON object a line per input, in order; empty and invalid UTF-8
-inputs are skipped and counted. See docs/serving.md.
+inputs are skipped and counted. `--score` (a classifier or tagger on a labelled TFDS split)
+also prints the evaluation report's metrics computed from the served predictions. See
+docs/serving.md.
 
 Exit codes: 0 written (a summary line is printed); 1 a runtime error; 2 bad flags or input
 (one line on stderr); 143 stopped by SIGTERM (the output is left as it was).
@@ -66,6 +70,12 @@ def define_flags():
   flags.DEFINE_float("top_p", None, "Causal LM: nucleus mass; 1 = off.", lower_bound=0.0,
                      upper_bound=1.0)
   flags.DEFINE_integer("seed", None, "Causal LM: sampling seed.")
+  flags.DEFINE_bool("score", False, "Classifiers and taggers on a tfds: input: compare the "
+                    "predictions with the split's labels and print accuracy / entity F1 "
+                    "(the eval report's metrics, from the served outputs).")
+  flags.DEFINE_string("label_field", None, "With --score: the split's label feature "
+                      "(default: the model's config.data.label_feature).")
+  flags.DEFINE_string("metrics_output", None, "With --score: a JSON file for the metrics.")
 
 
 def _terminate(signum, frame):  # pylint: disable=unused-argument
@@ -98,7 +108,8 @@ def main(argv):
         text_field=FLAGS.text_field if FLAGS["text_field"].present else None,
         id_field=FLAGS.id_field, data_dir=FLAGS.data_dir, batch_size=FLAGS.batch_size,
         settings={name: FLAGS[name].value for name in GENERATION_FLAGS},
-        progress=predict_lib.progress_wanted(FLAGS.progress))
+        progress=predict_lib.progress_wanted(FLAGS.progress), score=FLAGS.score,
+        label_field=FLAGS.label_field, metrics_output=FLAGS.metrics_output)
   except config_lib.ConfigError as error:
     _error(tfllm_flags.one_line(error))
     return EXIT_USAGE
@@ -110,6 +121,10 @@ def main(argv):
     _error(tfllm_flags.one_line(error))
     return EXIT_ERROR
   print(summary.line(), flush=True)
+  if summary.metrics is not None:
+    print(summary.score_line(), flush=True)
+    if summary.report:
+      print(f"entity report:\n{summary.report}", flush=True)
   return 0
 
 

@@ -26,6 +26,10 @@ batching added removed (`num_words`, `num_entities`, `num_tokens`, `num_masks` s
 values of their row are real) and, for a tagger, `entities` spelled out. The file is
 written under a temporary name beside the output and renamed into place at the end, so a
 failed run never leaves a partial file where a good one was. See `docs/serving.md`.
+
+Scoring (`score=True`, a labelled TFDS split): the predictions are also compared with the
+split's labels by `tfllm.export.score`, the evaluation report's metrics computed from the
+served outputs (`Summary.metrics`, optionally written as JSON to `metrics_output`).
 """
 
 from __future__ import annotations
@@ -59,18 +63,30 @@ RECORD_KEYS = ("line", "index", "id", "input")
 
 @dataclasses.dataclass
 class Summary:
-  """What a run wrote: predictions and skipped inputs by reason."""
+  """What a run wrote: predictions and skipped inputs by reason; with scoring, the metrics,
+  the scorer's table (`report`) and what was scored (`scored`, the input's description)."""
   output: str
   unit: str
   written: int = 0
   skipped: Dict[str, int] = dataclasses.field(
       default_factory=lambda: {reason: 0 for reason in SKIP_REASONS})
+  metrics: Optional[Dict[str, float]] = None
+  report: str = ""
+  scored: str = ""
 
   def line(self) -> str:
     """`N predictions written to FILE; K lines skipped (empty: a, invalid UTF-8: b)`."""
     reasons = ", ".join(f"{reason}: {count}" for reason, count in self.skipped.items())
     return (f"{self.written} predictions written to {self.output}; "
             f"{sum(self.skipped.values())} {self.unit} skipped ({reasons})")
+
+  def score_line(self) -> str:
+    """`score of tfds:NAME/SPLIT (N examples): accuracy 0.8624  class/macro/f1 ...`, the
+    evaluation report's format ("" without scoring)."""
+    if self.metrics is None:
+      return ""
+    values = "  ".join(f"{key} {value:.4f}" for key, value in sorted(self.metrics.items()))
+    return f"score of {self.scored} ({self.written} examples): {values}"
 
 
 def _entities(row: Mapping[str, Any], prefix: str) -> Optional[List[Dict[str, Any]]]:
@@ -175,18 +191,19 @@ def _batches(items: Iterator[Union[Item, Skip]], batch_size: int, summary: Summa
     yield batch
 
 
-def _check_output(output: str, inputs: Inputs) -> None:
+def _check_output(output: str, inputs: Inputs, name: str = "output") -> None:
   if not output:
-    raise config_lib.ConfigError("output is required: the .jsonl file to write")
+    raise config_lib.ConfigError(f"{name} is required: the file to write")
   if tf.io.gfile.isdir(output):
-    raise config_lib.ConfigError(f"output={output!r} is a directory; give a file name such as "
+    raise config_lib.ConfigError(f"{name}={output!r} is a directory; give a file name such as "
                                  f"{os.path.join(output, 'predictions.jsonl')}")
   if os.path.abspath(output) == os.path.abspath(inputs.description):
-    raise config_lib.ConfigError(f"output={output!r} is the input file; write elsewhere")
+    raise config_lib.ConfigError(f"{name}={output!r} is the input file; write elsewhere")
 
 
 def predict(predictor: Predictor, inputs: Inputs, output: str, batch_size: int = 32,
-            settings: Optional[Mapping[str, Any]] = None, progress: bool = False) -> Summary:
+            settings: Optional[Mapping[str, Any]] = None, progress: bool = False,
+            scorer=None) -> Summary:
   """Runs the chosen signature over `inputs` in batches and writes `output` atomically.
 
   Args:
@@ -196,9 +213,11 @@ def predict(predictor: Predictor, inputs: Inputs, output: str, batch_size: int =
     batch_size: inputs per signature call.
     settings: generation settings (GENERATION_SETTINGS); any given selects `generate`.
     progress: show a progress bar on stderr.
+    scorer: a `tfllm.export.score.Scorer` (inputs opened with a label field) to compare the
+      predictions with the labels; None: no scoring.
 
   Returns:
-    A `Summary` of what was written and skipped.
+    A `Summary` of what was written and skipped (and the scores).
   """
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   if batch_size < 1:
@@ -212,9 +231,14 @@ def predict(predictor: Predictor, inputs: Inputs, output: str, batch_size: int =
     for batch in _batches(inputs.items(), batch_size, summary, bar):
       texts = tf.constant(np.array([item.text.encode("utf-8") for item in batch], object))
       rows = output_rows(function(**{text_input: texts}, **fixed), len(batch))
+      if scorer is not None:
+        scorer.add([item.label for item in batch], rows)
       out.write("".join(json.dumps(_record(item, row), ensure_ascii=False) + "\n"
                         for item, row in zip(batch, rows)))
       summary.written += len(batch)
+  if scorer is not None:
+    summary.metrics, summary.report = scorer.result(), scorer.report()
+    summary.scored = inputs.description
   return summary
 
 
@@ -223,20 +247,48 @@ def predict_to_file(output: str, input_path: str, model_dir: Optional[str] = Non
                     text_field: Optional[str] = None, id_field: str = DEFAULT_ID_FIELD,
                     data_dir: Optional[str] = None, batch_size: int = 32,
                     settings: Optional[Mapping[str, Any]] = None,
-                    progress: bool = False) -> Summary:
+                    progress: bool = False, score: bool = False,
+                    label_field: Optional[str] = None,
+                    metrics_output: Optional[str] = None) -> Summary:
   """`predict` of a model directory or export over a file or TFDS split (see the module
   docstring). Inputs and flags are checked before the model is loaded.
 
+  Args (besides `predict`'s):
+    score: compare the predictions with the labels of the TFDS split `input_path`.
+    label_field: the split's label feature (None: the model's `config.data.label_feature`).
+    metrics_output: with `score`, a JSON file for the metrics (written atomically).
+
   Raises:
     ConfigError: a bad argument or input (what `open_inputs`, `choose_signature` and the
-      model checks raise), before anything is written.
+      model checks raise; scoring a file, a language model or an unknown label feature),
+      before anything is written.
   """
+  from tfllm.export import score as score_lib  # pylint: disable=g-import-not-at-top
   config = model_config(model_dir, saved_model)
+  for name, value in (("metrics_output", metrics_output), ("label_field", label_field)):
+    if value and not score:
+      raise config_lib.ConfigError(f"{name}={value!r} is for scoring; add --score or drop "
+                                   f"--{name}")
+  if score:
+    score_lib.check_scored_task(config)   # before a TFDS split is prepared
+  if score and not label_field:
+    label_field = config.get("data", {}).get("label_feature") or "label"
   inputs = open_inputs(input_path, input_format, text_field, id_field, data_dir, config,
-                       progress)
+                       progress, label_field if score else None)
   _check_output(output, inputs)
+  scorer = score_lib.scorer_for(config, inputs) if score else None
+  if metrics_output:
+    _check_output(metrics_output, inputs, "metrics_output")
+    if os.path.abspath(metrics_output) == os.path.abspath(output):
+      raise config_lib.ConfigError(f"metrics_output={metrics_output!r} is the predictions' "
+                                   "output; give another file")
   predictor = load_predictor(model_dir, saved_model)
-  return predict(predictor, inputs, output, batch_size, settings, progress)
+  summary = predict(predictor, inputs, output, batch_size, settings, progress, scorer)
+  if metrics_output:
+    with AtomicOutput(metrics_output) as out:
+      out.write(json.dumps(dict(input=inputs.description, examples=summary.written,
+                                **summary.metrics), indent=2, sort_keys=True) + "\n")
+  return summary
 
 
 def progress_wanted(enabled: bool, stream=None) -> bool:

@@ -22,10 +22,12 @@ DEFAULT_ID_FIELD = "id"
 
 @dataclasses.dataclass(frozen=True)
 class Item:
-  """One input: where it came from (`{"line": 3}` or `{"index": 0}`), its id, its text."""
+  """One input: where it came from (`{"line": 3}` or `{"index": 0}`), its id, its text, and
+  its raw label (the split's label feature, numpy) when the inputs were opened for scoring."""
   position: Dict[str, int]
   text: str
   id: Any = None
+  label: Any = None
 
 
 SKIP_REASONS = ("empty", "invalid UTF-8")
@@ -46,11 +48,15 @@ class Inputs:
     unit: "lines" or "examples" (for the summary).
     total: inputs the iteration will yield, skips included, when known.
     items: a function returning a fresh iterator over the inputs.
+    source: the TFDS split's `tfllm.data.sources.Source` (None for files).
+    label_field: the feature each `Item.label` holds (None: not opened for scoring).
   """
   description: str
   unit: str
   total: Optional[int]
   items: Callable[[], Iterator[Union[Item, Skip]]]
+  source: Any = None
+  label_field: Optional[str] = None
 
 
 def resolve_format(path: str, input_format: str = "auto") -> str:
@@ -170,7 +176,8 @@ def _tfds_features(name: str, data_dir: Optional[str], path: str):
 
 
 def _tfds_inputs(path: str, text_field: Optional[str], id_field: str, data_dir: Optional[str],
-                 model_config: Mapping, progress: bool) -> Inputs:
+                 model_config: Mapping, progress: bool,
+                 label_field: Optional[str] = None) -> Inputs:
   # TFDS is imported only for TFDS inputs (its import takes seconds).
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from tfllm.data import sources  # imports TFDS (seconds): only for TFDS inputs
@@ -185,8 +192,13 @@ def _tfds_inputs(path: str, text_field: Optional[str], id_field: str, data_dir: 
     raise config_lib.ConfigError(
         f"input={path!r}: text feature {text_feature!r} ({origin}) is not a feature of "
         f"{name!r}; its features: {', '.join(sorted(features))}; choose one with --text_field")
+  if label_field is not None and label_field not in features:
+    raise config_lib.ConfigError(
+        f"input={path!r}: label feature {label_field!r} is not a feature of {name!r}; its "
+        f"features: {', '.join(sorted(features))}; choose one with --label_field")
   data_config = config_lib.default_config().data
-  data_config.update(dataset=name, data_dir=data_dir or "", text_feature=text_feature)
+  data_config.update(dataset=name, data_dir=data_dir or "", text_feature=text_feature,
+                     label_feature=label_field or data_config.label_feature)
   try:
     source = sources.load_source(data_config, split)
   except ValueError as error:  # an unknown or empty split, an unprepared catalog dataset
@@ -203,6 +215,8 @@ def _tfds_inputs(path: str, text_field: Optional[str], id_field: str, data_dir: 
     row = {"text": sources.as_text(example[text_feature])}
     if has_id:
       row["id"] = example[id_field]
+    if label_field is not None:
+      row["label"] = example[label_field]
     return row
 
   def items():
@@ -211,14 +225,16 @@ def _tfds_inputs(path: str, text_field: Optional[str], id_field: str, data_dir: 
       if isinstance(text, Skip):
         yield text
       else:
-        yield Item({"index": index}, text, python_value(row["id"]) if has_id else None)
+        yield Item({"index": index}, text, python_value(row["id"]) if has_id else None,
+                   row.get("label"))
 
-  return Inputs(path, "examples", source.num_examples, items)
+  return Inputs(path, "examples", source.num_examples, items, source, label_field)
 
 
 def open_inputs(path: str, input_format: str = "auto", text_field: Optional[str] = None,
                 id_field: str = DEFAULT_ID_FIELD, data_dir: Optional[str] = None,
-                model_config: Optional[Mapping] = None, progress: bool = False) -> Inputs:
+                model_config: Optional[Mapping] = None, progress: bool = False,
+                label_field: Optional[str] = None) -> Inputs:
   """The inputs of `path`, checked: a file is read once here, so a bad line fails now.
 
   Args:
@@ -230,14 +246,22 @@ def open_inputs(path: str, input_format: str = "auto", text_field: Optional[str]
     data_dir: TFDS data directory (None: TFDS's default).
     model_config: the model's config as a dict (for the TFDS text feature).
     progress: let TFDS draw its progress bars while it prepares a tfllm dataset.
+    label_field: for scoring, the TFDS feature each item's `label` carries (TFDS inputs
+      only; a file input with it is refused).
 
   Raises:
     ConfigError: unknown format, missing file, a JSONL line that is not an object with a
-      string `text_field`, an unknown TFDS dataset, split or feature.
+      string `text_field`, an unknown TFDS dataset, split or feature, a `label_field` for a
+      file or not in the split.
   """
   input_format = resolve_format(path, input_format)
   if input_format == "tfds":
-    return _tfds_inputs(path, text_field, id_field, data_dir, model_config or {}, progress)
+    return _tfds_inputs(path, text_field, id_field, data_dir, model_config or {}, progress,
+                        label_field)
+  if label_field is not None:
+    raise config_lib.ConfigError(
+        f"input={path!r} is a {input_format} file, which carries no labels; scoring reads a "
+        "labelled TFDS split: --input=tfds:NAME/SPLIT, e.g. tfds:tfllm_movie_sentiment/test")
   if not tf.io.gfile.exists(path):
     raise config_lib.ConfigError(f"input={path!r}: no such file; give a text file (one input "
                                  "a line), a .jsonl file or tfds:NAME/SPLIT")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import tensorflow as tf
 
@@ -48,16 +48,26 @@ class ClassificationF1(EvalMetric):
     for name, label_names in self._labels.items():
       if self._multi and not head_evaluated(totals, f"{name}/class_weight"):
         continue
-      prefix = f"{self._prefix[name]}class/"
-      f1s = []
-      for label in label_names:
-        tp, pred, true = (totals[f"{name}/class_{kind}/{label}"]
-                          for kind in ("tp", "pred", "true"))
-        precision = tp / pred if pred else 0.0
-        recall = tp / true if true else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        out.update({f"{prefix}{label}/precision": precision, f"{prefix}{label}/recall": recall,
-                    f"{prefix}{label}/f1": f1})
-        f1s.append(f1)
-      out[f"{prefix}macro/f1"] = sum(f1s) / len(f1s)
+      counts = {kind: [totals[f"{name}/class_{kind}/{label}"] for label in label_names]
+                for kind in ("tp", "pred", "true")}
+      out.update(class_scores(label_names, counts["tp"], counts["pred"], counts["true"],
+                              prefix=f"{self._prefix[name]}class/"))
     return out
+
+
+def class_scores(label_names: Sequence[str], true_positives: Sequence[float],
+                 predicted: Sequence[float], actual: Sequence[float],
+                 prefix: str = "class/") -> Dict[str, float]:
+  """`{prefix}<label>/{precision,recall,f1}` and `{prefix}macro/f1` from per-class counts
+  (0 where undefined); the eval step's totals and served predictions (`tfllm-predict --score`)
+  are scored by this one function."""
+  out, f1s = {}, []
+  for label, tp, pred, true in zip(label_names, true_positives, predicted, actual):
+    precision = tp / pred if pred else 0.0
+    recall = tp / true if true else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    out.update({f"{prefix}{label}/precision": precision, f"{prefix}{label}/recall": recall,
+                f"{prefix}{label}/f1": f1})
+    f1s.append(f1)
+  out[f"{prefix}macro/f1"] = sum(f1s) / len(f1s)
+  return out

@@ -190,10 +190,17 @@ class EntityF1(EvalMetric):
   def result(self, totals):
     out = {}
     for name, scores in self.report(totals).items():
-      for group, values in scores.items():
-        for key in ("precision", "recall", "f1", "support"):
-          out[f"{self._prefix[name]}entity/{group}/{key}"] = values[key]
+      out.update(flat_entity_results(scores, prefix=self._prefix[name]))
     return out
+
+
+def flat_entity_results(scores: Mapping[str, Mapping[str, float]],
+                        prefix: str = "") -> Dict[str, float]:
+  """`entity_scores` as the flat results an evaluation reports:
+  `{prefix}entity/<type or micro/macro/weighted>/{precision,recall,f1,support}`."""
+  return {f"{prefix}entity/{group}/{key}": float(values[key])
+          for group, values in scores.items()
+          for key in ("precision", "recall", "f1", "support")}
 
 
 def entity_reports_from_results(results: Mapping[str, float]) -> Dict[str, str]:

@@ -108,6 +108,33 @@ def test_runner_answers_as_the_saved_model(litert_exports, exports, task):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("task", ["sequence_classification", "token_classification"])
+def test_batch_prediction_of_the_litert_export_equals_the_saved_models(litert_exports, exports,
+                                                                       task, tmp_path):
+  from tfllm.export import predict as predict_lib, predictor   # pylint: disable=g-import-not-at-top
+  path, _, _, config = litert_exports(task, "none")
+  assert predictor.model_config(litert=path)["data"] == {
+      "sequence_length": config.data.sequence_length, "text_feature": config.data.text_feature,
+      "label_feature": config.data.label_feature}
+  texts = tmp_path / "texts.txt"
+  texts.write_bytes(b"\n".join(TEXTS) + b"\n")
+  rows = {}
+  for source in ("litert", "saved_model"):
+    output = str(tmp_path / f"{source}.jsonl")
+    model = {source: path if source == "litert" else exports[task][0]}
+    summary = predict_lib.predict_to_file(output, str(texts), batch_size=4, **model)
+    assert summary.written == len(TEXTS)
+    with open(output, encoding="utf-8") as f:
+      rows[source] = [json.loads(line) for line in f]
+  key = "label" if task == "sequence_classification" else "tags"
+  assert [r[key] for r in rows["litert"]] == [r[key] for r in rows["saved_model"]]
+  with pytest.raises(config_lib.ConfigError, match="got more than one"):
+    predictor.model_config(saved_model=exports[task][0], litert=path)
+  with pytest.raises(config_lib.ConfigError, match="holds no litert.json"):
+    predictor.model_config(litert=str(tmp_path))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("quantize", ["dynamic_int8", "int8"])
 def test_int8_variants_agree_on_labels(litert_exports, quantize):
   float_path = litert_exports("token_classification", "none")[0]

@@ -7,9 +7,12 @@
       --data_dir=~/tensorflow_datasets --output=test.jsonl
   tfllm-predict --saved_model=/tmp/minilm_serving/sentiment/1 \
       --input=tfds:tfllm_movie_sentiment/test --output=test.jsonl --score
+  tfllm-predict --litert=/tmp/litert/sentiment/1 --input=tfds:tfllm_movie_sentiment/test \
+      --output=test.jsonl --score
 
-Exactly one of `--model_dir` (a training run; its signatures are built in memory) and
-`--saved_model` (a version directory tfllm-export wrote). Input: a text file (one input a
+Exactly one of `--model_dir` (a training run; its signatures are built in memory),
+`--saved_model` (a version directory tfllm-export wrote) and `--litert` (a LiteRT version
+directory; a classifier's or tagger's `serving_default` outputs, run by `tf.lite.Interpreter`). Input: a text file (one input a
 line), a `.jsonl` file (the text in `--text_field`) or `tfds:NAME/SPLIT`; `--input_format`
 overrides the guess. One JSON object a line per input, in order; empty and invalid UTF-8
 inputs are skipped and counted. `--score` (a classifier or tagger on a labelled TFDS split)
@@ -49,6 +52,8 @@ def define_flags():
                                     "tokenizer/, checkpoints/); or give --saved_model.")
   flags.DEFINE_string("saved_model", None, "An exported TF Serving version directory (holding "
                       "saved_model.pb), e.g. /tmp/tfllm_serving/shakespeare/1.")
+  flags.DEFINE_string("litert", None, "A LiteRT version directory (tfllm-export "
+                      "--format=litert), e.g. /tmp/litert/sentiment/1.")
   flags.DEFINE_string("input", None, "A text file (one input a line), a .jsonl file, or "
                       "tfds:NAME/SPLIT (e.g. tfds:tfllm_movie_sentiment/test[:100]).")
   flags.DEFINE_string("output", None, "The JSONL file to write (replaced only when complete).")
@@ -109,7 +114,8 @@ def main(argv):
         id_field=FLAGS.id_field, data_dir=FLAGS.data_dir, batch_size=FLAGS.batch_size,
         settings={name: FLAGS[name].value for name in GENERATION_FLAGS},
         progress=predict_lib.progress_wanted(FLAGS.progress), score=FLAGS.score,
-        label_field=FLAGS.label_field, metrics_output=FLAGS.metrics_output)
+        label_field=FLAGS.label_field, metrics_output=FLAGS.metrics_output,
+        litert=FLAGS.litert)
   except config_lib.ConfigError as error:
     _error(tfllm_flags.one_line(error))
     return EXIT_USAGE

@@ -13,7 +13,8 @@ Layout of `<export_dir>/<version>/`:
                  (sequence classification) or `log_probabilities` float32
                  `[batch, sequence_length, num_tags]` (token classification)
   tokenizer/     the training tokenizer (`tfllm.data.tokenizers.save_tokenizer`)
-  litert.json    task, labels, decoding, sequence length, special ids, quantization
+  litert.json    task, labels, decoding, sequence length, special ids, quantization, the
+                 training data's text and label feature names
 
 Quantization (`config.export.litert_quantize`): `none` (float32), `dynamic_int8` (int8
 weights, float activations), `int8` (int8 weights and activations where LiteRT has int8
@@ -161,7 +162,9 @@ def export_litert(model, tokenizer, config, export_dir: str, version: Optional[i
               decoding=tag_decoding(config.task) if task == "token_classification" else "",
               sequence_length=length, quantize=quantize, inputs=list(INPUTS),
               output=_output_name(task), vocabulary_size=int(tokenizer.vocabulary_size()),
-              special_token_ids={k: int(v) for k, v in special.items()})
+              special_token_ids={k: int(v) for k, v in special.items()},
+              # What `tfllm-predict --litert --input=tfds:...` reads by default.
+              text_feature=config.data.text_feature, label_feature=config.data.label_feature)
   tf.io.gfile.makedirs(export_dir)
   staged = model_dir_lib.staging_path(export_dir, str(version))
   try:

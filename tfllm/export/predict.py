@@ -249,7 +249,8 @@ def predict_to_file(output: str, input_path: str, model_dir: Optional[str] = Non
                     settings: Optional[Mapping[str, Any]] = None,
                     progress: bool = False, score: bool = False,
                     label_field: Optional[str] = None,
-                    metrics_output: Optional[str] = None) -> Summary:
+                    metrics_output: Optional[str] = None,
+                    litert: Optional[str] = None) -> Summary:
   """`predict` of a model directory or export over a file or TFDS split (see the module
   docstring). Inputs and flags are checked before the model is loaded.
 
@@ -257,6 +258,7 @@ def predict_to_file(output: str, input_path: str, model_dir: Optional[str] = Non
     score: compare the predictions with the labels of the TFDS split `input_path`.
     label_field: the split's label feature (None: the model's `config.data.label_feature`).
     metrics_output: with `score`, a JSON file for the metrics (written atomically).
+    litert: a LiteRT version directory, instead of `model_dir` or `saved_model`.
 
   Raises:
     ConfigError: a bad argument or input (what `open_inputs`, `choose_signature` and the
@@ -264,7 +266,7 @@ def predict_to_file(output: str, input_path: str, model_dir: Optional[str] = Non
       before anything is written.
   """
   from tfllm.export import score as score_lib  # pylint: disable=g-import-not-at-top
-  config = model_config(model_dir, saved_model)
+  config = model_config(model_dir, saved_model, litert)
   for name, value in (("metrics_output", metrics_output), ("label_field", label_field)):
     if value and not score:
       raise config_lib.ConfigError(f"{name}={value!r} is for scoring; add --score or drop "
@@ -282,7 +284,7 @@ def predict_to_file(output: str, input_path: str, model_dir: Optional[str] = Non
     if os.path.abspath(metrics_output) == os.path.abspath(output):
       raise config_lib.ConfigError(f"metrics_output={metrics_output!r} is the predictions' "
                                    "output; give another file")
-  predictor = load_predictor(model_dir, saved_model)
+  predictor = load_predictor(model_dir, saved_model, litert)
   summary = predict(predictor, inputs, output, batch_size, settings, progress, scorer)
   if metrics_output:
     with AtomicOutput(metrics_output) as out:

@@ -1,5 +1,7 @@
-"""Batch prediction's model: the served signatures of a training run (built in memory) or of
-an export (loaded), and the signature a run calls (`load_predictor`, `choose_signature`).
+"""Batch prediction's model: the served signatures of a training run (built in memory), of
+an export (loaded), or of a LiteRT export (`serving_default` run by
+`tfllm.export.litert.LiteRTClassifier`), and the signature a run calls (`load_predictor`,
+`choose_signature`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from tfllm.export import tf_only
 GENERATION_SETTINGS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed")
 # `assets.extra/` file of an export that holds the config it was made from.
 EXPORT_CONFIG_FILE = os.path.join("assets.extra", "tfllm_config.json")
+# A LiteRT version directory's description (`tfllm.export.litert.INFO_FILE`; that module
+# brings Keras, which an export is served without).
+LITERT_INFO_FILE = "litert.json"
 
 @dataclasses.dataclass
 class Predictor:
@@ -35,11 +40,18 @@ class Predictor:
   source: str
 
 
-def _check_model_source(model_dir: Optional[str], saved_model: Optional[str]) -> None:
-  if bool(model_dir) == bool(saved_model):
+def _check_model_source(model_dir: Optional[str], saved_model: Optional[str],
+                        litert: Optional[str] = None) -> None:
+  given = sum(bool(source) for source in (model_dir, saved_model, litert))
+  if given != 1:
     raise config_lib.ConfigError(
-        "give exactly one of --model_dir (a training run's directory) and --saved_model (an "
-        f"exported version directory); got {'both' if model_dir else 'neither'}")
+        "give exactly one of --model_dir (a training run's directory), --saved_model (an "
+        "exported version directory) and --litert (a LiteRT version directory); got "
+        f"{'neither' if not given else 'more than one'}")
+  if litert and not tf.io.gfile.exists(os.path.join(litert, LITERT_INFO_FILE)):
+    raise config_lib.ConfigError(
+        f"litert={litert!r} holds no {LITERT_INFO_FILE}; pass a version directory "
+        "tfllm-export --format=litert wrote, e.g. /tmp/litert/sentiment/1")
   if model_dir and not tf.io.gfile.isdir(model_dir):
     raise config_lib.ConfigError(f"model_dir={model_dir!r} does not exist; pass the "
                                  "directory a training run wrote")
@@ -53,11 +65,21 @@ def _check_model_source(model_dir: Optional[str], saved_model: Optional[str]) ->
     raise config_lib.ConfigError(f"saved_model={saved_model!r} holds no saved_model.pb{hint}")
 
 
-def model_config(model_dir: Optional[str] = None, saved_model: Optional[str] = None):
-  """The model's config as a dict, read without loading the model ({} when absent)."""
-  _check_model_source(model_dir, saved_model)
+def model_config(model_dir: Optional[str] = None, saved_model: Optional[str] = None,
+                 litert: Optional[str] = None):
+  """The model's config as a dict, read without loading the model ({} when absent; for a
+  LiteRT export, the `task` and `data` keys its `litert.json` records)."""
+  _check_model_source(model_dir, saved_model, litert)
   if model_dir:
     return read_json(model_dir_lib.config_path(model_dir))
+  if litert:
+    info = read_json(os.path.join(litert, LITERT_INFO_FILE))
+    return {"task": {"name": info["task"], "labels": info["labels"],
+                     "decoding": info.get("decoding", "")},
+            "data": {"sequence_length": info["sequence_length"],
+                     # Exports before these keys were recorded: the config defaults.
+                     "text_feature": info.get("text_feature", "text"),
+                     "label_feature": info.get("label_feature", "label")}}
   return read_json(os.path.join(saved_model, EXPORT_CONFIG_FILE))
 
 
@@ -68,15 +90,26 @@ def register_text_ops() -> None:
     tf.load_op_library(library)
 
 
-def load_predictor(model_dir: Optional[str] = None,
-                   saved_model: Optional[str] = None) -> Predictor:
-  """The served functions of a training run (built in memory) or of an export (loaded).
+def load_predictor(model_dir: Optional[str] = None, saved_model: Optional[str] = None,
+                   litert: Optional[str] = None) -> Predictor:
+  """The served functions of a training run (built in memory), of an export (loaded) or of
+  a LiteRT export (its `serving_default`: text -> the SavedModel's outputs, by
+  `LiteRTClassifier` with one interpreter).
 
   Raises:
-    ConfigError: not exactly one of the two is given, or it does not exist.
+    ConfigError: not exactly one of the three is given, or it does not exist.
     ExportError: `model_dir` lacks its config, tokenizer or checkpoint.
   """
-  config = model_config(model_dir, saved_model)
+  config = model_config(model_dir, saved_model, litert)
+  if litert:
+    from tfllm.export.litert import LiteRTClassifier  # Keras: only for a LiteRT export
+    classifier = LiteRTClassifier(litert)
+
+    def serving_default(text):
+      return classifier(list(text.numpy()))
+
+    serving_default.specs = {"text": tf.TensorSpec([None], tf.string, name="text")}
+    return Predictor({"serving_default": serving_default}, config, litert)
   if model_dir:
     # Keras, keras-hub and the model code only for a model_dir: an export is served without.
     from tfllm.export import signatures as signatures_lib  # Keras: only for a model_dir

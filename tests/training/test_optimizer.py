@@ -1,8 +1,9 @@
-"""AdamW's weight-decay exclusions and the warmup/decay schedule."""
+"""AdamW's weight-decay exclusions, layer-wise rate decay and the warmup/decay schedule."""
 
 from __future__ import annotations
 
 import math
+import re
 
 import keras
 import numpy as np
@@ -11,7 +12,7 @@ import tensorflow as tf
 
 from tests.training.helpers import trainer_config
 from tfllm import models
-from tfllm.training.optimizer import (WarmupDecay, build_optimizer,
+from tfllm.training.optimizer import (WarmupDecay, build_optimizer, layer_rate_scales,
                                       weight_decay_exclusions)
 
 
@@ -67,3 +68,54 @@ def test_decoupled_weight_decay_shrinks_only_decayed_variables():
       np.testing.assert_array_equal(variable.numpy(), old)
     else:
       np.testing.assert_allclose(variable.numpy(), old * (1 - 0.1 * 0.5), rtol=1e-6)
+
+
+def test_layer_decay_scales_each_blocks_rate_from_the_head_down():
+  config = trainer_config()
+  model = models.build(config)
+  variables = model.trainable_variables
+  scales = dict(zip((v.path for v in variables), layer_rate_scales(variables, 0.5)))
+  blocks = config.model.num_layers
+  for path, scale in scales.items():
+    block = re.search(r"/block_(\d+)/", path)
+    if block:
+      assert scale == 0.5 ** (blocks - int(block.group(1))), path
+    elif "embedding" in path:
+      assert scale == 0.5 ** (blocks + 1), path
+    else:
+      assert scale == 1.0, path
+  assert set(layer_rate_scales(variables, 1.0)) == {1.0}
+
+
+@pytest.mark.parametrize("strategy_name", ["one_device", "mirrored"])
+def test_layer_decay_scales_adams_first_update(strategy_name):
+  # Adam's first update is lr * m / (sqrt(v) + eps) = lr * sign(g) (bias-corrected), so each
+  # weight with a gradient moves by its variable's rate exactly: lr * layer_decay ** depth.
+  config = trainer_config()
+  config.train.optimizer.update(weight_decay=0.0, learning_rate=0.01, warmup_steps=0,
+                                decay="constant", layer_decay=0.5, epsilon=1e-12)
+  strategy = (tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+              if strategy_name == "mirrored" else tf.distribute.get_strategy())
+  keras.utils.set_random_seed(0)
+  with strategy.scope():
+    model = models.build(config)
+    variables = model.trainable_variables
+    optimizer = build_optimizer(config.train, variables)
+    optimizer.build(variables)
+  scales = layer_rate_scales(variables, 0.5)
+  assert len(set(scales)) == config.model.num_layers + 2
+  before = [v.numpy() for v in variables]
+  gradients = [tf.ones_like(v) for v in variables]
+  strategy.run(lambda: optimizer.apply(gradients, variables))
+  for variable, old, scale in zip(variables, before, scales):
+    np.testing.assert_allclose(old - variable.numpy(), 0.01 * scale, rtol=1e-4,
+                               err_msg=variable.path)
+
+
+def test_layer_decay_must_be_a_positive_factor():
+  from tfllm import config as config_lib
+  config = trainer_config()
+  config.train.optimizer.layer_decay = 0.0
+  with pytest.raises(config_lib.ConfigError, match="layer_decay=0.0 is not accepted; use a "
+                                                   r"factor in \(0, 1\]"):
+    config_lib.validate(config)

@@ -1,9 +1,11 @@
-"""AdamW with decoupled weight decay, and the warmup-then-decay learning-rate schedule."""
+"""AdamW with decoupled weight decay and optional layer-wise learning-rate decay, and the
+warmup-then-decay learning-rate schedule."""
 
 from __future__ import annotations
 
 import math
-from typing import List
+import re
+from typing import List, Sequence
 
 import keras
 import ml_collections
@@ -93,16 +95,55 @@ def weight_decay_exclusions(variables, decay_norms_biases: bool = False,
   return excluded
 
 
+_BLOCK = re.compile(r"(?:^|/)block_(\d+)/")
+
+
+def layer_rate_scales(variables, layer_decay: float) -> List[float]:
+  """Layer-wise learning-rate decay (Clark et al. 2020, ELECTRA): each variable's factor.
+
+  With `L` Transformer blocks, a variable's depth is 0 for the embeddings (any variable
+  outside the blocks whose path contains `embedding`), `i + 1` for block `i` (`block_<i>/`
+  in its path: attention, feed-forward, norms, and the LoRA or adapter weights inside it),
+  and `L + 1` for everything after the blocks (final norm, pooler, task heads). Its rate is
+  `learning_rate * layer_decay ** (L + 1 - depth)`: the heads train at the full rate, each
+  block below at `layer_decay` times the one above.
+
+  Returns:
+    One factor per variable, in order (all 1.0 when `layer_decay` is 1).
+  """
+  depths = []
+  for variable in variables:
+    block = _BLOCK.search(variable.path)
+    if block:
+      depths.append(int(block.group(1)) + 1)
+    elif "embedding" in variable.path:
+      depths.append(0)
+    else:
+      depths.append(None)   # after the blocks
+  top = max([depth for depth in depths if depth is not None] + [0]) + 1   # L + 1
+  return [float(layer_decay ** (top - (top if depth is None else depth))) for depth in depths]
+
+
 class _PreReducedAdamW(keras.optimizers.AdamW):
-  """AdamW that takes gradients already summed over replicas.
+  """AdamW that takes gradients already summed over replicas, each variable's update at the
+  schedule's rate times its `rate_scales` factor (layer-wise decay; None: all 1).
 
   The training step all-reduces gradients itself, so that clipping sees the global norm of the
   global gradient (Keras clips before its own all-reduce, i.e. per replica); a second sum here
   would multiply the gradients by the number of replicas.
   """
 
+  rate_scales: Sequence[float] | None = None   # aligned with the variables it is built for
+
   def _all_reduce_sum_gradients(self, grads_and_vars):
     return grads_and_vars
+
+  def update_step(self, gradient, variable, learning_rate):
+    if self.rate_scales is not None:
+      scale = self.rate_scales[self._get_variable_index(variable)]
+      if scale != 1.0:
+        learning_rate = learning_rate * tf.cast(scale, learning_rate.dtype)
+    return super().update_step(gradient, variable, learning_rate)
 
 
 class _PlacedAdamW(_PreReducedAdamW):
@@ -149,9 +190,11 @@ def build_optimizer(train: ml_collections.ConfigDict, variables, total_steps: in
   opt = train.optimizer
   optimizer = (_PlacedAdamW if placed_variables else _PreReducedAdamW)(
       learning_rate=learning_rate_schedule(train, total_steps, budget_progress),
-      weight_decay=opt.weight_decay or None,
+      weight_decay=opt.weight_decay,   # 0.0, not None: Keras's AdamW refuses None
       beta_1=opt.beta_1, beta_2=opt.beta_2, epsilon=opt.epsilon, name="adamw")
   excluded = weight_decay_exclusions(variables, opt.decay_norms_biases, opt.decay_embeddings)
   if excluded and opt.weight_decay:
     optimizer.exclude_from_weight_decay(var_list=excluded)
+  if opt.layer_decay != 1.0:
+    optimizer.rate_scales = layer_rate_scales(variables, opt.layer_decay)
   return optimizer

@@ -76,6 +76,10 @@ def main(argv):
   if FLAGS.model_dir and FLAGS.ensemble:
     print(f"{PROGRAM}: error: --model_dir and --ensemble exclude each other", file=sys.stderr)
     return 2
+  if not FLAGS["verbosity"].present:
+    # TensorFlow's INFO logs of saving (a line per signature listing its renamed inputs,
+    # sharding, assets) only with --verbosity=0; tfllm-export prints what it did itself.
+    logging.set_verbosity(logging.WARNING)
   from tfllm import config as config_lib  # loads TF: after the flag checks
   from tfllm import export  # loads TF: after the flag checks
   overrides = {name: FLAGS[name].value for name in OVERRIDES if FLAGS[name].value is not None}

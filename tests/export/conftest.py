@@ -84,17 +84,20 @@ def default_job_config():
 
 
 def make_model_dir(path: str, task: str, seed: int = 0, tokenizer: str = "word_piece",
-                   config=None):
+                   config=None, change=None):
   """Writes what a training run leaves: config.json, tokenizer/, checkpoints/ckpt-1.
 
   Args:
     task, tokenizer: what `export_config` builds, unless `config` is given (its
       `tokenizer.type` then picks the tokenizer).
+    change: a function of the built model that sets weights before they are saved.
   """
   if config is None:
     config = export_config(task, tokenizer)
   keras.utils.set_random_seed(seed)
   model = build(config)
+  if change is not None:
+    change(model)
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
     f.write(config_lib.to_json(config))

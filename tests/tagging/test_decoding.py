@@ -117,8 +117,10 @@ def test_decoded_word_tags_are_the_best_valid_sequence_at_the_word_positions(tri
   assert some_argmax_invalid   # the batch exercises the constraint
   assert mask.sum(1).max() < mask.shape[1] - 2   # and trimming drops steps
   np.testing.assert_array_equal(decode_word_tags(logits, mask, LABELS, "argmax"), argmax)
-  with pytest.raises(ValueError, match="decoding 'crf' is not known; accepted: argmax, "
-                     "iob2_viterbi"):
+  with pytest.raises(ValueError, match="decoding 'beam' is not known; accepted: argmax, "
+                     "iob2_viterbi, crf"):
+    decode_word_tags(logits, mask, LABELS, "beam")
+  with pytest.raises(ValueError, match="decoding 'crf' needs a CRF head's TagScores"):
     decode_word_tags(logits, mask, LABELS, "crf")
 
 
@@ -157,9 +159,13 @@ def test_config_accepts_viterbi_only_on_iob2_tagging_heads():
     return config
 
   config_lib.validate(task(name="token_classification", labels=LABELS, decoding="iob2_viterbi"))
+  config_lib.validate(task(name="token_classification", labels=LABELS, decoding="crf"))
   bad = [
-      (dict(name="token_classification", labels=LABELS, decoding="crf"),
-       "config.task.decoding='crf' is not accepted; use one of: 'argmax', 'iob2_viterbi'"),
+      (dict(name="token_classification", labels=LABELS, decoding="beam"),
+       "config.task.decoding='beam' is not accepted; use one of: 'argmax', 'iob2_viterbi', "
+       "'crf'"),
+      (dict(name="token_classification", labels=["O", "PER"], decoding="crf"),
+       "config.task.decoding='crf' needs IOB2 tags: tag 'PER' is not an IOB2 tag"),
       (dict(name="token_classification", labels=["O", "PER"], decoding="iob2_viterbi"),
        "config.task.decoding='iob2_viterbi' needs IOB2 tags: tag 'PER' is not an IOB2 tag"),
       (dict(name="token_classification", num_classes=3, decoding="iob2_viterbi"),

@@ -13,7 +13,9 @@ names the first difference.
     token classification: the mean of the members' log-probabilities per word piece, then the
       head's decoding (argmax or IOB2 Viterbi) once. A softmax / log-softmax of it shifts
       each position's scores by one constant, which changes neither the argmax nor the best
-      Viterbi path.
+      Viterbi path. CRF taggers (`TagScores`): the mean of their emissions and of their
+      transition scores, decoded once (a sentence's mean log-probability over the members
+      is that CRF's score minus a constant per sentence, so the best path is the same).
 * Weight soups (Wortsman et al. 2022, "Model soups"): members fine-tuned from the same
   checkpoint, of identical architecture; the soup is their averaged weights, exported as an
   ordinary single model. `uniform`: the mean of all members. `greedy`: members sorted by their
@@ -35,6 +37,7 @@ import tensorflow as tf
 
 from tfllm import config as config_lib
 from tfllm.export import saved_model, trained
+from tfllm.tagging.scores import TagScores
 
 TASKS = ("sequence_classification", "token_classification")
 SOUPS = ("uniform", "greedy")
@@ -142,9 +145,15 @@ class EnsembleForward:
 
   def __call__(self, features, training=False):
     del training  # serving only
+    outputs = [model(features, training=False) for model in self.models]
+    if all(isinstance(output, TagScores) for output in outputs):
+      # CRF taggers: the mean of the members' sentence log-probabilities is, up to a constant
+      # per sentence, the CRF of their mean emissions and mean transition scores.
+      return TagScores(*(tf.reduce_mean(tf.stack([tf.cast(getattr(o, field), tf.float32)
+                                                  for o in outputs]), axis=0)
+                         for field in ("emissions", "transitions", "start")))
     log_probabilities = tf.stack([
-        tf.nn.log_softmax(tf.cast(model(features, training=False), tf.float32), axis=-1)
-        for model in self.models])
+        tf.nn.log_softmax(tf.cast(output, tf.float32), axis=-1) for output in outputs])
     if self.task == "sequence_classification":
       return tf.reduce_logsumexp(log_probabilities, axis=0) - math.log(len(self.models))
     return tf.reduce_mean(log_probabilities, axis=0)

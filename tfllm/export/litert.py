@@ -11,7 +11,8 @@ Layout of `<export_dir>/<version>/`:
   model.tflite   inputs `token_ids`, `padding_mask` (int32 `[batch, sequence_length]`, mask
                  1 at real tokens); output `probabilities` float32 `[batch, num_classes]`
                  (sequence classification) or `log_probabilities` float32
-                 `[batch, sequence_length, num_tags]` (token classification)
+                 `[batch, sequence_length, num_tags]` (token classification; a CRF tagger's
+                 is `emissions`, its transition scores are in litert.json)
   tokenizer/     the training tokenizer (`tfllm.data.tokenizers.save_tokenizer`)
   litert.json    task, labels, decoding, sequence length, special ids, quantization, the
                  training data's text and label feature names
@@ -40,6 +41,7 @@ from tfllm.export import saved_model
 from tfllm.export import heads
 from tfllm.export import signatures as signatures_lib
 from tfllm.models.config import tag_decoding
+from tfllm.tagging.scores import TagScores
 
 QUANTIZATIONS = ("none", "dynamic_int8", "int8")
 TASKS = ("sequence_classification", "token_classification")
@@ -48,20 +50,25 @@ INFO_FILE = "litert.json"
 INPUTS = ("token_ids", "padding_mask")
 
 
-def _output_name(task: str) -> str:
-  return "probabilities" if task == "sequence_classification" else "log_probabilities"
+def _output_name(task: str, crf: bool = False) -> str:
+  if task == "sequence_classification":
+    return "probabilities"
+  return "emissions" if crf else "log_probabilities"
 
 
 def model_function(model, task: str, sequence_length: int):
-  """`tf.function(token_ids, padding_mask) -> {probabilities | log_probabilities}` over
-  int32 `[batch, sequence_length]` inputs; softmax in float32."""
+  """`tf.function(token_ids, padding_mask) -> {probabilities | log_probabilities |
+  emissions}` over int32 `[batch, sequence_length]` inputs; softmax in float32; a CRF
+  tagger's emissions as they are (its transitions are constants, in litert.json)."""
   spec = [tf.TensorSpec([None, sequence_length], tf.int32, name) for name in INPUTS]
 
   @tf.function(input_signature=spec)
   def classify(token_ids, padding_mask):
-    logits = tf.cast(model({"token_ids": token_ids,
-                            "padding_mask": tf.cast(padding_mask, tf.bool)}, training=False),
-                     tf.float32)
+    outputs = model({"token_ids": token_ids, "padding_mask": tf.cast(padding_mask, tf.bool)},
+                    training=False)
+    if isinstance(outputs, TagScores):
+      return {"emissions": tf.cast(outputs.emissions, tf.float32)}
+    logits = tf.cast(outputs, tf.float32)
     if task == "sequence_classification":
       return {"probabilities": tf.nn.softmax(logits, axis=-1)}
     return {"log_probabilities": tf.nn.log_softmax(logits, axis=-1)}
@@ -158,10 +165,12 @@ def export_litert(model, tokenizer, config, export_dir: str, version: Optional[i
                                   "overwrite")
   flatbuffer = convert(model, task, length, quantize, representative)
   special = tokenizers.special_token_ids(tokenizer)
-  info = dict(task=task, labels=list(heads.label_names(config.task)),
-              decoding=tag_decoding(config.task) if task == "token_classification" else "",
-              sequence_length=length, quantize=quantize, inputs=list(INPUTS),
-              output=_output_name(task), vocabulary_size=int(tokenizer.vocabulary_size()),
+  decoding = tag_decoding(config.task) if task == "token_classification" else ""
+  crf = _crf_scores(model) if decoding == "crf" else {}
+  info = dict(task=task, labels=list(heads.label_names(config.task)), decoding=decoding,
+              **crf, sequence_length=length, quantize=quantize, inputs=list(INPUTS),
+              output=_output_name(task, bool(crf)),
+              vocabulary_size=int(tokenizer.vocabulary_size()),
               special_token_ids={k: int(v) for k, v in special.items()},
               # What `tfllm-predict --litert --input=tfds:...` reads by default.
               text_feature=config.data.text_feature, label_feature=config.data.label_feature)
@@ -178,6 +187,13 @@ def export_litert(model, tokenizer, config, export_dir: str, version: Optional[i
   finally:
     model_dir_lib.remove(staged)
   return target
+
+
+def _crf_scores(model) -> Dict[str, list]:
+  """A CRF tagger's learned `crf_transitions` and `crf_start`, as lists for litert.json."""
+  head = model.head
+  return {"crf_transitions": np.asarray(head.transitions.numpy(), np.float64).tolist(),
+          "crf_start": np.asarray(head.start.numpy(), np.float64).tolist()}
 
 
 class LiteRTClassifier:
@@ -264,7 +280,10 @@ class LiteRTClassifier:
       ValueError: `texts` is not a list of strings.
     """
     features, encoded = self.encode(texts)
-    scores = self.run_ids(**features)
+    scores = tf.constant(self.run_ids(**features))
     if self.info["task"] == "sequence_classification":
-      scores = np.log(np.maximum(scores, 1e-30))   # LabelOutputs softmaxes: back to p
-    return {k: v.numpy() for k, v in self.outputs(tf.constant(scores), encoded).items()}
+      scores = tf.math.log(tf.maximum(scores, 1e-30))   # LabelOutputs softmaxes: back to p
+    elif "crf_transitions" in self.info:
+      scores = TagScores(scores, tf.constant(self.info["crf_transitions"], tf.float32),
+                         tf.constant(self.info["crf_start"], tf.float32))
+    return {k: v.numpy() for k, v in self.outputs(scores, encoded).items()}

@@ -265,7 +265,7 @@ def predict_to_file(output: str, input_path: str, model_dir: Optional[str] = Non
       model checks raise; scoring a file, a language model or an unknown label feature),
       before anything is written.
   """
-  from tfllm.export import score as score_lib  # pylint: disable=g-import-not-at-top
+  from tfllm.export import score as score_lib  # imports TFDS (seconds): only when scoring
   config = model_config(model_dir, saved_model, litert)
   for name, value in (("metrics_output", metrics_output), ("label_field", label_field)):
     if value and not score:

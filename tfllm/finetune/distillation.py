@@ -118,6 +118,15 @@ def check_student(config) -> None:
   if config.task.name == "multi_task":
     raise ConfigError("distillation trains single-task students; config.task.name='multi_task' "
                       "is not supported with config.finetune.distill.teacher_model_dir")
+  _check_no_crf(config, "the student's")
+
+
+def _check_no_crf(config, whose: str) -> None:
+  # The soft targets are per-word distributions; a CRF's are per sentence.
+  if config.task.get("decoding", "argmax") == "crf":
+    raise ConfigError(f"distillation matches per-word tag distributions; {whose} "
+                      "config.task.decoding='crf' (a sentence-level CRF) is not supported: use "
+                      "'iob2_viterbi'")
 
 
 def pair_with_teacher(student: keras.Model, config, teacher: keras.Model,
@@ -136,6 +145,7 @@ def pair_with_teacher(student: keras.Model, config, teacher: keras.Model,
   """
   distill = config.finetune.distill
   check_student(config)
+  _check_no_crf(teacher_config, "the teacher's")
   ours, theirs = _describe(config), _describe(teacher_config)
   for key, value in ours.items():
     if theirs[key] != value:

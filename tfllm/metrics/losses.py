@@ -13,6 +13,8 @@ import ml_collections
 import tensorflow as tf
 
 from tfllm.layers.tensor_parallel import ShardedLogits
+from tfllm.tagging.crf import crf_negative_log_likelihood_sums
+from tfllm.tagging.scores import TagScores
 
 # Head name of single-task models (multi-task models name their heads in config.task.heads).
 SINGLE_HEAD = "output"
@@ -56,7 +58,9 @@ def cross_entropy_sums(logits: tf.Tensor, labels: tf.Tensor,
 
   Args:
     logits: float `[..., num_classes]` (vocab for LMs); computed in float32. Or a
-      tensor-parallel model's `ShardedLogits` (the vocabulary-parallel cross-entropy).
+      tensor-parallel model's `ShardedLogits` (the vocabulary-parallel cross-entropy), or a
+      CRF tagging head's `TagScores` (the sentences' negative log-likelihood instead of the
+      words' cross-entropy: `tfllm.tagging.crf`; weights then only mark the words).
     labels: int `[...]` (the shape of `logits` without its last axis).
     sample_weight: float `[...]` or None (all ones); 0 masks a position out.
 
@@ -64,6 +68,8 @@ def cross_entropy_sums(logits: tf.Tensor, labels: tf.Tensor,
     (sum of weight * cross-entropy, sum of weights), float32 scalars.
   """
   weights = head_weights(labels, sample_weight)
+  if isinstance(logits, TagScores):
+    return crf_negative_log_likelihood_sums(logits, labels, weights)
   if isinstance(logits, ShardedLogits):  # tensor parallel: from the shards, never joined
     ce = logits.cross_entropy(labels)
   else:
@@ -73,7 +79,10 @@ def cross_entropy_sums(logits: tf.Tensor, labels: tf.Tensor,
 
 
 def predictions(logits) -> tf.Tensor:
-  """int32 `argmax` of `logits` over the last axis (of the shards, for `ShardedLogits`)."""
+  """int32 `argmax` of `logits` over the last axis (of the shards, for `ShardedLogits`; of
+  the emissions, for `TagScores`)."""
+  if isinstance(logits, TagScores):
+    logits = logits.emissions
   if isinstance(logits, ShardedLogits):
     return logits.argmax()
   return tf.argmax(logits, axis=-1, output_type=tf.int32)

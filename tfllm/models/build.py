@@ -7,7 +7,7 @@ import numpy as np
 
 from tfllm import config as config_lib
 from tfllm.models.backbone import TransformerBackbone
-from tfllm.models.config import num_classes
+from tfllm.models.config import num_classes, tag_decoding
 from tfllm.models.task_models import (CausalLM, MaskedLM, MultiTaskModel, SequenceClassifier,
                                       TokenClassifier)
 
@@ -49,14 +49,21 @@ def build(config, backbone: TransformerBackbone | None = None) -> keras.Model:
     model = SequenceClassifier(backbone, num_classes=num_classes(task), pooling=task.pooling,
                                dropout=task.dropout)
   elif task.name == "token_classification":
-    model = TokenClassifier(backbone, num_classes=num_classes(task), dropout=task.dropout)
+    model = TokenClassifier(backbone, num_classes=num_classes(task), dropout=task.dropout,
+                            **crf_option(task))
   else:
     heads = {name: dict(task=head.task, num_classes=num_classes(head), pooling=head.pooling,
-                        dropout=head.dropout)
+                        dropout=head.dropout, **crf_option(head))
              for name, head in task.heads.items()}
     model = MultiTaskModel(backbone, heads)
   model(example_features(config.task.name, config.model, heads=task.heads))
   return model
+
+
+def crf_option(section):
+  """`{"crf": True}` for a tagging task or head decoded by `crf` (its head then learns the
+  transitions), else `{}` (so other models' configs stay as they were)."""
+  return {"crf": True} if tag_decoding(section) == "crf" else {}
 
 
 def example_features(task_name, model, batch_size=1, sequence_length=2, heads=None):

@@ -122,7 +122,9 @@ def _task_defaults():
       num_classes=0,
       pooling="first",             # sequence classification: first token or mean over padding
       dropout=0.1,
-      decoding="argmax",           # token classification: "argmax" per word or "iob2_viterbi"
+      # token classification: "argmax" per word, "iob2_viterbi" (the best valid IOB2 sequence)
+      # or "crf" (a learned transition layer, trained and decoded; docs/finetuning.md)
+      decoding="argmax",
       heads={},                    # multi_task: head name -> head section (see _head_defaults)
   )
 

@@ -8,9 +8,11 @@ class can carry any head and a multi-task model can carry several.
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from tfllm.layers.normalization import make_norm
+from tfllm.tagging.scores import TagScores
 
 
 @keras.saving.register_keras_serializable(package="tfllm")
@@ -180,13 +182,17 @@ class SequenceClassificationHead(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="tfllm")
 class TokenClassificationHead(keras.layers.Layer):
-  """Classifies every token (NER tags).
+  """Classifies every token (NER tags), optionally with a CRF's learned tag transitions.
 
   Args:
     num_classes: number of tags.
     dropout: dropout before the classifier.
+    crf: also learn a linear-chain CRF's `transitions` `[num_tags, num_tags]` and `start`
+      `[num_tags]` scores (zeros at first), trained by the sentence likelihood and decoded by
+      Viterbi (`tfllm.tagging.crf`; `config.task.decoding="crf"`).
 
-  Call: hidden `[batch, seq, hidden]` -> logits `[batch, seq, num_classes]` float32.
+  Call: hidden `[batch, seq, hidden]` -> logits `[batch, seq, num_classes]` float32; with
+  `crf`, a `TagScores` of those logits (its `emissions`) and the transition scores.
 
   Example:
 
@@ -196,31 +202,47 @@ class TokenClassificationHead(keras.layers.Layer):
 
   head = TokenClassificationHead(num_classes=3)
   assert head(np.zeros((2, 5, 8), "float32")).shape == (2, 5, 3)
+  crf_head = TokenClassificationHead(num_classes=3, crf=True)
+  scores = crf_head(np.zeros((2, 5, 8), "float32"))
+  assert scores.emissions.shape == (2, 5, 3) and scores.transitions.shape == (3, 3)
   ```
   """
 
-  def __init__(self, num_classes, dropout=0.1, **kwargs):
+  def __init__(self, num_classes, dropout=0.1, crf=False, **kwargs):
     super().__init__(**kwargs)
     self.num_classes = int(num_classes)
     self.dropout = float(dropout)
+    self.crf = bool(crf)
     self.token_dropout = keras.layers.Dropout(dropout)
     self.classifier = keras.layers.Dense(num_classes, dtype="float32", name="classifier")
 
   def build(self, input_shape):
     self.classifier.build(input_shape)
+    if self.crf:
+      self.transitions = self.add_weight(shape=(self.num_classes, self.num_classes),
+                                         initializer="zeros", dtype="float32",
+                                         name="crf_transitions")
+      self.start = self.add_weight(shape=(self.num_classes,), initializer="zeros",
+                                   dtype="float32", name="crf_start")
     self.built = True
 
   def call(self, hidden, features=None, training=None):
-    return self.classifier(self.token_dropout(hidden, training=training))
+    logits = self.classifier(self.token_dropout(hidden, training=training))
+    if not self.crf:
+      return logits
+    return TagScores(logits, tf.convert_to_tensor(self.transitions),
+                     tf.convert_to_tensor(self.start))
 
   def get_config(self):
     config = super().get_config()
     config.update(num_classes=self.num_classes, dropout=self.dropout)
+    if self.crf:   # absent otherwise: older configs round-trip unchanged
+      config.update(crf=True)
     return config
 
 
 def make_head(task, backbone, num_classes=0, pooling="first", dropout=0.1, name=None,
-              tie_embeddings=True):
+              tie_embeddings=True, crf=False):
   """The head for `task` on `backbone`; one factory serves single- and multi-task models."""
   if task == "causal_lm":
     return CausalLMHead(backbone.vocab_size,
@@ -234,6 +256,7 @@ def make_head(task, backbone, num_classes=0, pooling="first", dropout=0.1, name=
     return SequenceClassificationHead(num_classes, pooling=pooling, dropout=dropout,
                                       name=name or "classification_head")
   if task == "token_classification":
-    return TokenClassificationHead(num_classes, dropout=dropout, name=name or "tagging_head")
+    return TokenClassificationHead(num_classes, dropout=dropout, crf=crf,
+                                   name=name or "tagging_head")
   raise ValueError(f"task={task!r} has no head; use one of: causal_lm, masked_lm, "
                    "sequence_classification, token_classification")

@@ -145,12 +145,14 @@ class SequenceClassifier(_TaskModel):
 
 @keras.saving.register_keras_serializable(package="tfllm")
 class TokenClassifier(_TaskModel):
-  """One tag per token (NER); logits `[batch, seq, num_classes]` float32.
+  """One tag per token (NER); logits `[batch, seq, num_classes]` float32, or with `crf` a
+  `TagScores` (those logits as `emissions` and the learned transition scores).
 
   Args:
     backbone: a `TransformerBackbone`.
     num_classes: number of tags.
     dropout: dropout before the classifier.
+    crf: learn a linear-chain CRF's transitions (`TokenClassificationHead`).
 
   Example:
 

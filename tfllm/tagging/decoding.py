@@ -1,5 +1,6 @@
-"""Word tags from a tagging head's logits: per word (`argmax`), or the most likely valid IOB2
-sequence (`iob2_viterbi`).
+"""Word tags from a tagging head's logits: per word (`argmax`), the most likely valid IOB2
+sequence (`iob2_viterbi`), or the best valid sequence under a CRF head's learned transitions
+(`crf`, `tfllm.tagging.crf`).
 
 A tagging head scores each word on its own, so its argmax can spell tag sequences that IOB2
 does not allow: `I-PER` after `O`, or `I-ORG` right after `B-LOC`. seqeval reads such an
@@ -21,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfllm.tagging.iob2 import DECODINGS, INSIDE, OUTSIDE, iob2_scheme
+from tfllm.tagging.scores import TagScores
 
 _FORBIDDEN = -1e9
 
@@ -107,7 +109,8 @@ def decode_word_tags(logits: tf.Tensor, word_mask: tf.Tensor, labels: Sequence[s
   """Tag ids of a tagging head's words, decoded as `decoding` says.
 
   Args:
-    logits: float `[batch, seq, num_tags]` per word piece.
+    logits: float `[batch, seq, num_tags]` per word piece, or a CRF head's `TagScores`
+      (required by `crf`; with another decoding, its emissions are the logits).
     word_mask: bool `[batch, seq]`, True at the piece that carries a word's tag (its first);
       a row's words are the True positions in order, wherever they sit.
     labels: the tag names (read by `iob2_viterbi`).
@@ -120,18 +123,31 @@ def decode_word_tags(logits: tf.Tensor, word_mask: tf.Tensor, labels: Sequence[s
     int32 `[batch, seq]`: decoded tags at the word positions, the argmax elsewhere.
 
   Raises:
-    ValueError: an unknown `decoding`, or `iob2_viterbi` with tags that are not IOB2.
+    ValueError: an unknown `decoding`, `iob2_viterbi` or `crf` with tags that are not IOB2,
+      or `crf` without `TagScores`.
   """
+  crf = logits if isinstance(logits, TagScores) else None
+  logits = crf.emissions if crf is not None else logits
   argmax = tf.argmax(logits, axis=-1, output_type=tf.int32)
   if decoding == "argmax":
     return argmax
-  if decoding != "iob2_viterbi":
+  if decoding not in ("iob2_viterbi", "crf"):
     raise ValueError(f"decoding {decoding!r} is not known; accepted: {', '.join(DECODINGS)}")
   transitions, start = iob2_transitions(labels)
+  if decoding == "crf":
+    if crf is None:
+      raise ValueError("decoding 'crf' needs a CRF head's TagScores (a model built with "
+                       "config.task.decoding='crf'), not plain logits")
+    # The learned scores, with IOB2's invalid steps forbidden as iob2_viterbi does.
+    transitions = tf.cast(crf.transitions, tf.float32) + transitions
+    start = tf.cast(crf.start, tf.float32) + start
+    scores = tf.cast(logits, tf.float32)
+  else:
+    scores = tf.nn.log_softmax(tf.cast(logits, tf.float32))
   word_mask = tf.cast(word_mask, tf.bool)
   # Words to the front of each row (in order), decode them, then put them back.
   order = words_first_order(word_mask)
-  word_scores = tf.gather(tf.nn.log_softmax(tf.cast(logits, tf.float32)), order, batch_dims=1)
+  word_scores = tf.gather(scores, order, batch_dims=1)
   lengths = tf.reduce_sum(tf.cast(word_mask, tf.int32), axis=1)
   if trim:
     seq = tf.shape(word_scores)[1]

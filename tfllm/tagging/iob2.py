@@ -13,7 +13,9 @@ OUTSIDE, BEGIN, INSIDE = 0, 1, 2
 
 # How a token-classification head turns logits into tags (`config.task.decoding`): here, not
 # in the model config, so that the decoder (level 1) and the schema read one tuple.
-DECODINGS = ("argmax", "iob2_viterbi")
+# "crf": a learned transition layer, trained with the sentence's likelihood and decoded by
+# Viterbi under IOB2's constraints (`tfllm.tagging.crf`).
+DECODINGS = ("argmax", "iob2_viterbi", "crf")
 
 
 def tag_decoding(section) -> str:

@@ -1,0 +1,191 @@
+"""Fine-tuning rows over seeds, as a table: validation and test mean ± spread per row.
+
+Each row is a name and the `tfllm-train` flags that make it; each (row, seed) trains
+
+  tfllm-train --config=CONFIG --model_dir=WORK/<row slug>_s<seed>
+      --distribution_strategy=one_device --config.train.seed=<seed> <row flags>
+
+keeps the end-of-training validation figures as `validation_metrics.json` in the run, then
+evaluates the same run on the test split (`--mode=eval --config.data.eval_split=test`, which
+writes `eval_metrics.json`). Runs whose test figures exist are not run again, so the tool
+resumes after an interruption and a later call can add rows or seeds. The table (stdout and
+`WORK/table.md`) gives, per row, the validation and test metric as mean ± spread (max - min)
+over the seeds, the test difference to the first row on the same seed (mean; min..max), the
+mean seconds of a training command, and the row's command. Choose on the validation
+column; the test column is reported, not chosen on.
+
+  .venv/bin/python tools/seed_table.py --config=minilm_movie_sentiment --seeds=0,1,2 \\
+      --work=/tmp/rows --row="baseline=" \\
+      --row="layer decay 0.8=--config.train.optimizer.layer_decay=0.8"
+
+`--metric` defaults to `accuracy` (sequence classification) or `entity/micro/f1` (token
+classification), read from the run's config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+DEFAULT_METRICS = {"sequence_classification": "accuracy",
+                   "token_classification": "entity/micro/f1"}
+VALIDATION_FILE = "validation_metrics.json"
+TEST_FILE = "eval_metrics.json"
+TIMES_FILE = "seed_table_seconds.json"
+
+
+def slug(name: str) -> str:
+  """A row name as a directory name: `layer decay 0.8` -> `layer_decay_0.8`."""
+  return re.sub(r"[^A-Za-z0-9.]+", "_", name).strip("_") or "row"
+
+
+def parse_row(text: str) -> Tuple[str, List[str]]:
+  """`NAME=FLAGS` -> (name, flags split as a shell would)."""
+  name, sep, flags = text.partition("=")
+  if not sep or not name.strip() or name.startswith("-"):
+    raise ValueError(f"--row={text!r} is not NAME=FLAGS (e.g. 'baseline=' or "
+                     "'lr 5e-5=--config.train.optimizer.learning_rate=5e-5')")
+  return name.strip(), shlex.split(flags)
+
+
+def train_command(train: str, config: str, model_dir: str, seed: int,
+                  flags: Sequence[str]) -> List[str]:
+  return [train, f"--config={config}", f"--model_dir={model_dir}",
+          "--distribution_strategy=one_device", f"--config.train.seed={seed}", *flags]
+
+
+def _read(path: str) -> Optional[dict]:
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def run_one(train: str, config: str, model_dir: str, seed: int, flags: Sequence[str],
+            log) -> None:
+  """Trains (unless validation figures exist), then evaluates on test (unless done)."""
+  command = train_command(train, config, model_dir, seed, flags)
+  validation_path = os.path.join(model_dir, VALIDATION_FILE)
+  if _read(validation_path) is None:
+    start = time.time()
+    log(f"training {model_dir}")
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    metrics = _read(os.path.join(model_dir, TEST_FILE))
+    if metrics is None or metrics.get("split") != "validation":
+      raise RuntimeError(f"{model_dir}: training wrote no validation figures "
+                         "(config.train.eval_steps=0?)")
+    with open(validation_path, "w", encoding="utf-8") as f:
+      json.dump(metrics, f, indent=2, sort_keys=True)
+    with open(os.path.join(model_dir, TIMES_FILE), "w", encoding="utf-8") as f:
+      json.dump({"train_seconds": time.time() - start}, f)
+  test = _read(os.path.join(model_dir, TEST_FILE))
+  if test is None or test.get("split") != "test":
+    log(f"evaluating {model_dir} on test")
+    subprocess.run(command + ["--mode=eval", "--config.data.eval_split=test"], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def _mean_spread(values: Sequence[float]) -> str:
+  if not values:
+    return "–"
+  mean = sum(values) / len(values)
+  return f"{mean:.4f}" if len(values) == 1 else f"{mean:.4f} ± {max(values) - min(values):.4f}"
+
+
+def build_table(rows: Sequence[Tuple[str, List[str]]], seeds: Sequence[int],
+                results: Dict[Tuple[str, int], dict], metric: str, config: str) -> str:
+  """The markdown table of `results[(row name, seed)] = {"validation", "test",
+  "train_seconds"}` (any may be missing: that cell counts fewer seeds)."""
+  lines = [f"| row | seeds | validation {metric} | **test {metric}** (mean ± spread) | "
+           "test minus the first row, same seed (mean; min..max) | training s | flags |",
+           "|---|---|---|---|---|---|---|"]
+  first = rows[0][0]
+  for name, flags in rows:
+    done = [s for s in seeds if results.get((name, s), {}).get("test") is not None]
+    validation = [results[(name, s)]["validation"] for s in done
+                  if results[(name, s)].get("validation") is not None]
+    test = [results[(name, s)]["test"] for s in done]
+    deltas = [results[(name, s)]["test"] - results[(first, s)]["test"] for s in done
+              if results.get((first, s), {}).get("test") is not None]
+    if name == first or not deltas:
+      delta = "–"
+    else:
+      mean = sum(deltas) / len(deltas)
+      delta = f"{mean:+.4f} ({min(deltas):+.4f}..{max(deltas):+.4f})"
+    seconds = [results[(name, s)]["train_seconds"] for s in done
+               if results[(name, s)].get("train_seconds") is not None]
+    time_cell = f"{sum(seconds) / len(seconds):.0f}" if seconds else "–"
+    lines.append(f"| {name} | {','.join(map(str, done)) or '–'} | {_mean_spread(validation)} "
+                 f"| **{_mean_spread(test)}** | {delta} | {time_cell} | "
+                 f"`{' '.join(flags) or '(the recipe)'}` |")
+  lines.append("")
+  lines.append(f"Each run: `tfllm-train --config={config} --model_dir=WORK/<row>_s<seed> "
+               "--distribution_strategy=one_device --config.train.seed=<seed> <flags>`, then "
+               "the same with `--mode=eval --config.data.eval_split=test`.")
+  return "\n".join(lines)
+
+
+def collect(work: str, rows, seeds, metric: Optional[str]):
+  """`(results, metric)` read from the runs in `work`."""
+  results = {}
+  for name, _ in rows:
+    for seed in seeds:
+      model_dir = os.path.join(work, f"{slug(name)}_s{seed}")
+      validation = _read(os.path.join(model_dir, VALIDATION_FILE))
+      test = _read(os.path.join(model_dir, TEST_FILE))
+      if metric is None and validation is not None:
+        task = (_read(os.path.join(model_dir, "config.json")) or {}).get("task", {}).get("name")
+        metric = DEFAULT_METRICS.get(task, "accuracy")
+      times = _read(os.path.join(model_dir, TIMES_FILE)) or {}
+      results[(name, seed)] = {
+          "validation": validation.get(metric) if validation and metric else None,
+          "test": test.get(metric) if test and test.get("split") == "test" and metric
+                  else None,
+          "train_seconds": times.get("train_seconds")}
+  return results, metric or "accuracy"
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", required=True, help="tfllm-train --config (a recipe)")
+  parser.add_argument("--work", required=True, help="directory of the runs and table.md")
+  parser.add_argument("--row", action="append", required=True, help="NAME=FLAGS (repeat)")
+  parser.add_argument("--seeds", default="0,1,2", help="comma-separated train seeds")
+  parser.add_argument("--metric", default=None, help="eval metric (default by task)")
+  parser.add_argument("--train", default=os.path.join(os.path.dirname(sys.executable),
+                                                      "tfllm-train"))
+  parser.add_argument("--table_only", action="store_true", help="print the table, run nothing")
+  args = parser.parse_args(argv)
+  try:
+    rows = [parse_row(text) for text in args.row]
+    seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+  except ValueError as error:
+    print(f"seed_table: error: {error}", file=sys.stderr)
+    return 2
+  os.makedirs(args.work, exist_ok=True)
+  if not args.table_only:
+    for seed in seeds:         # seed-major: an interrupted sweep has whole seeds of every row
+      for name, flags in rows:
+        try:
+          run_one(args.train, args.config, os.path.join(args.work, f"{slug(name)}_s{seed}"),
+                  seed, flags, lambda line: print(line, file=sys.stderr, flush=True))
+        except (subprocess.CalledProcessError, RuntimeError) as error:
+          print(f"seed_table: error: row {name!r}, seed {seed}: {error}", file=sys.stderr)
+          return 1
+  results, metric = collect(args.work, rows, seeds, args.metric)
+  table = build_table(rows, seeds, results, metric, args.config)
+  with open(os.path.join(args.work, "table.md"), "w", encoding="utf-8") as f:
+    f.write(table + "\n")
+  print(table)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

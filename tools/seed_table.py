@@ -55,6 +55,20 @@ def parse_row(text: str) -> Tuple[str, List[str]]:
   return name.strip(), shlex.split(flags)
 
 
+def shell_words(flags: Sequence[str]) -> str:
+  """Flags as one would type them: plain words bare, others in double quotes where that is
+  safe (`"--config.data.augment.methods=('eda',)"`), else `shlex.quote`d."""
+  words = []
+  for flag in flags:
+    if re.fullmatch(r"[\w@%+=:,./-]+", flag):
+      words.append(flag)
+    elif not any(c in flag for c in '"$`\\!'):
+      words.append(f'"{flag}"')
+    else:
+      words.append(shlex.quote(flag))
+  return " ".join(words)
+
+
 def train_command(train: str, config: str, model_dir: str, seed: int,
                   flags: Sequence[str]) -> List[str]:
   return [train, f"--config={config}", f"--model_dir={model_dir}",
@@ -124,7 +138,7 @@ def build_table(rows: Sequence[Tuple[str, List[str]]], seeds: Sequence[int],
     time_cell = f"{sum(seconds) / len(seconds):.0f}" if seconds else "–"
     lines.append(f"| {name} | {','.join(map(str, done)) or '–'} | {_mean_spread(validation)} "
                  f"| **{_mean_spread(test)}** | {delta} | {time_cell} | "
-                 f"`{' '.join(flags) or '(the recipe)'}` |")
+                 f"`{shell_words(flags) or '(the recipe)'}` |")
   lines.append("")
   lines.append(f"Each run: `tfllm-train --config={config} --model_dir=WORK/<row>_s<seed> "
                "--distribution_strategy=one_device --config.train.seed=<seed> <flags>`, then "

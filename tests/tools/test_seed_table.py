@@ -69,3 +69,9 @@ def test_a_row_without_a_name_is_a_usage_error_and_a_failed_run_exits_1(tmp_path
   assert "seed_table: error: row 'a', seed 0:" in capsys.readouterr().err
   with pytest.raises(ValueError):
     seed_table.parse_row("=--flag")
+
+
+def test_flags_are_shown_as_they_would_be_typed():
+  flags = seed_table.parse_row("""EDA=--config.data.augment.methods="('eda',)" --x=1""")[1]
+  assert flags == ["--config.data.augment.methods=('eda',)", "--x=1"]
+  assert seed_table.shell_words(flags) == """"--config.data.augment.methods=('eda',)" --x=1"""

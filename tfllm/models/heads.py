@@ -8,11 +8,9 @@ class can carry any head and a multi-task model can carry several.
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from tfllm.layers.normalization import make_norm
-from tfllm.tagging.scores import TagScores
 
 
 @keras.saving.register_keras_serializable(package="tfllm")
@@ -230,6 +228,9 @@ class TokenClassificationHead(keras.layers.Layer):
     logits = self.classifier(self.token_dropout(hidden, training=training))
     if not self.crf:
       return logits
+    # TensorFlow only here: models without a CRF also run on Keras' JAX backend without it.
+    import tensorflow as tf  # only a CRF head needs TensorFlow here (see above)
+    from tfllm.tagging.scores import TagScores  # a tf.experimental.ExtensionType
     return TagScores(logits, tf.convert_to_tensor(self.transitions),
                      tf.convert_to_tensor(self.start))
 

@@ -195,3 +195,14 @@ def test_a_model_dir_from_before_the_new_export_keys_loads_with_their_defaults(m
   (old / "config.json").write_text(json.dumps(saved))
   config = export.load_trained(str(old))[2]
   assert (config.export.format, config.export.soup_mode) == ("saved_model", "max")
+
+
+def test_greedy_soup_compares_members_on_validation_whatever_they_were_last_evaluated_on():
+  from tests.export.conftest import export_config   # pylint: disable=g-import-not-at-top
+  config = export_config("sequence_classification")
+  config.data.eval_split = "test"   # what --mode=eval --config.data.eval_split=test leaves
+  assert ensemble.soup_eval_config(config).data.eval_split == "validation"
+  assert config.data.eval_split == "test"   # a copy: the member's config is unchanged
+  config.export.soup_split = "validation[:50%]"
+  assert ensemble.soup_eval_config(config).data.eval_split == "validation[:50%]"
+  assert ensemble.soup_eval_config(config, {"soup_split": "dev"}).data.eval_split == "dev"

@@ -31,7 +31,8 @@ FLAGS = flags.FLAGS
 PROGRAM = "tfllm-export"
 # Flags that override `config.export` keys of the same name when given.
 OVERRIDES = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "max_length",
-             "sequence_length", "jit_compile", "format", "litert_quantize", "soup_metric")
+             "sequence_length", "jit_compile", "format", "litert_quantize", "soup_metric",
+             "soup_split")
 
 
 def define_flags():
@@ -56,6 +57,8 @@ def define_flags():
                     "averaged weights.")
   flags.DEFINE_string("soup", "", "With --ensemble: uniform | greedy weight soup instead of "
                       "an ensemble.")
+  flags.DEFINE_string("soup_split", None, "Greedy soup: the split members are compared on "
+                      "(default: validation, whatever split they were last evaluated on).")
   flags.DEFINE_string("soup_metric", None, "Greedy soup: validation metric (default: "
                       "accuracy / entity/micro/f1).")
   flags.DEFINE_string("format", None, "saved_model (TF Serving) | litert (classifiers: a "

@@ -26,6 +26,9 @@ def _export_defaults():
       # direction (docs/finetuning.md, "Ensembles and weight soups").
       soup_metric="",
       soup_mode="max",
+      # The split a greedy soup compares members on, whatever split each member was last
+      # evaluated on (never the test split you report).
+      soup_split="validation",
       # What tfllm-export writes: a TF Serving SavedModel, or a LiteRT (TFLite) flatbuffer of a
       # classifier (token ids in; docs/serving.md, "LiteRT") with its weights' quantization.
       format="saved_model",

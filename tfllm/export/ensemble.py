@@ -32,6 +32,7 @@ import os
 import types
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import ml_collections
 import numpy as np
 import tensorflow as tf
 
@@ -274,8 +275,9 @@ def export_soup(members: Sequence[Member], method: str, export_dir: str,
   """Exports the `method` soup ("uniform" or "greedy") of `members` as a single model.
 
   Args:
-    evaluate: for "greedy": `model -> metrics dict` on the validation split (e.g.
-      `tfllm.training.evaluation.evaluator`); the metric is `soup_metric(config)`.
+    evaluate: for "greedy": `model -> metrics dict` on `config.export.soup_split` (e.g.
+      `tfllm.training.evaluation.evaluator` of `soup_eval_config(config)`); the metric is
+      `soup_metric(config)`.
 
   Returns:
     The version's path; `assets.extra/tfllm_members.json` says which members entered.
@@ -307,8 +309,10 @@ def export_soup(members: Sequence[Member], method: str, export_dir: str,
             f"accepted: {', '.join(sorted(results))}")
       return results[name]
 
+    split = soup_eval_config(config).data.eval_split
+    log(f"greedy soup: members compared by {name} on the {split} split")
     soup = greedy_soup(model, weight_lists, metric, higher, log)
-    record.update(metric=name, member_metrics=dict(zip(dirs, soup.member_metrics)),
+    record.update(metric=name, split=split, member_metrics=dict(zip(dirs, soup.member_metrics)),
                   ingredients=[dirs[i] for i in soup.ingredients],
                   soup_metric=soup.soup_metric)
     log(f"greedy soup of {len(soup.ingredients)} of {len(dirs)} members "
@@ -343,8 +347,20 @@ def export_members(model_dirs: Sequence[str], export_dir: str, soup: str = "",
   if soup == "greedy":
     if evaluator is None:
       raise ValueError("a greedy soup needs an evaluator")
-    evaluate = evaluator(members[0].config, members[0].tokenizer)
+    evaluate = evaluator(soup_eval_config(members[0].config, overrides), members[0].tokenizer)
   return export_soup(members, soup, export_dir, version, overwrite, overrides, evaluate, log)
+
+
+def soup_eval_config(config, overrides=None):
+  """A copy of a member's config that evaluates on `config.export.soup_split` (validation by
+  default), whatever split the member was last evaluated on: `--mode=eval
+  --config.data.eval_split=test` rewrites a model dir's config.json, and a soup chosen on
+  test would report a test figure that was selected on it."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  split = dict(overrides or {}).get("soup_split") or config.export.get("soup_split",
+                                                                       "validation")
+  config.data.eval_split = split
+  return config
 
 
 def read_members(version_dir: str) -> Optional[dict]:

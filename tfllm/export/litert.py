@@ -20,7 +20,8 @@ Layout of `<export_dir>/<version>/`:
 Quantization (`config.export.litert_quantize`): `none` (float32), `dynamic_int8` (int8
 weights, float activations), `int8` (int8 weights and activations where LiteRT has int8
 kernels, calibrated on `config.export.litert_representative_examples` examples of the
-training split through the same preprocessing; other ops stay float).
+training split through the same preprocessing; other ops, and the reductions and division
+of mean pooling (`FLOAT_OPS_IN_INT8`), stay float).
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ TASKS = ("sequence_classification", "token_classification")
 MODEL_FILE = "model.tflite"
 INFO_FILE = "litert.json"
 INPUTS = ("token_ids", "padding_mask")
+# Ops `int8` keeps in float32. Mean pooling sums the padding mask, clamps it at 1 and divides
+# by it: as int8, that count saturates at the longest calibration text, and LiteRT's
+# quantized DIV refuses a divisor whose raw int8 value is 0, which for an asymmetric zero
+# point is a count of about half the calibrated maximum (docs/stack.md, LiteRT).
+FLOAT_OPS_IN_INT8 = ("SUM", "MAXIMUM", "DIV")
 
 
 def _output_name(task: str, crf: bool = False) -> str:
@@ -106,6 +112,12 @@ def convert(model, task: str, sequence_length: int, quantize: str = "none",
       converter.representative_dataset = lambda: iter(examples)
       converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                              tf.lite.OpsSet.TFLITE_BUILTINS]
+      # The quantization debugger is the converter's public way to leave named ops float.
+      selective = tf.lite.experimental.QuantizationDebugger(
+          converter=converter, debug_dataset=lambda: iter(examples),
+          debug_options=tf.lite.experimental.QuantizationDebugOptions(
+              denylisted_ops=list(FLOAT_OPS_IN_INT8)))
+      return selective.get_nondebug_quantized_model()
     return converter.convert()
 
 

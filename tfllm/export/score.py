@@ -71,8 +71,9 @@ class ClassificationScorer(Scorer):
     self._pred: List[int] = []
 
   def add(self, raw_labels, rows):
-    self._true.extend(int(self._map_label(labels_lib.scalar(tf.constant(label))))
-                      for label in raw_labels)
+    if raw_labels:   # one lookup a batch; a length-1 vector label is its one value
+      scalars = np.asarray([np.asarray(label).reshape(-1)[0] for label in raw_labels])
+      self._true.extend(self._map_label(tf.constant(scalars)).numpy().tolist())
     self._pred.extend(int(row["label_id"]) for row in rows)
     self.examples += len(rows)
 
@@ -98,8 +99,11 @@ class EntityScorer(Scorer):
 
   def add(self, raw_labels, rows):
     gold, pred = [], []
-    for raw, row in zip(raw_labels, rows):
-      ids = self._map_label(tf.constant(np.asarray(raw))).numpy().reshape(-1)
+    raw_tags = [np.asarray(raw).reshape(-1) for raw in raw_labels]
+    lengths = [len(tags) for tags in raw_tags]
+    mapped = (self._map_label(tf.constant(np.concatenate(raw_tags))).numpy()
+              if sum(lengths) else np.zeros([0], np.int32))   # one lookup a batch
+    for ids, row in zip(np.split(mapped, np.cumsum(lengths)[:-1]), rows):
       served = row["num_words"]
       if served > len(ids):
         raise ValueError(f"the served model split an input into {served} words but the "

@@ -11,7 +11,7 @@ sees only `EvalMetric`s.
 from __future__ import annotations
 
 import math
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Tuple
 
 import ml_collections
 import tensorflow as tf
@@ -39,6 +39,16 @@ class EvalMetric:
   def result(self, totals: Mapping[str, float]) -> Dict[str, float]:
     """Reported metrics from the sums over the whole evaluation."""
     raise NotImplementedError
+
+
+def precision_recall_f1(true_positives: float, predicted: float,
+                        actual: float) -> Tuple[float, float, float]:
+  """Precision, recall and F1 from counts, each 0 where undefined (no prediction, no true
+  item, or both 0), as seqeval and scikit-learn's `zero_division=0` report them."""
+  precision = true_positives / predicted if predicted else 0.0
+  recall = true_positives / actual if actual else 0.0
+  f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+  return precision, recall, f1
 
 
 def head_evaluated(totals: Mapping[str, float], weight_key: str) -> bool:

@@ -7,7 +7,7 @@ from typing import Dict, List, Sequence
 import tensorflow as tf
 
 from tfllm.metrics import losses
-from tfllm.metrics.base import EvalMetric, head_evaluated, task_heads
+from tfllm.metrics.base import EvalMetric, head_evaluated, precision_recall_f1, task_heads
 
 
 class ClassificationF1(EvalMetric):
@@ -63,9 +63,7 @@ def class_scores(label_names: Sequence[str], true_positives: Sequence[float],
   are scored by this one function."""
   out, f1s = {}, []
   for label, tp, pred, true in zip(label_names, true_positives, predicted, actual):
-    precision = tp / pred if pred else 0.0
-    recall = tp / true if true else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    precision, recall, f1 = precision_recall_f1(tp, pred, true)
     out.update({f"{prefix}{label}/precision": precision, f"{prefix}{label}/recall": recall,
                 f"{prefix}{label}/f1": f1})
     f1s.append(f1)

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfllm.metrics import losses
-from tfllm.metrics.base import EvalMetric, head_evaluated, task_heads
+from tfllm.metrics.base import EvalMetric, head_evaluated, precision_recall_f1, task_heads
 from tfllm.tagging.decoding import decode_word_tags, words_first_order
 from tfllm.tagging.iob2 import BEGIN, OUTSIDE, iob2_scheme, tag_decoding
 
@@ -98,9 +98,7 @@ def entity_counts(true_ids: tf.Tensor, pred_ids: tf.Tensor, weights: tf.Tensor,
 
 
 def _prf(tp: float, predicted: float, actual: float) -> Dict[str, float]:
-  precision = tp / predicted if predicted else 0.0
-  recall = tp / actual if actual else 0.0
-  f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+  precision, recall, f1 = precision_recall_f1(tp, predicted, actual)
   return dict(precision=precision, recall=recall, f1=f1, support=actual)
 
 

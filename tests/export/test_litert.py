@@ -191,9 +191,11 @@ def test_bad_quantize_and_task_are_config_errors(model_dirs, tmp_path):
 
 
 @pytest.mark.slow
-def test_int8_mean_pooling_holds_for_texts_longer_than_calibration():
-  """Mean pooling's token count stays float in `int8`: as int8 it saturated at the longest
-  calibration text (and its raw zero stopped LiteRT's DIV), so long texts drifted."""
+def test_int8_keeps_masked_scores_and_mean_pooling_in_float():
+  """`int8` leaves float what int8 cannot carry: attention scores beside the -1e9 of masked
+  keys (as int8 their step was 3.9e6, so every real score read the same and attention was
+  uniform), and mean pooling's token count (as int8 it saturated at the longest calibration
+  text, and its raw zero stopped LiteRT's DIV), so texts longer than calibration hold."""
   from tests.export.conftest import export_config   # pylint: disable=g-import-not-at-top
   from tfllm.models import build   # pylint: disable=g-import-not-at-top
   config = export_config("sequence_classification")
@@ -211,6 +213,9 @@ def test_int8_mean_pooling_holds_for_texts_longer_than_calibration():
   calibration = [example(count) for count in range(1, 9)]
   interpreter = tf.lite.Interpreter(model_content=litert.convert(
       model, "sequence_classification", length, "int8", calibration))
+  steps = [t["quantization"][0] for t in interpreter.get_tensor_details()
+           if t["dtype"] == np.int8]
+  assert steps and max(steps) < 1e3, max(steps)
   runner = interpreter.get_signature_runner()
   errors = []
   for count in range(9, length + 1):

@@ -18,10 +18,11 @@ Layout of `<export_dir>/<version>/`:
                  training data's text and label feature names
 
 Quantization (`config.export.litert_quantize`): `none` (float32), `dynamic_int8` (int8
-weights, float activations), `int8` (int8 weights and activations where LiteRT has int8
-kernels, calibrated on `config.export.litert_representative_examples` examples of the
-training split through the same preprocessing; other ops, and the reductions and division
-of mean pooling (`FLOAT_OPS_IN_INT8`), stay float).
+weights, float activations), `int8` (the dense layers' matmuls with int8 weights and int8
+activations calibrated on `config.export.litert_representative_examples` examples of the
+training split through the same preprocessing, and int8 embedding lookups and GELU;
+attention scores, softmax, layer norm, residual adds and pooling stay float:
+`FLOAT_OPS_IN_INT8`).
 """
 
 from __future__ import annotations
@@ -49,11 +50,18 @@ TASKS = ("sequence_classification", "token_classification")
 MODEL_FILE = "model.tflite"
 INFO_FILE = "litert.json"
 INPUTS = ("token_ids", "padding_mask")
-# Ops `int8` keeps in float32. Mean pooling sums the padding mask, clamps it at 1 and divides
-# by it: as int8, that count saturates at the longest calibration text, and LiteRT's
-# quantized DIV refuses a divisor whose raw int8 value is 0, which for an asymmetric zero
-# point is a count of about half the calibrated maximum (docs/stack.md, LiteRT).
-FLOAT_OPS_IN_INT8 = ("SUM", "MAXIMUM", "DIV")
+# Ops `int8` keeps in float32, so that it quantizes the dense layers' matmuls (weights and
+# activations), the embedding lookups and GELU, and nothing int8 cannot carry
+# (docs/stack.md, LiteRT; the choice was measured on validation, docs/finetuning.md):
+# - attention scores beside the -1e9 of masked keys (BATCH_MATMUL, the RESHAPE after it,
+#   SELECT_V2, SOFTMAX): as int8 their step is 3.9e6, so all real scores read alike and
+#   attention turns uniform (MiniLM sentiment: validation accuracy 0.51);
+# - mean pooling's count and division (SUM, MAXIMUM, DIV): the count saturates at the
+#   longest calibration text, and LiteRT's quantized DIV refuses a raw int8 0 divisor;
+# - layer norm (MEAN, SQUARED_DIFFERENCE, RSQRT) and the residual stream's elementwise ADD
+#   and MUL, whose few large features leave the others a handful of int8 steps.
+FLOAT_OPS_IN_INT8 = ("BATCH_MATMUL", "RESHAPE", "SELECT_V2", "SOFTMAX", "SUM", "MAXIMUM",
+                     "DIV", "MEAN", "SQUARED_DIFFERENCE", "RSQRT", "ADD", "MUL")
 
 
 def _output_name(task: str, crf: bool = False) -> str:

@@ -6,8 +6,8 @@ prunes by itself:
 * every pruned kernel gets a mask, a non-trainable `tf.Variable` of the kernel's shape kept in
   a `Pruning` module (saved in the trainer's checkpoint under `pruning/`; the model's own
   variables, and so the export, stay as they are);
-* after every optimizer update, inside the compiled train step, the trainer calls
-  `Pruning.after_update(step)`: on a step the schedule marks, the mask is recomputed from
+* after every optimizer update, in its training loop's graph (a compiled function of its own,
+  in replica context), the trainer calls `Pruning.after_update(step)`: on a step the schedule marks, the mask is recomputed from
   `|kernel * old mask|` (pruned weights stay pruned); then `kernel <- kernel * mask`. Both are
   written through `strategy.extended.update` in a merge call, as Keras's optimizer writes its
   variables, and every replica computes them from the same mirrored weights with a
@@ -50,7 +50,7 @@ def end_step(pruning, total_steps: int) -> int:
 
 
 def sparsity_at(step: int, pruning, total_steps: int) -> float:
-  """The schedule's sparsity after `step` optimizer updates (NumPy float64; the compiled step
+  """The schedule's sparsity after `step` optimizer updates (NumPy float64; the compiled hook
   computes the same values in float64)."""
   structure = n_m(pruning.structure)
   final = 1.0 - structure[0] / structure[1] if structure else pruning.target_sparsity
@@ -188,7 +188,7 @@ class Pruning:
 
   Create it inside the strategy's scope, after the model is built (the masks are mirrored
   like the kernels). The trainer saves `checkpoint_items()` with its checkpoint, calls
-  `after_update(step)` inside its compiled step after every optimizer update, and writes
+  `after_update(step)` after every optimizer update (compiled, in replica context), and writes
   `summary_scalars()` with its train summaries.
 
   Args:
@@ -243,7 +243,7 @@ class Pruning:
   def after_update(self, step: tf.Tensor) -> None:
     """Recomputes the masks when the schedule says so at `step` (the updates done, the one
     just applied included), then zeroes the pruned weights. Runs in replica context inside
-    the compiled step (or eagerly, outside any strategy)."""
+    the trainer's compiled hook function (or eagerly, outside any strategy)."""
     masks = self._mask_list()
     sparsity = sparsity_tensor(step, self._config, self._total_steps)
     new = tf.cond(due_tensor(step, self._config, self._total_steps),

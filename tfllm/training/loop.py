@@ -75,8 +75,9 @@ class Trainer:
       runs the model in training mode and gives the objective; default one forward and
       backward pass (`tfllm.finetune.adversarial` gives the adversarial ones).
     step_hooks: objects run with every optimizer step (e.g. `tfllm.finetune.pruning.Pruning`):
-      `after_update(step)` runs inside the compiled step, in replica context, right after the
-      optimizer's update (`step`: the updates done, that one included); `checkpoint_items()`
+      `after_update(step)` runs in replica context right after each optimizer update, in the
+      training loop's graph as a compiled function of its own (`step`: the updates done,
+      that one included); `checkpoint_items()`
       gives trackables saved with the checkpoint; `summary_scalars()` gives host-side train
       scalars written with each progress report.
     checkpoint_state: None, or what a tensor-parallel run checkpoints instead of its sharded
@@ -245,8 +246,6 @@ class Trainer:
     else:
       norm = tf.linalg.global_norm(grads)
     self.optimizer.apply(grads * self.data_parallel_groups, variables)
-    for hook in self.step_hooks:
-      hook.after_update(self.step + 1)
     # Positions run, padding included: batch x length varies with `data.bucket_lengths`.
     tokens = tf.add_n([tf.cast(tf.size(features["token_ids"]), tf.float32)
                        for features, _, _ in micro_batches])
@@ -290,10 +289,21 @@ class Trainer:
       total += loss_weight * ce_sum / global_weights[name]
     return total
 
+  def _replica_after_update(self, step):
+    """The step hooks after an optimizer update. They are a compiled function of their own:
+    inside the step's XLA program, pruning's `tf.cond` ran its mask rule (a sort of every
+    pruned kernel) at every step, due or not, and training ran 4.7x slower
+    (docs/finetuning.md, "Magnitude pruning")."""
+    for hook in self.step_hooks:
+      hook.after_update(step)
+
   def _build_train_loop(self):
     accum = self.train_config.grad_accum_steps
     replica_step = tf.function(self._replica_train_step,
                                jit_compile=self._function_jit_compile)
+    after_update = (tf.function(self._replica_after_update,
+                                jit_compile=self._function_jit_compile)
+                    if self.step_hooks else None)
 
     @tf.function
     def train_loop(iterator, num_steps):
@@ -308,6 +318,8 @@ class Trainer:
         norms = norms.write(i, self.strategy.reduce("MEAN", norm, axis=None))
         tokens += loss_and_tokens[1]
         self.step.assign_add(1)
+        if after_update is not None:
+          self.strategy.run(after_update, args=(self.step.read_value(),))
       return step_losses.stack(), norms.stack(), tokens
 
     return train_loop

@@ -94,14 +94,18 @@ def test_words_past_the_sequence_length_are_counted_not_scored():
     scorer.add([np.array([0])], [{"tags": ["B-ORG"], "num_words": 1}])
 
 
-def test_classification_scores_use_the_label_mapping_of_training():
+@pytest.mark.parametrize("shape", [(), (1,)], ids=["scalar", "length-1 vector"])
+def test_classification_scores_use_the_label_mapping_of_training(shape):
   # The split's class names in another order than the model's labels: mapped by name.
+  # Labels as scalars, or as the length-1 vectors that TFRecord features parse as.
   config = {"task": {"name": "sequence_classification", "labels": ["negative", "positive"]},
             "data": {"label_feature": "label"}}
   scorer = score.scorer_for(config, inputs_of(["positive", "negative"]))
   gold_split_ids = [0, 0, 1, 1, 1]            # positive, positive, negative x3
   served = [1, 0, 0, 0, 1]                    # the model's ids: positive, negative, ...
-  scorer.add([np.int64(i) for i in gold_split_ids], [{"label_id": i} for i in served])
+  for start, stop in ((0, 2), (2, 5)):        # two batches
+    scorer.add([np.full(shape, i, np.int64) for i in gold_split_ids[start:stop]],
+               [{"label_id": i} for i in served[start:stop]])
   result = scorer.result()
   true = np.array([1, 1, 0, 0, 0])
   assert result["accuracy"] == pytest.approx(np.mean(true == np.array(served)))   # 3/5

@@ -143,6 +143,28 @@ def _kernels_and_masks(trainer):
   return weights, masks
 
 
+def _compiled_functions(trainer):
+  """{name: op types it runs, nested functions (branches, calls) included} of each
+  XLA-compiled function in the trainer's traced train loop."""
+  loop, = trainer._train_loop_fn._list_all_concrete_functions()  # pylint: disable=protected-access
+  library = {f.signature.name: f for f in loop.graph.as_graph_def().library.function}
+
+  def ops(name, seen):
+    if name in seen or name not in library:
+      return set()
+    seen.add(name)
+    found = set()
+    for node in library[name].node_def:
+      found.add(node.op)
+      for attr in node.attr.values():
+        for function in [attr.func] + list(attr.list.func):
+          found |= ops(function.name, seen)
+    return found
+
+  return {name: ops(name, set()) for name, f in library.items()
+          if "_XlaMustCompile" in f.attr and f.attr["_XlaMustCompile"].b}
+
+
 def test_masks_zero_the_weights_after_updates_and_leave_the_rest_dense(tmp_path):
   config = _pruned_config(steps=12)
   config.train.jit_compile = "on"   # the job's default on one CPU: the step under XLA
@@ -168,6 +190,13 @@ def test_masks_zero_the_weights_after_updates_and_leave_the_rest_dense(tmp_path)
   assert len(scalars) == len(masks) + 1
   assert pruning_lib.weight_sparsity(trainer.model, config.finetune.pruning) == pytest.approx(
       scalars["sparsity/overall"])
+  # The mask rule (a top-k of each kernel) is compiled apart from the step: inside the
+  # step's XLA program its branch ran at every step, due or not (docs/finetuning.md).
+  compiled = _compiled_functions(trainer)
+  step, = (ops for name, ops in compiled.items() if "_replica_train_step" in name)
+  assert "TopKV2" not in step
+  hook, = (ops for name, ops in compiled.items() if "_replica_after_update" in name)
+  assert "TopKV2" in hook
 
 
 def test_two_of_four_in_training(tmp_path):

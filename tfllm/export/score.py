@@ -71,9 +71,14 @@ class ClassificationScorer(Scorer):
     self._pred: List[int] = []
 
   def add(self, raw_labels, rows):
-    if raw_labels:   # one lookup a batch; a length-1 vector label is its one value
-      scalars = np.asarray([np.asarray(label).reshape(-1)[0] for label in raw_labels])
-      self._true.extend(self._map_label(tf.constant(scalars)).numpy().tolist())
+    if raw_labels:   # one lookup a batch
+      try:
+        batch = tf.constant(np.stack([np.asarray(label) for label in raw_labels]))
+      except ValueError:
+        raise ValueError("the split's label feature has labels of different shapes; a "
+                         "classifier's label is one value an example") from None
+      self._true.extend(self._map_label(labels_lib.scalar(batch, batched=True)).numpy()
+                        .tolist())
     self._pred.extend(int(row["label_id"]) for row in rows)
     self.examples += len(rows)
 

@@ -94,6 +94,7 @@ def label_mapper(data, task, source: sources.Source):
   return _int_mapper(num_classes, what)
 
 
-def scalar(value):
-  """A per-example label: a length-1 vector (TFRecord features parse as vectors) -> scalar."""
-  return value if value.shape.rank == 0 else value[0]
+def scalar(value, batched: bool = False):
+  """A per-example label: a length-1 vector (TFRecord features parse as vectors) -> scalar;
+  with `batched`, a batch of them (`[batch]` or `[batch, 1]`) -> `[batch]`."""
+  return value if value.shape.rank == int(batched) else value[..., 0]

@@ -120,7 +120,8 @@ def convert(model, task: str, sequence_length: int, quantize: str = "none",
       converter.representative_dataset = lambda: iter(examples)
       converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                              tf.lite.OpsSet.TFLITE_BUILTINS]
-      # The quantization debugger is the converter's public way to leave named ops float.
+      # The quantization debugger is the converter's public way to leave named ops float
+      # (it also builds an instrumented model that is discarded: docs/stack.md, LiteRT).
       selective = tf.lite.experimental.QuantizationDebugger(
           converter=converter, debug_dataset=lambda: iter(examples),
           debug_options=tf.lite.experimental.QuantizationDebugOptions(

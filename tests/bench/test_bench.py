@@ -192,6 +192,15 @@ def test_command_line_runs_and_refuses_bad_flags(tmp_path):
                        env=env, timeout=240)
   assert bad.returncode == 2
   assert "seq_len, num_layers, batch_size" in bad.stderr.strip().splitlines()[-1]
+  # A model to time that is not there is a usage error too, not a runtime failure.
+  missing = str(tmp_path / "no_export")
+  bad = subprocess.run([sys.executable, "-m", "tfllm.cli.bench", "--mode=serve",
+                        f"--litert={missing}"], capture_output=True, text=True, env=env,
+                       timeout=240)
+  assert bad.returncode == 2
+  assert bad.stderr.strip().splitlines()[-1] == (
+      f"tfllm-bench: error: {missing} is not a LiteRT export (no model.tflite); give a "
+      "version directory of tfllm-export --format=litert, e.g. /tmp/litert/sentiment/1")
 
 
 def test_modes_refuse_what_they_cannot_measure():

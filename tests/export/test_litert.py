@@ -94,6 +94,27 @@ def test_float32_tflite_matches_the_model_in_a_fresh_process(litert_exports, tas
 
 
 @pytest.mark.slow
+def test_bench_times_the_litert_export_whole_and_its_interpreter_alone(litert_exports,
+                                                                       exports):
+  from tfllm.bench import run as bench  # pylint: disable=import-outside-toplevel
+  path, _, _, config = litert_exports("sequence_classification", "none")
+  config = config.copy_and_resolve_references()
+  config.runtime.intra_op_threads = 1
+  result = bench.run(config, mode="serve", litert=path, batch_size=2, repeats=3,
+                     log=lambda line: None)
+  assert result["litert"] == path and result["interpreter_threads"] == 1
+  figures = result["results"][2]
+  for timed in (figures, figures["interpreter"]):
+    assert 0 < timed["p50_ms"] <= timed["p99_ms"]
+    assert timed["rows_per_s"] == pytest.approx(2000 / timed["mean_ms"])
+  with pytest.raises(ValueError, match="is not a LiteRT export"):
+    bench.run(config, mode="serve", litert=exports["sequence_classification"][0],
+              log=lambda line: None)
+  with pytest.raises(ValueError, match="got --saved_model and --litert"):
+    bench.run(config, mode="serve", litert=path, saved_model=path, log=lambda line: None)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["sequence_classification", "token_classification"])
 def test_runner_answers_as_the_saved_model(litert_exports, exports, task):
   path = litert_exports(task, "none")[0]

@@ -6,7 +6,8 @@ Modes:
   attention  block-wise vs standard attention layer, time and memory (`bench.attention`)
   pipeline   input-pipeline tokens/s (`tfllm.data.throughput`)
   serve      exported SavedModel latency p50/p99 and throughput, in a TensorFlow-only
-             process (`tfllm.export.latency`; causal LMs also time KerasHub's generate)
+             process (`tfllm.export.latency`; causal LMs also time KerasHub's generate),
+             or a LiteRT export's in `tf.lite.Interpreter`
   hlo        XLA's cost of the compiled train step, FLOPs, bytes, fusions, peak buffers
              and H100 roofline, tfllm next to KerasHub (`bench.hlo`)
 """
@@ -20,6 +21,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import keras
 
+from tfllm import config as config_lib
 from tfllm import runtime
 from tfllm.bench import hlo, mfu, report, sweep as sweep_lib
 from tfllm.bench.attention import benchmark_attention
@@ -35,7 +37,8 @@ def run(config, mode: str = "train", compare: Optional[str] = None,
         peak_flops: float = 0.0, prompt_length: int = 16, new_tokens: int = 64,
         attention_block_size: int = 512, output: Optional[str] = None,
         plot: Optional[str] = None, export_dir: Optional[str] = None,
-        saved_model: Optional[str] = None, log: Callable[[str], None] = print) -> Dict:
+        saved_model: Optional[str] = None, litert: Optional[str] = None,
+        log: Callable[[str], None] = print) -> Dict:
   """Runs one benchmark mode (with its sweeps), prints tables, writes JSON and a plot.
 
   Args:
@@ -60,15 +63,18 @@ def run(config, mode: str = "train", compare: Optional[str] = None,
     export_dir: serve mode: where the model of `config` (random weights) is exported.
     saved_model: serve mode: an exported classifier (a `tfllm-export` version directory)
       timed as it is, instead of exporting `config`'s model.
+    litert: serve mode: a LiteRT export (a `tfllm-export --format=litert` version
+      directory) timed in `tf.lite.Interpreter` with the thread plan's intra-op threads.
     log: where tables and progress lines go.
 
   Returns:
     The result dict written to `output`.
   """
   if mode not in MODES:
-    raise ValueError(f"mode={mode!r} is not accepted; use one of: {', '.join(MODES)}")
+    raise config_lib.ConfigError(f"mode={mode!r} is not accepted; use one of: "
+                                 f"{', '.join(MODES)}")
   if repeats < 1 or steps < 1:
-    raise ValueError(f"repeats={repeats} and steps={steps} must be >= 1")
+    raise config_lib.ConfigError(f"repeats={repeats} and steps={steps} must be >= 1")
   parsed = [sweep_lib.parse_sweep(s) for s in sweeps]
   threads = runtime.plan_threads(config.runtime)
   log(runtime.configure_threads(threads) or threads.describe())
@@ -77,7 +83,8 @@ def run(config, mode: str = "train", compare: Optional[str] = None,
   try:
     result = _run_mode(config, mode, compare, parsed, batch_size, steps, repeats, jit_compile,
                        mixed_precision, peak_flops, prompt_length, new_tokens,
-                       attention_block_size, export_dir, saved_model, log)
+                       attention_block_size, export_dir, saved_model, litert,
+                       threads.intra_op, log)
   finally:
     keras.mixed_precision.set_global_policy(previous_policy)
   if output:
@@ -100,7 +107,7 @@ def _peak(mixed_precision, peak_flops) -> mfu.Peak:
 
 def _run_mode(config, mode, compare, sweeps, batch_size, steps, repeats, jit_compile,
               mixed_precision, peak_flops, prompt_length, new_tokens, attention_block_size,
-              export_dir, saved_model, log) -> Dict:
+              export_dir, saved_model, litert, litert_threads, log) -> Dict:
   if mode == "train":
     return _train(config, compare, sweeps, batch_size, steps, repeats, jit_compile,
                   _peak(mixed_precision, peak_flops), log)
@@ -120,8 +127,8 @@ def _run_mode(config, mode, compare, sweeps, batch_size, steps, repeats, jit_com
     return result
   if mode == "hlo":
     if sweeps:
-      raise ValueError("hlo mode takes no --sweep; set the shape with --batch_size and "
-                       "--config.data.sequence_length=")
+      raise config_lib.ConfigError("hlo mode takes no --sweep; set the shape with "
+                                   "--batch_size and --config.data.sequence_length=")
     result = hlo.benchmark_hlo(config, batch_size, compare, log)
     log(hlo.table(result))
     return result
@@ -132,14 +139,23 @@ def _run_mode(config, mode, compare, sweeps, batch_size, steps, repeats, jit_com
     log(f"pipeline ({result['task']}): {result['tokens_per_s']:.0f} tokens/s "
         f"({result['batches']} batches of {result['batch_size']}x{result['sequence_length']})")
     return result
-  if not export_dir and not saved_model:
-    raise ValueError("serve mode needs --export_dir, a directory the model of --config is "
-                     "exported to (random weights) and served from, or --saved_model, an "
-                     "exported classifier to time as it is")
+  given = [name for name, value in (("--export_dir", export_dir),
+                                    ("--saved_model", saved_model), ("--litert", litert))
+           if value]
+  if len(given) != 1:
+    raise config_lib.ConfigError(
+        "serve mode needs one of --export_dir, a directory the model of --config is "
+        "exported to (random weights) and served from, --saved_model, an exported "
+        "classifier to time as it is, or --litert, a LiteRT export to time in its "
+        "interpreter" + (f"; got {' and '.join(given)}" if given else ""))
   latency = _optional_module("tfllm.export.latency", mode)
   batch_sizes = _only_sweep(sweeps, "batch_size", mode) or ([batch_size] if batch_size
                                                             else [1, 32])
-  if saved_model:
+  if litert:
+    _no_compare(compare, mode)
+    figures = latency.measure_litert_classifier(litert, batch_sizes=batch_sizes,
+                                                iterations=repeats, num_threads=litert_threads)
+  elif saved_model:
     _no_compare(compare, mode)
     figures = latency.measure_saved_classifier(saved_model, batch_sizes=batch_sizes,
                                                iterations=repeats)
@@ -152,9 +168,10 @@ def _run_mode(config, mode, compare, sweeps, batch_size, steps, repeats, jit_com
     figures = latency.measure_classifier(config, export_dir, batch_sizes=batch_sizes,
                                          iterations=repeats)
   else:
-    raise ValueError(f"serve mode measures causal_lm and classifier exports, "
+    raise config_lib.ConfigError(f"serve mode measures causal_lm and classifier exports, "
                      f"not task {config.task.name!r}")
-  served = (dict(saved_model=saved_model) if saved_model
+  served = (dict(litert=litert, interpreter_threads=litert_threads) if litert
+            else dict(saved_model=saved_model) if saved_model
             else dict(task=config.task.name, export_dir=export_dir))
   result = dict(mode="serve", **served, results=figures)
   log(json.dumps(figures, indent=1, default=str))
@@ -193,14 +210,16 @@ def _train(config, compare, sweeps, batch_size, steps, repeats, jit_compile, pea
 def _only_sweep(sweeps, name: str, mode: str) -> List[int]:
   for sweep_name, values in sweeps:
     if sweep_name != name:
-      raise ValueError(f"{mode} mode sweeps only {name} (--sweep={name}=...), not {sweep_name}")
+      raise config_lib.ConfigError(f"{mode} mode sweeps only {name} (--sweep={name}=...), "
+                                   f"not {sweep_name}")
     return values
   return []
 
 
 def _no_compare(compare, mode):
   if compare:
-    raise ValueError(f"--compare={compare} is for train and generate modes, not {mode}")
+    raise config_lib.ConfigError(f"--compare={compare} is for train and generate modes, "
+                                 f"not {mode}")
 
 
 def _optional_module(name: str, mode: str):

@@ -59,6 +59,11 @@ def define_flags():
   flags.DEFINE_string("saved_model", None, "Serve mode: an exported classifier (a "
                       "tfllm-export version directory) to time as it is, e.g. a fine-tuned "
                       "model; --config is then not used.")
+  flags.DEFINE_string("litert", None, "Serve mode: a LiteRT export (a tfllm-export "
+                      "--format=litert version directory) to time in tf.lite.Interpreter "
+                      "(text in -> labels out, and the interpreter alone), with "
+                      "--config.runtime.intra_op_threads threads; --config is otherwise "
+                      "not used.")
 
 
 def main(argv):
@@ -92,7 +97,7 @@ def main(argv):
               peak_flops=FLAGS.peak_flops, prompt_length=FLAGS.prompt_length,
               new_tokens=FLAGS.new_tokens, attention_block_size=FLAGS.attention_block_size,
               output=FLAGS.output, plot=FLAGS.plot, export_dir=FLAGS.export_dir,
-              saved_model=FLAGS.saved_model,
+              saved_model=FLAGS.saved_model, litert=FLAGS.litert,
               log=lambda line: print(line, flush=True))
     return 0
   except config_lib.ConfigError as error:

@@ -19,7 +19,9 @@ import keras
 import keras_hub
 import numpy as np
 
+from tfllm import config as config_lib
 from tfllm.data.tokenizers import WORD_PIECE_RESERVED
+from tfllm.export import litert
 from tfllm.export.saved_model import export_saved_model
 from tfllm.models import build, generation
 
@@ -220,9 +222,47 @@ def measure_saved_classifier(path: str, words: int = 20, batch_sizes=(1, 32),
     batch size -> {p50_ms, p99_ms, mean_ms, rows_per_s}.
   """
   if not os.path.exists(os.path.join(path, "saved_model.pb")):
-    raise ValueError(f"{path} is not a SavedModel directory (no saved_model.pb); give a "
-                     "version directory of tfllm-export, e.g. /tmp/serving/ner/1")
+    raise config_lib.ConfigError(f"{path} is not a SavedModel directory (no saved_model.pb); "
+                                 "give a version directory of tfllm-export, e.g. "
+                                 "/tmp/serving/ner/1")
   text = " ".join(f"word{i}" for i in range(words)).encode()
   return measure_served(path, "serving_default",
                         lambda batch: {"text": np.array([text] * batch, object)},
                         batch_sizes=batch_sizes, iterations=iterations)
+
+
+def measure_litert_classifier(path: str, words: int = 20, batch_sizes=(1, 32),
+                              iterations: int = 50, num_threads: Optional[int] = None) -> dict:
+  """Latency and examples/s of a LiteRT export (`tfllm-export --format=litert`) in
+  `tf.lite.Interpreter`, in this process (the interpreter needs no server).
+
+  Two figures per batch size: the whole text-in call (`LiteRTClassifier(texts)`:
+  tokenization, the interpreter, decoding to labels or tags) and, under `interpreter`, the
+  interpreter alone on the encoded ids (what an edge app that tokenizes natively pays).
+
+  Args:
+    path: the LiteRT version directory (holding model.tflite and litert.json).
+    words: words of the synthetic text each example sends.
+    num_threads: the interpreter's threads (None: LiteRT's default).
+
+  Returns:
+    batch size -> {p50_ms, p99_ms, mean_ms, rows_per_s, interpreter: {p50_ms, p99_ms,
+    mean_ms, rows_per_s}}.
+  """
+  if not os.path.exists(os.path.join(path, litert.MODEL_FILE)):
+    raise config_lib.ConfigError(f"{path} is not a LiteRT export (no {litert.MODEL_FILE}); "
+                                 "give a version directory of tfllm-export --format=litert, "
+                                 "e.g. /tmp/litert/sentiment/1")
+  classifier = litert.LiteRTClassifier(path, num_threads=num_threads)
+  text = " ".join(f"word{i}" for i in range(words))
+  figures = {}
+  for batch in batch_sizes:
+    texts = [text] * batch
+    features, _ = classifier.encode(texts)
+    stats = percentiles(_time(lambda: classifier(texts), iterations))
+    alone = percentiles(_time(lambda: classifier.run_ids(**features), iterations))
+    for figure in (stats, alone):
+      figure["rows_per_s"] = batch / (figure["mean_ms"] / 1000.0)
+    stats["interpreter"] = alone
+    figures[batch] = stats
+  return figures

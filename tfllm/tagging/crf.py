@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfllm.tagging.decoding import words_first_order
 from tfllm.tagging.scores import TagScores
 
 
 def _forward_scan(emissions, active, transitions, start):
-  """log Z of each row: the log-sum over all tag sequences of their scores (forward
-  algorithm). `emissions` float32 `[batch, steps, tags]`, `active` bool `[batch, steps]`."""
+  """log Z of each row: the log-sum over all tag sequences of its active steps (in order;
+  the others are skipped) of their scores (forward algorithm). `emissions` float32
+  `[batch, steps, tags]`, `active` bool `[batch, steps]`."""
   # One more, never active step: the scan then runs over at least one element (a scan over
   # none fails to stack when the batch size is unknown, as in a serving signature).
   emissions = tf.pad(emissions, [[0, 0], [0, 1], [0, 0]])
@@ -34,14 +34,46 @@ def _forward_scan(emissions, active, transitions, start):
   steps = tf.transpose(emissions, [1, 0, 2])                 # [steps, batch, tags]
   step_active = tf.transpose(active)                         # [steps, batch]
 
-  def forward(alpha, inputs):
+  def forward(state, inputs):
+    alpha, started = state
     step_emissions, keep = inputs
-    new = tf.reduce_logsumexp(alpha[:, :, None] + transitions[None], axis=1) + step_emissions
-    return tf.where(keep[:, None], new, alpha)
+    chained = tf.reduce_logsumexp(alpha[:, :, None] + transitions[None], axis=1)
+    new = tf.where(started[:, None], chained, start[None]) + step_emissions
+    return tf.where(keep[:, None], new, alpha), tf.logical_or(started, keep)
 
-  first = steps[0] + start[None]
-  alpha = tf.scan(forward, (steps[1:], step_active[1:]), initializer=first)[-1]
+  initial = (tf.zeros_like(steps[0]), tf.zeros_like(step_active[0]))
+  alpha = tf.scan(forward, (steps, step_active), initializer=initial)[0][-1]
   return tf.reduce_logsumexp(alpha, axis=-1)
+
+
+def _log_likelihood(emissions, tags, word_mask, transitions, start):
+  """`log p(tags | emissions)` of each row's words, the steps where `word_mask` is True, in
+  order, read where they sit: `emissions` float `[batch, steps, num_tags]`, `tags` int
+  `[batch, steps]`, `word_mask` bool `[batch, steps]`. A row without words scores 0.
+
+  The words are not gathered to the front of their rows: under XLA on CPU, a sort on the
+  differentiable path made the MiniLM NER training step 3x slower (docs/finetuning.md, CRF
+  tagging)."""
+  emissions = tf.cast(emissions, tf.float32)
+  transitions = tf.cast(transitions, tf.float32)
+  start = tf.cast(start, tf.float32)
+  tags = tf.cast(tags, tf.int32)
+  word_mask = tf.cast(word_mask, tf.bool)
+  mask = tf.cast(word_mask, tf.float32)
+  unary = tf.reduce_sum(tf.gather(emissions, tags, batch_dims=2) * mask, axis=1)
+  # Each step's previous word: the last word step before it (-1: none).
+  positions = tf.range(tf.shape(tags)[1])
+  earlier = word_mask[:, None, :] & (positions[None, :, None] > positions[None, None, :])
+  previous = tf.reduce_max(tf.where(earlier, positions[None, None, :], -1), axis=2)
+  follows = word_mask & (previous >= 0)
+  previous_tags = tf.gather(tags, tf.maximum(previous, 0), batch_dims=1)
+  pairs = tf.stack([previous_tags, tags], axis=-1)
+  binary = tf.reduce_sum(tf.gather_nd(transitions, pairs) * tf.cast(follows, tf.float32),
+                         axis=1)
+  first = tf.reduce_sum(tf.gather(start, tags) * tf.cast(word_mask & ~follows, tf.float32),
+                        axis=1)
+  log_z = _forward_scan(emissions, word_mask, transitions, start)
+  return tf.where(tf.reduce_any(word_mask, axis=1), unary + binary + first - log_z, 0.0)
 
 
 def crf_log_likelihood(emissions: tf.Tensor, tags: tf.Tensor, lengths: tf.Tensor,
@@ -58,20 +90,8 @@ def crf_log_likelihood(emissions: tf.Tensor, tags: tf.Tensor, lengths: tf.Tensor
   Returns:
     float32 `[batch]` log-likelihoods (<= 0).
   """
-  emissions = tf.cast(emissions, tf.float32)
-  transitions = tf.cast(transitions, tf.float32)
-  start = tf.cast(start, tf.float32)
-  tags = tf.cast(tags, tf.int32)
-  active = tf.sequence_mask(lengths, tf.shape(emissions)[1])
-  mask = tf.cast(active, tf.float32)
-  unary = tf.reduce_sum(tf.gather(emissions, tags, batch_dims=2) * mask, axis=1)
-  first = tf.gather(start, tags[:, 0])
-  pairs = tf.stack([tags[:, :-1], tags[:, 1:]], axis=-1)
-  binary = tf.reduce_sum(tf.gather_nd(transitions, pairs) * mask[:, 1:], axis=1)
-  has_words = tf.cast(lengths, tf.int32) > 0
-  score = unary + binary + first
-  log_z = _forward_scan(emissions, active, transitions, start)
-  return tf.where(has_words, score - log_z, 0.0)
+  return _log_likelihood(emissions, tags, tf.sequence_mask(lengths, tf.shape(emissions)[1]),
+                         transitions, start)
 
 
 def crf_negative_log_likelihood_sums(scores: TagScores, labels: tf.Tensor,
@@ -87,11 +107,6 @@ def crf_negative_log_likelihood_sums(scores: TagScores, labels: tf.Tensor,
       a row's words are those positions in order (weight-0 rows, e.g. evaluation padding,
       add nothing).
   """
-  word_mask = weights > 0
-  order = words_first_order(word_mask)
-  emissions = tf.gather(tf.cast(scores.emissions, tf.float32), order, batch_dims=1)
-  tags = tf.gather(tf.cast(labels, tf.int32), order, batch_dims=1)
-  lengths = tf.reduce_sum(tf.cast(word_mask, tf.int32), axis=1)
-  log_likelihood = crf_log_likelihood(emissions, tags, lengths, scores.transitions,
-                                      scores.start)
+  log_likelihood = _log_likelihood(scores.emissions, labels, weights > 0, scores.transitions,
+                                   scores.start)
   return -tf.reduce_sum(log_likelihood), tf.reduce_sum(weights)

@@ -112,6 +112,40 @@ def test_layer_decay_scales_adams_first_update(strategy_name):
                                err_msg=variable.path)
 
 
+def test_the_crf_scores_train_at_their_own_rate_times_the_layer_decay():
+  # Adam's first update moves each weight by its rate (as above): the CRF's transition and
+  # start scores by lr * crf_rate_scale, the rest as layer decay says.
+  config = trainer_config("token_classification")
+  config.task.update(labels=["O", "B-X", "I-X"], num_classes=0, decoding="crf")
+  config.train.optimizer.update(weight_decay=0.0, learning_rate=0.01, warmup_steps=0,
+                                decay="constant", layer_decay=0.5, epsilon=1e-12,
+                                crf_rate_scale=10.0)
+  keras.utils.set_random_seed(0)
+  model = models.build(config)
+  variables = model.trainable_variables
+  optimizer = build_optimizer(config.train, variables)
+  optimizer.build(variables)
+  layer_scales = layer_rate_scales(variables, 0.5)
+  before = [v.numpy() for v in variables]
+  optimizer.apply([tf.ones_like(v) for v in variables], variables)
+  crf = [v.path for v in variables if v.path.rsplit("/", 1)[-1] in ("crf_transitions",
+                                                                   "crf_start")]
+  assert len(crf) == 2
+  for variable, old, layer_scale in zip(variables, before, layer_scales):
+    scale = 10.0 if variable.path in crf else layer_scale
+    np.testing.assert_allclose(old - variable.numpy(), 0.01 * scale, rtol=1e-4,
+                               err_msg=variable.path)
+
+
+def test_crf_rate_scale_must_be_positive():
+  from tfllm import config as config_lib
+  config = trainer_config()
+  config.train.optimizer.crf_rate_scale = 0.0
+  with pytest.raises(config_lib.ConfigError, match=r"crf_rate_scale=0.0 is not accepted; use "
+                                                   r"a factor > 0"):
+    config_lib.validate(config)
+
+
 def test_layer_decay_must_be_a_positive_factor():
   from tfllm import config as config_lib
   config = trainer_config()

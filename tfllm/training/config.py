@@ -50,6 +50,10 @@ def _train_defaults():
           # (L - i), the embeddings at rate * layer_decay ** (L + 1), heads at the full
           # rate (docs/finetuning.md); 1 = off.
           layer_decay=1.0,
+          # A CRF tagging head's transition and start scores (config.task.decoding="crf")
+          # train at rate * crf_rate_scale: at a fine-tuning rate they stay near their
+          # initial 0 (docs/finetuning.md, CRF tagging); 1 = the rate of the rest.
+          crf_rate_scale=1.0,
       ),
       early_stopping=dict(
           # Eval metric name (e.g. "loss"); "" = off. Needs eval_steps and eval_every_steps
@@ -66,6 +70,10 @@ def _check_train(section):
   if section.optimizer.layer_decay <= 0:
     raise ConfigError(f"config.train.optimizer.layer_decay={section.optimizer.layer_decay} is "
                       "not accepted; use a factor in (0, 1] (1 = off, e.g. 0.8)")
+  if section.optimizer.crf_rate_scale <= 0:
+    raise ConfigError(f"config.train.optimizer.crf_rate_scale="
+                      f"{section.optimizer.crf_rate_scale} is not accepted; use a factor > 0 "
+                      "(1 = the rate of the rest, e.g. 20)")
   stop = section.early_stopping
   if stop.metric and stop.patience < 1:
     raise ConfigError(f"config.train.early_stopping.patience={stop.patience} must be >= 1 "
@@ -98,7 +106,7 @@ SCHEMAS = {
                 "optimizer.epsilon": (0.0, None), "optimizer.clip_norm": (0.0, None),
                 "optimizer.warmup_steps": (0, None), "optimizer.decay_steps": (0, None),
                 "optimizer.min_learning_rate_ratio": (0.0, 1.0),
-                "optimizer.layer_decay": (0.0, 1.0),
+                "optimizer.layer_decay": (0.0, 1.0), "optimizer.crf_rate_scale": (0.0, None),
                 "early_stopping.patience": (0, None), "early_stopping.min_delta": (0.0, None)},
         check=_check_train),
 }

@@ -124,9 +124,20 @@ def layer_rate_scales(variables, layer_decay: float) -> List[float]:
   return [float(layer_decay ** (top - (top if depth is None else depth))) for depth in depths]
 
 
+CRF_VARIABLES = ("crf_transitions", "crf_start")   # a CRF tagging head's (models.heads)
+
+
+def crf_rate_scales(variables, crf_rate_scale: float) -> List[float]:
+  """`crf_rate_scale` for a CRF tagging head's transition and start scores, 1.0 for the
+  rest: one factor per variable, in order."""
+  return [float(crf_rate_scale) if v.path.rsplit("/", 1)[-1] in CRF_VARIABLES else 1.0
+          for v in variables]
+
+
 class _PreReducedAdamW(keras.optimizers.AdamW):
   """AdamW that takes gradients already summed over replicas, each variable's update at the
-  schedule's rate times its `rate_scales` factor (layer-wise decay; None: all 1).
+  schedule's rate times its `rate_scales` factor (layer-wise decay times the CRF's scale;
+  None: all 1).
 
   The training step all-reduces gradients itself, so that clipping sees the global norm of the
   global gradient (Keras clips before its own all-reduce, i.e. per replica); a second sum here
@@ -195,6 +206,8 @@ def build_optimizer(train: ml_collections.ConfigDict, variables, total_steps: in
   excluded = weight_decay_exclusions(variables, opt.decay_norms_biases, opt.decay_embeddings)
   if excluded and opt.weight_decay:
     optimizer.exclude_from_weight_decay(var_list=excluded)
-  if opt.layer_decay != 1.0:
-    optimizer.rate_scales = layer_rate_scales(variables, opt.layer_decay)
+  scales = [layer * crf for layer, crf in zip(layer_rate_scales(variables, opt.layer_decay),
+                                              crf_rate_scales(variables, opt.crf_rate_scale))]
+  if any(scale != 1.0 for scale in scales):
+    optimizer.rate_scales = scales
   return optimizer

@@ -169,7 +169,7 @@ def _run_mode(config, mode, compare, sweeps, batch_size, steps, repeats, jit_com
                                          iterations=repeats)
   else:
     raise config_lib.ConfigError(f"serve mode measures causal_lm and classifier exports, "
-                     f"not task {config.task.name!r}")
+                                 f"not task {config.task.name!r}")
   served = (dict(litert=litert, interpreter_threads=litert_threads) if litert
             else dict(saved_model=saved_model) if saved_model
             else dict(task=config.task.name, export_dir=export_dir))

@@ -18,6 +18,7 @@ from typing import Dict, List, Optional
 import keras
 import keras_hub
 import numpy as np
+import tensorflow as tf
 
 from tfllm import config as config_lib
 from tfllm.data.tokenizers import WORD_PIECE_RESERVED
@@ -221,7 +222,7 @@ def measure_saved_classifier(path: str, words: int = 20, batch_sizes=(1, 32),
   Returns:
     batch size -> {p50_ms, p99_ms, mean_ms, rows_per_s}.
   """
-  if not os.path.exists(os.path.join(path, "saved_model.pb")):
+  if not tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):   # gs:// too
     raise config_lib.ConfigError(f"{path} is not a SavedModel directory (no saved_model.pb); "
                                  "give a version directory of tfllm-export, e.g. "
                                  "/tmp/serving/ner/1")
@@ -249,7 +250,7 @@ def measure_litert_classifier(path: str, words: int = 20, batch_sizes=(1, 32),
     batch size -> {p50_ms, p99_ms, mean_ms, rows_per_s, interpreter: {p50_ms, p99_ms,
     mean_ms, rows_per_s}}.
   """
-  if not os.path.exists(os.path.join(path, litert.MODEL_FILE)):
+  if not tf.io.gfile.exists(os.path.join(path, litert.MODEL_FILE)):   # gs:// too
     raise config_lib.ConfigError(f"{path} is not a LiteRT export (no {litert.MODEL_FILE}); "
                                  "give a version directory of tfllm-export --format=litert, "
                                  "e.g. /tmp/litert/sentiment/1")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -199,8 +200,8 @@ def test_command_line_runs_and_refuses_bad_flags(tmp_path):
                        timeout=240)
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines()[-1] == (
-      f"tfllm-bench: error: {missing} is not a LiteRT export (no model.tflite); give a "
-      "version directory of tfllm-export --format=litert, e.g. /tmp/litert/sentiment/1")
+      f"tfllm-bench: error: litert={missing!r} holds no model.tflite; pass a version "
+      "directory tfllm-export --format=litert wrote, e.g. /tmp/litert/sentiment/1")
 
 
 def test_modes_refuse_what_they_cannot_measure():
@@ -224,7 +225,9 @@ def test_serve_mode_times_a_token_classifier_and_then_its_export_as_it_is(tmp_pa
   as_is = bench.run(config, mode="serve", saved_model=version, batch_size=2, repeats=2,
                     log=lambda line: None)
   assert as_is["saved_model"] == version and as_is["results"][2]["p50_ms"] > 0
-  with pytest.raises(ValueError, match="is not a SavedModel directory"):
+  # The export's base directory: the error names the version to pass.
+  with pytest.raises(ValueError, match=f"holds no saved_model.pb; it holds versions 1: pass "
+                                       f"{re.escape(version)}$"):
     bench.run(config, mode="serve", saved_model=str(tmp_path / "ner"), log=lambda line: None)
 
 

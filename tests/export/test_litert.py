@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from tfllm import config as config_lib
 from tfllm import export
-from tfllm.export import litert
+from tfllm.export import litert, predictor
 
 TEXTS = [b"the film was good", b"an awful movie , bad", b"hello", b"john lives in paris",
          b"mary lives in london ?", b"to be or not", b"that is the question !",
@@ -107,7 +107,7 @@ def test_bench_times_the_litert_export_whole_and_its_interpreter_alone(litert_ex
   for timed in (figures, figures["interpreter"]):
     assert 0 < timed["p50_ms"] <= timed["p99_ms"]
     assert timed["rows_per_s"] == pytest.approx(2000 / timed["mean_ms"])
-  with pytest.raises(ValueError, match="is not a LiteRT export"):
+  with pytest.raises(config_lib.ConfigError, match="holds no model.tflite"):
     bench.run(config, mode="serve", litert=exports["sequence_classification"][0],
               log=lambda line: None)
   # An export in a bucket (`ram://` stands in for `gs://`) is timed where it lies.
@@ -142,7 +142,7 @@ def test_runner_answers_as_the_saved_model(litert_exports, exports, task):
 @pytest.mark.parametrize("task", ["sequence_classification", "token_classification"])
 def test_batch_prediction_of_the_litert_export_equals_the_saved_models(litert_exports, exports,
                                                                        task, tmp_path):
-  from tfllm.export import predict as predict_lib, predictor   # pylint: disable=g-import-not-at-top
+  from tfllm.export import predict as predict_lib   # pylint: disable=g-import-not-at-top
   path, _, _, config = litert_exports(task, "none")
   assert predictor.model_config(litert=path)["data"] == {
       "sequence_length": config.data.sequence_length, "text_feature": config.data.text_feature,
@@ -161,7 +161,7 @@ def test_batch_prediction_of_the_litert_export_equals_the_saved_models(litert_ex
   assert [r[key] for r in rows["litert"]] == [r[key] for r in rows["saved_model"]]
   with pytest.raises(config_lib.ConfigError, match="got more than one"):
     predictor.model_config(saved_model=exports[task][0], litert=path)
-  with pytest.raises(config_lib.ConfigError, match="holds no litert.json"):
+  with pytest.raises(config_lib.ConfigError, match="holds no model.tflite"):
     predictor.model_config(litert=str(tmp_path))
 
 
@@ -183,6 +183,13 @@ def test_int8_variants_agree_on_labels(litert_exports, quantize):
   # (docs/serving.md, LiteRT). 0.9 leaves room for other CPUs' int8 kernels rounding a few
   # near-ties the other way, while a broken quantization (labels at chance: 1/5) fails.
   assert np.mean(reference == quantized) >= 0.9
+
+
+def test_predictor_checks_the_files_the_export_writes():
+  # The predictor names them itself: importing the export module would bring Keras into a
+  # TensorFlow-only serving process.
+  assert predictor.LITERT_MODEL_FILE == litert.MODEL_FILE
+  assert predictor.LITERT_INFO_FILE == litert.INFO_FILE
 
 
 @pytest.mark.slow

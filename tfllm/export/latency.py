@@ -20,9 +20,8 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
-from tfllm import config as config_lib
 from tfllm.data.tokenizers import WORD_PIECE_RESERVED
-from tfllm.export import litert
+from tfllm.export import litert, predictor
 from tfllm.export.saved_model import export_saved_model
 from tfllm.models import build, generation
 
@@ -222,10 +221,7 @@ def measure_saved_classifier(path: str, words: int = 20, batch_sizes=(1, 32),
   Returns:
     batch size -> {p50_ms, p99_ms, mean_ms, rows_per_s}.
   """
-  if not tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):   # gs:// too
-    raise config_lib.ConfigError(f"{path} is not a SavedModel directory (no saved_model.pb); "
-                                 "give a version directory of tfllm-export, e.g. "
-                                 "/tmp/serving/ner/1")
+  predictor.check_saved_model(path)
   text = " ".join(f"word{i}" for i in range(words)).encode()
   return measure_served(path, "serving_default",
                         lambda batch: {"text": np.array([text] * batch, object)},
@@ -250,10 +246,7 @@ def measure_litert_classifier(path: str, words: int = 20, batch_sizes=(1, 32),
     batch size -> {p50_ms, p99_ms, mean_ms, rows_per_s, interpreter: {p50_ms, p99_ms,
     mean_ms, rows_per_s}}.
   """
-  if not tf.io.gfile.exists(os.path.join(path, litert.MODEL_FILE)):   # gs:// too
-    raise config_lib.ConfigError(f"{path} is not a LiteRT export (no {litert.MODEL_FILE}); "
-                                 "give a version directory of tfllm-export --format=litert, "
-                                 "e.g. /tmp/litert/sentiment/1")
+  predictor.check_litert(path)
   classifier = litert.LiteRTClassifier(path, num_threads=num_threads)
   text = " ".join(f"word{i}" for i in range(words))
   figures = {}

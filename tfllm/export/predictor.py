@@ -22,9 +22,10 @@ from tfllm.export import tf_only
 GENERATION_SETTINGS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed")
 # `assets.extra/` file of an export that holds the config it was made from.
 EXPORT_CONFIG_FILE = os.path.join("assets.extra", "tfllm_config.json")
-# A LiteRT version directory's description (`tfllm.export.litert.INFO_FILE`; that module
-# brings Keras, which an export is served without).
+# A LiteRT version directory's description and model (`tfllm.export.litert.INFO_FILE` and
+# `MODEL_FILE`; that module brings Keras, which an export is served without).
 LITERT_INFO_FILE = "litert.json"
+LITERT_MODEL_FILE = "model.tflite"
 
 @dataclasses.dataclass
 class Predictor:
@@ -40,6 +41,29 @@ class Predictor:
   source: str
 
 
+def check_saved_model(path: str) -> None:
+  """Raises a one-line `ConfigError` unless `path` is a SavedModel version directory
+  (`gs://` too); when it is the export's base directory, the error names its latest version."""
+  if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
+    return
+  from tfllm.export.saved_model import existing_versions  # brings Keras: only on this error path
+  versions = [str(version) for version in existing_versions(path)]
+  hint = (f"; it holds versions {', '.join(versions)}: pass "
+          f"{os.path.join(path, versions[-1])}" if versions else
+          "; pass a version directory tfllm-export wrote, e.g. /tmp/tfllm_serving/"
+          "shakespeare/1")
+  raise config_lib.ConfigError(f"saved_model={path!r} holds no saved_model.pb{hint}")
+
+
+def check_litert(path: str) -> None:
+  """Raises a one-line `ConfigError` unless `path` is a LiteRT version directory (`gs://`
+  too): the export puts its model file in place last, so its presence means a whole export."""
+  if not tf.io.gfile.exists(os.path.join(path, LITERT_MODEL_FILE)):
+    raise config_lib.ConfigError(
+        f"litert={path!r} holds no {LITERT_MODEL_FILE}; pass a version directory "
+        "tfllm-export --format=litert wrote, e.g. /tmp/litert/sentiment/1")
+
+
 def _check_model_source(model_dir: Optional[str], saved_model: Optional[str],
                         litert: Optional[str] = None) -> None:
   given = sum(bool(source) for source in (model_dir, saved_model, litert))
@@ -48,21 +72,13 @@ def _check_model_source(model_dir: Optional[str], saved_model: Optional[str],
         "give exactly one of --model_dir (a training run's directory), --saved_model (an "
         "exported version directory) and --litert (a LiteRT version directory); got "
         f"{'neither' if not given else 'more than one'}")
-  if litert and not tf.io.gfile.exists(os.path.join(litert, LITERT_INFO_FILE)):
-    raise config_lib.ConfigError(
-        f"litert={litert!r} holds no {LITERT_INFO_FILE}; pass a version directory "
-        "tfllm-export --format=litert wrote, e.g. /tmp/litert/sentiment/1")
+  if litert:
+    check_litert(litert)
   if model_dir and not tf.io.gfile.isdir(model_dir):
     raise config_lib.ConfigError(f"model_dir={model_dir!r} does not exist; pass the "
                                  "directory a training run wrote")
-  if saved_model and not tf.io.gfile.exists(os.path.join(saved_model, "saved_model.pb")):
-    from tfllm.export.saved_model import existing_versions  # brings Keras: only on this error path
-    versions = [str(version) for version in existing_versions(saved_model)]
-    hint = (f"; it holds versions {', '.join(versions)}: pass "
-            f"{os.path.join(saved_model, versions[-1])}" if versions else
-            "; pass a version directory tfllm-export wrote, e.g. /tmp/tfllm_serving/"
-            "shakespeare/1")
-    raise config_lib.ConfigError(f"saved_model={saved_model!r} holds no saved_model.pb{hint}")
+  if saved_model:
+    check_saved_model(saved_model)
 
 
 def model_config(model_dir: Optional[str] = None, saved_model: Optional[str] = None,

@@ -18,7 +18,6 @@ from typing import Dict, List, Optional
 import keras
 import keras_hub
 import numpy as np
-import tensorflow as tf
 
 from tfllm.data.tokenizers import WORD_PIECE_RESERVED
 from tfllm.export import litert, predictor

@@ -129,10 +129,20 @@ def test_runner_answers_as_the_saved_model(litert_exports, exports, task):
   path = litert_exports(task, "none")[0]
   served = tf.saved_model.load(exports[task][0]).signatures["serving_default"](
       text=tf.constant(TEXTS))
-  ran = litert.LiteRTClassifier(path)(TEXTS)
+  runner = litert.LiteRTClassifier(path)
+  ran = runner(TEXTS)
   assert sorted(ran) == sorted(served)
   key = "label" if task == "sequence_classification" else "tags"
   assert ran[key].tolist() == served[key].numpy().tolist()
+  def answers(outputs):   # tags unpadded (a batch pads them to its longest text)
+    if key == "label":
+      return [bytes(label) for label in np.asarray(outputs["label"])]
+    return [list(tags[:n]) for tags, n in zip(np.asarray(outputs["tags"]).tolist(),
+                                             np.asarray(outputs["num_words"]))]
+
+  for size in (1, 3, 4):   # other batch sizes: the same answers, from the one decode graph
+    assert answers(runner(TEXTS[:size])) == answers(served)[:size]
+  assert runner._decode.experimental_get_tracing_count() <= 2   # pylint: disable=protected-access
   if task == "sequence_classification":
     np.testing.assert_allclose(ran["probabilities"], served["probabilities"].numpy(),
                                atol=1e-5)

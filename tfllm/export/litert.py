@@ -249,6 +249,9 @@ class LiteRTClassifier:
     self.encoder = self.outputs.encoder(self.tokenizer, self.sequence_length)
     # In a graph, as in serving (eager keras-hub tokenizers return Python lists).
     self._encode = tf.function(lambda text: self.encoder(heads.sanitize_text(text)))
+    # Decoding too: run eagerly, the tagger's op-by-op Viterbi and word alignment cost more
+    # than the interpreter at batch 1 (docs/finetuning.md). One trace serves every batch size.
+    self._decode = tf.function(self._outputs, reduce_retracing=True)
 
   def encode(self, texts: Sequence):
     """The preprocessing step: strings -> (`{token_ids, padding_mask}` int32 NumPy
@@ -302,9 +305,13 @@ class LiteRTClassifier:
     """
     features, encoded = self.encode(texts)
     scores = tf.constant(self.run_ids(**features))
+    return {k: v.numpy() for k, v in self._decode(scores, encoded).items()}
+
+  def _outputs(self, scores, encoded):
+    """The serving outputs of the interpreter's `scores` for the encoder's context."""
     if self.info["task"] == "sequence_classification":
       scores = tf.math.log(tf.maximum(scores, 1e-30))   # LabelOutputs softmaxes: back to p
     elif "crf_transitions" in self.info:
       scores = TagScores(scores, tf.constant(self.info["crf_transitions"], tf.float32),
                          tf.constant(self.info["crf_start"], tf.float32))
-    return {k: v.numpy() for k, v in self.outputs(scores, encoded).items()}
+    return self.outputs(scores, encoded)

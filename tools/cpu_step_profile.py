@@ -22,7 +22,6 @@ import argparse
 import collections
 import glob
 import json
-import os
 import re
 import subprocess
 import sys
@@ -244,10 +243,8 @@ def main():
   parser.add_argument("--torch_python", default=None)
   parser.add_argument("--output", default=None, help="JSON file for the figures")
   args = parser.parse_args()
-  machine = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-  model = re.search(r"Model name:\s*(.*)", machine)
-  print(f"machine: {model.group(1) if model else 'unknown'}, "
-        f"{len(os.sched_getaffinity(0))} cores, load {os.getloadavg()}")
+  from tfllm.bench import machine as machine_lib  # pylint: disable=import-outside-toplevel
+  print(machine_lib.summary(machine_lib.describe()))
   result = {"train": profile_train, "generate": profile_generate, "gemm": profile_gemm}[
       args.what](args)
   if args.output:

@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import pickle
-import platform
 import re
 import subprocess
 import sys
@@ -122,25 +121,19 @@ def main():
   data = os.path.join(args.work, "data")
   split = write_nanogpt_data(data)
   python = torch_interpreter(args.torch_python, args.work)
-  machine = dict(cpu=platform.processor() or platform.machine(), cores=len(
-      os.sched_getaffinity(0)), load_before=os.getloadavg())
-  try:
-    machine["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                          if line.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
+  from tfllm.bench import machine as machine_lib  # pylint: disable=import-outside-toplevel
+  before = machine_lib.describe()
   tfllm = run_tfllm(args.minutes, os.path.join(args.work, f"tfllm-{int(time.time())}"),
                     args.tfllm_flag)
   nanogpt = run_nanogpt(python, args.nanogpt, data, args.minutes)
-  machine["load_after"] = os.getloadavg()
+  machine = machine_lib.finish(before)
   result = dict(minutes=args.minutes, split=split, machine=machine, tfllm=tfllm,
                 nanogpt=nanogpt,
                 tokens_per_second_ratio=tfllm["tokens_per_second"] / nanogpt["tokens_per_second"],
                 nats_per_char_difference=tfllm["nats_per_char"] - nanogpt["nats_per_char"])
   with open(os.path.join(args.work, "result.json"), "w", encoding="utf-8") as f:
     json.dump(result, f, indent=2)
-  print(f"machine: {machine['cpu']}, {machine['cores']} cores, load {machine['load_before']} "
-        f"-> {machine['load_after']}")
+  print(machine_lib.summary(machine))
   print(f"{'':<10} {'steps':>8} {'tokens/s':>10} {'val nats/char':>14}")
   for name, r in (("tfllm", tfllm), ("nanoGPT", nanogpt)):
     print(f"{name:<10} {r['steps']:>8} {r['tokens_per_second']:>10,.0f} "

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from tests.testing import tiny_config
 from tfllm import config as config_lib
-from tfllm.bench import collectives, keras_hub_models, measure, mfu, sweep
+from tfllm.bench import collectives, keras_hub_models, machine, measure, mfu, sweep
 from tfllm.bench import run as bench
 from tfllm.bench import train
 
@@ -167,6 +167,22 @@ def test_generate_mode_times_both_generators(tmp_path):
   assert set(entry) == {"tfllm", "keras_hub", "ratio new_tokens_per_second tfllm/keras_hub",
                         "ratio cpu time per call keras_hub/tfllm"}
   assert entry["tfllm"]["new_tokens_per_second"]["median"] > 0
+  assert set(saved["machine"]) == {"cpu", "cores", "load_before", "load_after", "busy"}
+  assert saved["machine"]["cores"] >= 1 and saved["machine"]["cpu"]
+
+
+@pytest.mark.parametrize("load, busy", [(0.2, False), (0.99, False), (1.0, True), (3.5, True),
+                                        (None, False)])
+def test_machine_says_busy_when_the_load_before_reached_half_the_cores(monkeypatch, load,
+                                                                       busy):
+  monkeypatch.setattr(machine, "load_average", lambda: load)
+  monkeypatch.setattr(machine, "cores", lambda: 2)
+  monkeypatch.setattr(machine, "cpu_model", lambda: "Some CPU")
+  result = machine.finish(machine.describe())
+  assert result == dict(cpu="Some CPU", cores=2, load_before=load, load_after=load, busy=busy)
+  line = machine.summary(result)
+  assert line.startswith("machine: Some CPU, 2 cores, load average ")
+  assert ("busy before the start" in line) == busy
 
 
 def test_attention_mode_compares_blockwise_and_standard():

@@ -23,7 +23,7 @@ import keras
 
 from tfllm import config as config_lib
 from tfllm import runtime
-from tfllm.bench import hlo, mfu, report, sweep as sweep_lib
+from tfllm.bench import hlo, machine, mfu, report, sweep as sweep_lib
 from tfllm.bench.attention import benchmark_attention
 from tfllm.bench.generate import benchmark_generate
 from tfllm.bench.train import benchmark_train
@@ -68,7 +68,8 @@ def run(config, mode: str = "train", compare: Optional[str] = None,
     log: where tables and progress lines go.
 
   Returns:
-    The result dict written to `output`.
+    The result dict written to `output`, with `machine` (`bench.machine`: CPU, cores, load
+    average before and after, whether other work was running).
   """
   if mode not in MODES:
     raise config_lib.ConfigError(f"mode={mode!r} is not accepted; use one of: "
@@ -80,6 +81,7 @@ def run(config, mode: str = "train", compare: Optional[str] = None,
   log(runtime.configure_threads(threads) or threads.describe())
   previous_policy = keras.mixed_precision.global_policy()
   keras.mixed_precision.set_global_policy(mixed_precision)
+  before = machine.describe()
   try:
     result = _run_mode(config, mode, compare, parsed, batch_size, steps, repeats, jit_compile,
                        mixed_precision, peak_flops, prompt_length, new_tokens,
@@ -87,6 +89,8 @@ def run(config, mode: str = "train", compare: Optional[str] = None,
                        threads.intra_op, log)
   finally:
     keras.mixed_precision.set_global_policy(previous_policy)
+  result["machine"] = machine.finish(before)
+  log(machine.summary(result["machine"]))
   if output:
     report.write_json(result, output)
     log(f"wrote {output}")

@@ -10,7 +10,7 @@ Example:
   before = machine.describe()            # {"cpu": "AMD EPYC", "cores": 2, "load_before": 0.1}
   ...                                     # time something
   after = machine.finish(before)          # adds "load_after"
-  print(machine.summary(after))           # "AMD EPYC, 2 cores, load average 0.10 -> 1.95"
+  print(machine.summary(after))  # "machine: AMD EPYC, 2 cores, load average 0.10 -> 1.95"
 """
 
 from __future__ import annotations

@@ -250,7 +250,8 @@ class LiteRTClassifier:
     # In a graph, as in serving (eager keras-hub tokenizers return Python lists).
     self._encode = tf.function(lambda text: self.encoder(heads.sanitize_text(text)))
     # Decoding too: run eagerly, the tagger's op-by-op Viterbi and word alignment cost more
-    # than the interpreter at batch 1 (docs/finetuning.md). One trace serves every batch size.
+    # than the interpreter at batch 1 (docs/finetuning.md). After a second batch size, one
+    # shape-generic trace serves them all.
     self._decode = tf.function(self._outputs, reduce_retracing=True)
 
   def encode(self, texts: Sequence):

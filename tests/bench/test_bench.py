@@ -176,7 +176,7 @@ def test_generate_mode_times_both_generators(tmp_path):
 def test_machine_says_busy_when_the_load_before_reached_half_the_cores(monkeypatch, load,
                                                                        busy):
   monkeypatch.setattr(machine, "load_average", lambda: load)
-  monkeypatch.setattr(machine, "cores", lambda: 2)
+  monkeypatch.setattr(machine.runtime, "available_cores", lambda: 2)
   monkeypatch.setattr(machine, "cpu_model", lambda: "Some CPU")
   result = machine.finish(machine.describe())
   assert result == dict(cpu="Some CPU", cores=2, load_before=load, load_after=load, busy=busy)

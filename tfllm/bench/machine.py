@@ -1,4 +1,5 @@
-"""The machine a benchmark ran on: CPU model, usable cores, load average before and after.
+"""The machine a benchmark ran on: CPU model, usable cores (`runtime.available_cores`: the
+affinity set capped by a container's CPU quota), load average before and after.
 
 Two runs of the same command differ several-fold between CPUs (AVX-512 against AVX2) and
 between an idle and a shared machine, so every figure is kept with the CPU's name and the
@@ -19,6 +20,8 @@ import os
 import platform
 from typing import Dict, Optional
 
+from tfllm import runtime
+
 # A 1-minute load average at or above this fraction of the cores before a benchmark starts:
 # other work held the cores, and the benchmark says so.
 BUSY_FRACTION = 0.5
@@ -36,14 +39,6 @@ def cpu_model() -> str:
   return platform.processor() or platform.machine() or "unknown"
 
 
-def cores() -> int:
-  """The cores this process may run on (its affinity, not the host's count)."""
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:   # macOS has no affinity
-    return os.cpu_count() or 1
-
-
 def load_average() -> Optional[float]:
   """The 1-minute load average (None where the platform has none)."""
   try:
@@ -54,7 +49,7 @@ def load_average() -> Optional[float]:
 
 def describe() -> Dict:
   """`{cpu, cores, load_before}`, taken before a benchmark."""
-  return dict(cpu=cpu_model(), cores=cores(), load_before=load_average())
+  return dict(cpu=cpu_model(), cores=runtime.available_cores(), load_before=load_average())
 
 
 def finish(before: Dict) -> Dict:

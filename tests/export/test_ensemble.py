@@ -206,3 +206,24 @@ def test_greedy_soup_compares_members_on_validation_whatever_they_were_last_eval
   config.export.soup_split = "validation[:50%]"
   assert ensemble.soup_eval_config(config).data.eval_split == "validation[:50%]"
   assert ensemble.soup_eval_config(config, {"soup_split": "dev"}).data.eval_split == "dev"
+
+
+def test_a_soup_says_when_its_members_drew_their_own_heads(tmp_path):
+  def members(name, seeds, init_seed):
+    dirs = []
+    for seed in seeds:
+      config = export_config("sequence_classification")
+      config.train.update(seed=seed, init_seed=init_seed)
+      dirs.append(str(tmp_path / f"{name}{seed}"))
+      make_model_dir(dirs[-1], "sequence_classification", seed=seed, config=config)
+    return dirs
+
+  lines = []
+  ensemble.export_members(members("own", (1, 2), -1), str(tmp_path / "own_soup"),
+                          soup="uniform", log=lines.append)
+  assert any("built from different seeds (1, 2)" in line for line in lines), lines
+  lines = []
+  ensemble.export_members(members("shared", (1, 2), 0), str(tmp_path / "shared_soup"),
+                          soup="uniform", log=lines.append)
+  assert not any("different seeds" in line for line in lines), lines
+  assert ensemble.build_seed(export_config("sequence_classification")) == 0

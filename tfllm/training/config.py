@@ -20,6 +20,11 @@ def _train_defaults():
       eval_steps=20,             # eval batches per evaluation; 0 = no evaluation
       eval_every_steps=0,        # evaluate every N steps (rounded up to a loop); 0 = at the end
       seed=0,
+      # Seed of the model's build alone (the new head's initial weights, the dropout layers'
+      # seed generators); train.seed then draws the rest (data order). -1 = train.seed.
+      # Runs that differ only in train.seed with one init_seed leave one shared start, which
+      # a weight soup assumes (docs/finetuning.md, "Ensembles, weight soups and LiteRT").
+      init_seed=-1,
       jit_compile="auto",        # auto: XLA on GPUs and TPUs (any strategy), off on CPUs
       # Wall-clock minutes of training (compilation included, evaluation at the end not):
       # then checkpoint and evaluate. The learning-rate decay ends with the budget or with
@@ -95,7 +100,7 @@ SCHEMAS = {
                  "early_stopping.mode": ("min", "max")},
         ranges={"global_batch_size": (1, None), "steps": (0, None),
                 "steps_per_loop": (1, None), "grad_accum_steps": (1, None),
-                "model_parallel": (1, None),
+                "model_parallel": (1, None), "init_seed": (-1, None),
                 "eval_steps": (0, None), "eval_every_steps": (0, None),
                 "time_budget_minutes": (0.0, None), "checkpoint_every_steps": (0, None),
                 "keep_checkpoints": (1, None), "log_every_steps": (0, None),

@@ -94,7 +94,8 @@ def build_experiment(config: ml_collections.ConfigDict, strategy: tf.distribute.
     if config.data.get("train_examples", 0):   # the low-resource subset's positions
       write_atomically(os.path.join(model_dir, train_subset.INDICES_FILE),
                        train_subset.describe(config.data))
-  keras.utils.set_random_seed(config.train.seed)
+  build_seed = config.train.init_seed if config.train.init_seed >= 0 else config.train.seed
+  keras.utils.set_random_seed(build_seed)
   if config.train.model_parallel > 1:
     # Outside the scope: a strategy would turn each shard into a variable mirrored on its
     # own devices; the shards are plain variables on theirs (the trainer sums gradients).
@@ -102,6 +103,10 @@ def build_experiment(config: ml_collections.ConfigDict, strategy: tf.distribute.
   else:
     with strategy.scope():
       experiment = _build_models(config, policy, tokenizer, log)
+  if build_seed != config.train.seed:
+    # Only then: a run whose init_seed is its train.seed draws exactly as before the option.
+    keras.utils.set_random_seed(config.train.seed)
+    log(f"model built with init_seed {build_seed}; train.seed {config.train.seed} draws the rest")
   if startup:
     startup.mark("model")
   experiment.gradients = gradients

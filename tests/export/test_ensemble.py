@@ -226,4 +226,3 @@ def test_a_soup_says_when_its_members_drew_their_own_heads(tmp_path):
   ensemble.export_members(members("shared", (1, 2), 0), str(tmp_path / "shared_soup"),
                           soup="uniform", log=lines.append)
   assert not any("different seeds" in line for line in lines), lines
-  assert ensemble.build_seed(export_config("sequence_classification")) == 0

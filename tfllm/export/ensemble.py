@@ -37,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfllm import config as config_lib
+from tfllm import models
 from tfllm.export import saved_model, trained
 from tfllm.tagging.scores import TagScores
 
@@ -200,12 +201,6 @@ def check_same_architecture(members: Sequence[Member]) -> None:
           "a weight soup averages float weights: use members trained without quantize")
 
 
-def build_seed(config) -> int:
-  """The seed a run's model build drew from: `train.init_seed`, or `train.seed` when -1."""
-  init_seed = config.train.get("init_seed", -1)
-  return init_seed if init_seed >= 0 else config.train.seed
-
-
 def average_weights(weight_lists: Sequence[Sequence[np.ndarray]]) -> List[np.ndarray]:
   """The element-wise mean of each weight over the lists (float weights; any other dtype,
   e.g. a random generator's state, is taken from the first list)."""
@@ -300,7 +295,7 @@ def export_soup(members: Sequence[Member], method: str, export_dir: str,
   weight_lists = [m.model.get_weights() for m in members]
   dirs = [m.model_dir for m in members]
   record = {"kind": f"{method}_soup", "members": dirs}
-  seeds = [build_seed(m.config) for m in members]
+  seeds = [models.build_seed(m.config.train) for m in members]
   if len(set(seeds)) > 1:
     # Not refused: the averaged backbone still starts from one checkpoint, and soups of
     # such members were measured (docs/finetuning.md); the new head is what differs.

@@ -28,6 +28,16 @@ def build_backbone(model) -> TransformerBackbone:
       attention_block_size=model.attention_block_size, name="backbone")
 
 
+def build_seed(train) -> int:
+  """The seed a run's model build draws from (the new head's initial weights, the dropout
+  layers' seed generators): `train.init_seed`, or `train.seed` when it is -1.
+
+  Args:
+    train: the `train` config section.
+  """
+  return train.init_seed if train.init_seed >= 0 else train.seed
+
+
 def build(config, backbone: TransformerBackbone | None = None) -> keras.Model:
   """Validates `config` and returns its task model, built (variables exist).
 

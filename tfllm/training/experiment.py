@@ -94,7 +94,7 @@ def build_experiment(config: ml_collections.ConfigDict, strategy: tf.distribute.
     if config.data.get("train_examples", 0):   # the low-resource subset's positions
       write_atomically(os.path.join(model_dir, train_subset.INDICES_FILE),
                        train_subset.describe(config.data))
-  build_seed = config.train.init_seed if config.train.init_seed >= 0 else config.train.seed
+  build_seed = models.build_seed(config.train)
   keras.utils.set_random_seed(build_seed)
   if config.train.model_parallel > 1:
     # Outside the scope: a strategy would turn each shard into a variable mirrored on its

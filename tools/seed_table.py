@@ -174,7 +174,8 @@ def main(argv=None) -> int:
   parser.add_argument("--seeds", default="0,1,2", help="comma-separated train seeds")
   parser.add_argument("--metric", default=None, help="eval metric (default by task)")
   parser.add_argument("--train", default=os.path.join(os.path.dirname(sys.executable),
-                                                      "tfllm-train"))
+                                                      "tfllm-train"),
+                      help="the tfllm-train to run (default: beside this Python)")
   parser.add_argument("--table_only", action="store_true", help="print the table, run nothing")
   args = parser.parse_args(argv)
   try:
@@ -182,6 +183,10 @@ def main(argv=None) -> int:
     seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
   except ValueError as error:
     print(f"seed_table: error: {error}", file=sys.stderr)
+    return 2
+  if not args.table_only and not os.path.isfile(args.train):
+    print(f"seed_table: error: --train={args.train} does not exist; run this with the Python "
+          "that has tfllm installed (e.g. .venv/bin/python) or pass --train=PATH", file=sys.stderr)
     return 2
   os.makedirs(args.work, exist_ok=True)
   if not args.table_only:

@@ -67,6 +67,10 @@ def test_a_row_without_a_name_is_a_usage_error_and_a_failed_run_exits_1(tmp_path
   assert "is not NAME=FLAGS" in capsys.readouterr().err
   assert seed_table.main(["--config=c", work, "--row=a=", "--train=/bin/false"]) == 1
   assert "seed_table: error: row 'a', seed 0:" in capsys.readouterr().err
+  missing = str(tmp_path / "no-such-train")
+  assert seed_table.main(["--config=c", work, "--row=a=", f"--train={missing}"]) == 2
+  error = capsys.readouterr().err
+  assert f"--train={missing} does not exist" in error and error.count("\n") == 1
   with pytest.raises(ValueError):
     seed_table.parse_row("=--flag")
 

@@ -11,8 +11,11 @@ writes `eval_metrics.json`). Runs whose test figures exist are not run again, so
 resumes after an interruption and a later call can add rows or seeds. The table (stdout and
 `WORK/table.md`) gives, per row, the validation and test metric as mean ± spread (max - min)
 over the seeds, the test difference to the first row on the same seed (mean; min..max), the
-mean seconds of a training command, and the row's command. Choose on the validation
-column; the test column is reported, not chosen on.
+mean seconds of a training command with the load average it ran under (1-minute, the lowest
+before and the highest after over the row's runs), and the row's command; below it, the CPUs
+the runs were timed on (`tfllm.bench.machine`). A load at or above half the cores means other
+work shared the machine and the seconds compare only with runs beside them. Choose on the
+validation column; the test column is reported, not chosen on.
 
   .venv/bin/python tools/seed_table.py --config=minilm_movie_sentiment --seeds=0,1,2 \\
       --work=/tmp/rows --row="baseline=" \\
@@ -33,6 +36,8 @@ import subprocess
 import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from tfllm.bench import machine
 
 DEFAULT_METRICS = {"sequence_classification": "accuracy",
                    "token_classification": "entity/micro/f1"}
@@ -88,6 +93,7 @@ def run_one(train: str, config: str, model_dir: str, seed: int, flags: Sequence[
   command = train_command(train, config, model_dir, seed, flags)
   validation_path = os.path.join(model_dir, VALIDATION_FILE)
   if _read(validation_path) is None:
+    before = machine.describe()
     start = time.time()
     log(f"training {model_dir}")
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
@@ -98,7 +104,7 @@ def run_one(train: str, config: str, model_dir: str, seed: int, flags: Sequence[
     with open(validation_path, "w", encoding="utf-8") as f:
       json.dump(metrics, f, indent=2, sort_keys=True)
     with open(os.path.join(model_dir, TIMES_FILE), "w", encoding="utf-8") as f:
-      json.dump({"train_seconds": time.time() - start}, f)
+      json.dump({"train_seconds": time.time() - start, "machine": machine.finish(before)}, f)
   test = _read(os.path.join(model_dir, TEST_FILE))
   if test is None or test.get("split") != "test":
     log(f"evaluating {model_dir} on test")
@@ -136,6 +142,7 @@ def build_table(rows: Sequence[Tuple[str, List[str]]], seeds: Sequence[int],
     seconds = [results[(name, s)]["train_seconds"] for s in done
                if results[(name, s)].get("train_seconds") is not None]
     time_cell = f"{sum(seconds) / len(seconds):.0f}" if seconds else "–"
+    time_cell += _load_note([results[(name, s)].get("machine") for s in done])
     lines.append(f"| {name} | {','.join(map(str, done)) or '–'} | {_mean_spread(validation)} "
                  f"| **{_mean_spread(test)}** | {delta} | {time_cell} | "
                  f"`{shell_words(flags) or '(the recipe)'}` |")
@@ -143,7 +150,25 @@ def build_table(rows: Sequence[Tuple[str, List[str]]], seeds: Sequence[int],
   lines.append(f"Each run: `tfllm-train --config={config} --model_dir=WORK/<row>_s<seed> "
                "--distribution_strategy=one_device --config.train.seed=<seed> <flags>`, then "
                "the same with `--mode=eval --config.data.eval_split=test`.")
+  machines = sorted({f"{m['cpu']}, {m['cores']} cores" for m in
+                     (result.get("machine") for result in results.values()) if m})
+  if machines:
+    lines.append(f"Timed on: {'; '.join(machines)}. A load average at or above half the cores "
+                 "(busy) means other work shared the machine: such seconds compare only with "
+                 "runs beside them.")
   return "\n".join(lines)
+
+
+def _load_note(machines: Sequence[Optional[dict]]) -> str:
+  """` (load 0.1..2.3)` over the runs that recorded their machine, ` busy` added where a run
+  started on a busy machine; empty where none recorded it."""
+  machines = [m for m in machines if m]
+  before = [m["load_before"] for m in machines if m.get("load_before") is not None]
+  after = [m["load_after"] for m in machines if m.get("load_after") is not None]
+  if not before or not after:
+    return ""
+  busy = ", busy" if any(m.get("busy") for m in machines) else ""
+  return f" (load {min(before):.1f}..{max(after):.1f}{busy})"
 
 
 def collect(work: str, rows, seeds, metric: Optional[str]):
@@ -162,7 +187,8 @@ def collect(work: str, rows, seeds, metric: Optional[str]):
           "validation": validation.get(metric) if validation and metric else None,
           "test": test.get(metric) if test and test.get("split") == "test" and metric
                   else None,
-          "train_seconds": times.get("train_seconds")}
+          "train_seconds": times.get("train_seconds"),
+          "machine": times.get("machine")}
   return results, metric or "accuracy"
 
 

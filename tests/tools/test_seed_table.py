@@ -79,3 +79,25 @@ def test_flags_are_shown_as_they_would_be_typed():
   flags = seed_table.parse_row("""EDA=--config.data.augment.methods="('eda',)" --x=1""")[1]
   assert flags == ["--config.data.augment.methods=('eda',)", "--x=1"]
   assert seed_table.shell_words(flags) == """"--config.data.augment.methods=('eda',)" --x=1"""
+
+
+def test_each_training_time_keeps_the_machine_and_load_it_ran_under(tmp_path, monkeypatch,
+                                                                  capsys):
+  train = tmp_path / "fake-train"
+  train.write_text(FAKE_TRAIN.format(python=sys.executable))
+  train.chmod(train.stat().st_mode | stat.S_IEXEC)
+  loads = iter([0.2, 1.9, 1.5, 2.4])         # before / after of seed 0, then of seed 1
+  monkeypatch.setattr(seed_table.machine, "load_average", lambda: next(loads))
+  monkeypatch.setattr(seed_table.machine, "cpu_model", lambda: "Test CPU")
+  monkeypatch.setattr(seed_table.machine.runtime, "available_cores", lambda: 2)
+  work = str(tmp_path / "work")
+  assert seed_table.main(["--config=recipe", f"--work={work}", f"--train={train}",
+                          "--seeds=0,1", "--row=baseline="]) == 0
+  table = capsys.readouterr().out
+  row = next(line for line in table.splitlines() if line.startswith("| baseline"))
+  # Seed 1 started at load 1.5 on 2 cores (>= half of them): the row says it shared the machine.
+  assert " (load 0.2..2.4, busy) |" in row
+  assert "Timed on: Test CPU, 2 cores." in table
+  seconds = seed_table._read(os.path.join(work, "baseline_s0", seed_table.TIMES_FILE))
+  assert seconds["machine"] == {"cpu": "Test CPU", "cores": 2, "load_before": 0.2,
+                                "load_after": 1.9, "busy": False}

@@ -11,11 +11,11 @@ writes `eval_metrics.json`). Runs whose test figures exist are not run again, so
 resumes after an interruption and a later call can add rows or seeds. The table (stdout and
 `WORK/table.md`) gives, per row, the validation and test metric as mean ± spread (max - min)
 over the seeds, the test difference to the first row on the same seed (mean; min..max), the
-mean seconds of a training command with the load average it ran under (1-minute, the lowest
-before and the highest after over the row's runs), and the row's command; below it, the CPUs
-the runs were timed on (`tfllm.bench.machine`). A load at or above half the cores means other
-work shared the machine and the seconds compare only with runs beside them. Choose on the
-validation column; the test column is reported, not chosen on.
+mean seconds of a training command with what else ran meanwhile (the share of the machine's
+CPU time other work took, lowest..highest over the row's runs, and `busy` where a run's reached
+a quarter: `tfllm.bench.machine`), and the row's command; below it, the CPUs the runs were
+timed on. A busy run's seconds compare only with runs beside it. Choose on the validation
+column; the test column is reported, not chosen on.
 
   .venv/bin/python tools/seed_table.py --config=minilm_movie_sentiment --seeds=0,1,2 \\
       --work=/tmp/rows --row="baseline=" \\
@@ -153,22 +153,23 @@ def build_table(rows: Sequence[Tuple[str, List[str]]], seeds: Sequence[int],
   machines = sorted({f"{m['cpu']}, {m['cores']} cores" for m in
                      (result.get("machine") for result in results.values()) if m})
   if machines:
-    lines.append(f"Timed on: {'; '.join(machines)}. A load average at or above half the cores "
-                 "(busy) means other work shared the machine: such seconds compare only with "
-                 "runs beside them.")
+    lines.append(f"Timed on: {'; '.join(machines)}. Busy: other work took a quarter or more "
+                 "of the CPU time during a run, whose seconds then compare only with runs "
+                 "beside it.")
   return "\n".join(lines)
 
 
 def _load_note(machines: Sequence[Optional[dict]]) -> str:
-  """` (load 0.1..2.3)` over the runs that recorded their machine, ` busy` added where a run
-  started on a busy machine; empty where none recorded it."""
-  machines = [m for m in machines if m]
-  before = [m["load_before"] for m in machines if m.get("load_before") is not None]
-  after = [m["load_after"] for m in machines if m.get("load_after") is not None]
-  if not before or not after:
+  """` (other work 0..31% of the CPU, busy)` over the runs that measured it (`busy` where one
+  was); empty where none did."""
+  machines = [m for m in machines if m and m.get("other_work") is not None]
+  if not machines:
     return ""
+  shares = [m["other_work"] for m in machines]
+  low, high = f"{min(shares):.0%}", f"{max(shares):.0%}"
+  span = low if low == high else f"{low[:-1]}..{high}"
   busy = ", busy" if any(m.get("busy") for m in machines) else ""
-  return f" (load {min(before):.1f}..{max(after):.1f}{busy})"
+  return f" (other work {span} of the CPU{busy})"
 
 
 def collect(work: str, rows, seeds, metric: Optional[str]):

@@ -167,22 +167,52 @@ def test_generate_mode_times_both_generators(tmp_path):
   assert set(entry) == {"tfllm", "keras_hub", "ratio new_tokens_per_second tfllm/keras_hub",
                         "ratio cpu time per call keras_hub/tfllm"}
   assert entry["tfllm"]["new_tokens_per_second"]["median"] > 0
-  assert set(saved["machine"]) == {"cpu", "cores", "load_before", "load_after", "busy"}
+  assert set(saved["machine"]) == {"cpu", "cores", "load_before", "load_after", "other_work",
+                                   "busy"}
   assert saved["machine"]["cores"] >= 1 and saved["machine"]["cpu"]
 
 
 @pytest.mark.parametrize("load, busy", [(0.2, False), (0.99, False), (1.0, True), (3.5, True),
                                         (None, False)])
-def test_machine_says_busy_when_the_load_before_reached_half_the_cores(monkeypatch, load,
-                                                                       busy):
+def test_without_cpu_times_busy_means_the_load_before_reached_half_the_cores(monkeypatch, load,
+                                                                             busy):
   monkeypatch.setattr(machine, "load_average", lambda: load)
+  monkeypatch.setattr(machine, "machine_cpu_seconds", lambda: None)
   monkeypatch.setattr(machine.runtime, "available_cores", lambda: 2)
   monkeypatch.setattr(machine, "cpu_model", lambda: "Some CPU")
   result = machine.finish(machine.describe())
-  assert result == dict(cpu="Some CPU", cores=2, load_before=load, load_after=load, busy=busy)
+  assert result == dict(cpu="Some CPU", cores=2, load_before=load, load_after=load,
+                        other_work=None, busy=busy)
   line = machine.summary(result)
   assert line.startswith("machine: Some CPU, 2 cores, load average ")
-  assert ("busy before the start" in line) == busy
+  assert ("busy: other work shared the cores" in line) == busy
+  assert "other work" not in line.split("(")[0]
+
+
+@pytest.mark.parametrize("machine_busy, own, share, busy", [
+    (4.0, 4.0, 0.0, False),     # every busy second was this process's or its children's
+    (4.0, 2.0, 0.2, False),
+    (6.0, 1.0, 0.5, True),      # other work took half of the 10 CPU seconds that passed
+    (3.0, 5.0, 0.0, False),     # own time counted past the window (rounding): clipped at 0
+])
+def test_other_work_is_busy_cpu_time_less_this_process_and_its_children(
+    monkeypatch, machine_busy, own, share, busy):
+  snapshots = iter([(100.0, 200.0, 10.0), (100.0 + machine_busy, 210.0, 10.0 + own)])
+  monkeypatch.setattr(machine, "_cpu_snapshot", lambda: next(snapshots))
+  monkeypatch.setattr(machine, "load_average", lambda: 1.8)   # lags: not what decides
+  monkeypatch.setattr(machine.runtime, "available_cores", lambda: 2)
+  result = machine.finish(machine.describe())
+  assert result["other_work"] == pytest.approx(share) and result["busy"] == busy
+  assert f"other work {share:.0%} of the CPU time" in machine.summary(result)
+
+
+def test_cpu_times_are_read_from_this_machine():
+  seconds = machine.machine_cpu_seconds()
+  if seconds is None:
+    pytest.skip("no /proc/stat on this platform")
+  busy, total = seconds
+  assert 0 < busy <= total
+  assert machine.own_cpu_seconds() > 0
 
 
 def test_attention_mode_compares_blockwise_and_standard():

@@ -81,13 +81,16 @@ def test_flags_are_shown_as_they_would_be_typed():
   assert seed_table.shell_words(flags) == """"--config.data.augment.methods=('eda',)" --x=1"""
 
 
-def test_each_training_time_keeps_the_machine_and_load_it_ran_under(tmp_path, monkeypatch,
-                                                                  capsys):
+def test_each_training_time_keeps_the_machine_and_the_other_work_beside_it(
+    tmp_path, monkeypatch, capsys):
   train = tmp_path / "fake-train"
   train.write_text(FAKE_TRAIN.format(python=sys.executable))
   train.chmod(train.stat().st_mode | stat.S_IEXEC)
-  loads = iter([0.2, 1.9, 1.5, 2.4])         # before / after of seed 0, then of seed 1
-  monkeypatch.setattr(seed_table.machine, "load_average", lambda: next(loads))
+  # Machine busy / total CPU seconds and this process's own, read before and after each run:
+  # seed 0 had the machine to itself, during seed 1 other work took 1.0 of 2.0 CPU seconds.
+  snapshots = iter([(10.0, 20.0, 1.0), (12.0, 22.0, 3.0), (12.0, 22.0, 3.0), (15.0, 24.0, 5.0)])
+  monkeypatch.setattr(seed_table.machine, "_cpu_snapshot", lambda: next(snapshots))
+  monkeypatch.setattr(seed_table.machine, "load_average", lambda: 1.5)
   monkeypatch.setattr(seed_table.machine, "cpu_model", lambda: "Test CPU")
   monkeypatch.setattr(seed_table.machine.runtime, "available_cores", lambda: 2)
   work = str(tmp_path / "work")
@@ -95,9 +98,9 @@ def test_each_training_time_keeps_the_machine_and_load_it_ran_under(tmp_path, mo
                           "--seeds=0,1", "--row=baseline="]) == 0
   table = capsys.readouterr().out
   row = next(line for line in table.splitlines() if line.startswith("| baseline"))
-  # Seed 1 started at load 1.5 on 2 cores (>= half of them): the row says it shared the machine.
-  assert " (load 0.2..2.4, busy) |" in row
+  assert " (other work 0..50% of the CPU, busy) |" in row
   assert "Timed on: Test CPU, 2 cores." in table
   seconds = seed_table._read(os.path.join(work, "baseline_s0", seed_table.TIMES_FILE))
-  assert seconds["machine"] == {"cpu": "Test CPU", "cores": 2, "load_before": 0.2,
-                                "load_after": 1.9, "busy": False}
+  # A load of 1.5 of 2 cores before the start would have said busy; the CPU time says idle.
+  assert seconds["machine"] == {"cpu": "Test CPU", "cores": 2, "load_before": 1.5,
+                                "load_after": 1.5, "other_work": 0.0, "busy": False}

@@ -69,7 +69,8 @@ def run(config, mode: str = "train", compare: Optional[str] = None,
 
   Returns:
     The result dict written to `output`, with `machine` (`bench.machine`: CPU, cores, load
-    average before and after, whether other work was running).
+    average before and after, the share of CPU time other work took, and whether that made
+    the run busy).
   """
   if mode not in MODES:
     raise config_lib.ConfigError(f"mode={mode!r} is not accepted; use one of: "

@@ -142,7 +142,7 @@ def build_table(rows: Sequence[Tuple[str, List[str]]], seeds: Sequence[int],
     seconds = [results[(name, s)]["train_seconds"] for s in done
                if results[(name, s)].get("train_seconds") is not None]
     time_cell = f"{sum(seconds) / len(seconds):.0f}" if seconds else "–"
-    time_cell += _load_note([results[(name, s)].get("machine") for s in done])
+    time_cell += _other_work_note([results[(name, s)].get("machine") for s in done])
     lines.append(f"| {name} | {','.join(map(str, done)) or '–'} | {_mean_spread(validation)} "
                  f"| **{_mean_spread(test)}** | {delta} | {time_cell} | "
                  f"`{shell_words(flags) or '(the recipe)'}` |")
@@ -159,7 +159,7 @@ def build_table(rows: Sequence[Tuple[str, List[str]]], seeds: Sequence[int],
   return "\n".join(lines)
 
 
-def _load_note(machines: Sequence[Optional[dict]]) -> str:
+def _other_work_note(machines: Sequence[Optional[dict]]) -> str:
   """` (other work 0..31% of the CPU, busy)` over the runs that measured it (`busy` where one
   was); empty where none did."""
   machines = [m for m in machines if m and m.get("other_work") is not None]

@@ -8,7 +8,8 @@ else ran. The 1-minute load average lags: right after one job ends it still read
 job's load, so a run started straight after another looks busy by load alone. The other-work
 share does not lag: it is the machine's busy CPU time over the measurement (Linux
 `/proc/stat`, hypervisor steal included) less this process's and its finished children's,
-as a fraction of all CPU time that passed. At `BUSY_SHARE` or more the run is marked busy,
+as a fraction of all CPU time that passed (inside a container `/proc/stat` counts the
+host's CPUs, so the share is of the host). At `BUSY_SHARE` or more the run is marked busy,
 and only figures timed side by side in it compare. Where `/proc/stat` is missing the
 load-before rule decides instead.
 
@@ -25,10 +26,14 @@ from __future__ import annotations
 
 import os
 import platform
-import resource
 from typing import Dict, Optional, Tuple
 
 from tfllm import runtime
+
+try:
+  import resource
+except ImportError:        # not on Windows, which has no /proc/stat either
+  resource = None
 
 # Where the other-work share cannot be measured: a 1-minute load average at or above this
 # fraction of the cores before a benchmark starts marks it busy.
@@ -92,7 +97,9 @@ def other_work_share(start: Optional[Tuple[float, float, float]],
 
 def _cpu_snapshot() -> Optional[Tuple[float, float, float]]:
   seconds = machine_cpu_seconds()
-  return None if seconds is None else (*seconds, own_cpu_seconds())
+  if seconds is None or resource is None:
+    return None
+  return (*seconds, own_cpu_seconds())
 
 
 def describe() -> Dict:

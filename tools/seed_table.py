@@ -44,6 +44,11 @@ DEFAULT_METRICS = {"sequence_classification": "accuracy",
 VALIDATION_FILE = "validation_metrics.json"
 TEST_FILE = "eval_metrics.json"
 TIMES_FILE = "seed_table_seconds.json"
+# The config a run trained with: `--mode=eval` rewrites config.json (its eval_split).
+TRAIN_CONFIG_FILE = "seed_table_config.json"
+CONFIG_FILE = "config.json"
+# Keys that differ between the seeds of one row by design.
+PER_RUN_KEYS = ("train.seed", "data.eval_split")
 
 
 def slug(name: str) -> str:
@@ -105,6 +110,10 @@ def run_one(train: str, config: str, model_dir: str, seed: int, flags: Sequence[
       json.dump(metrics, f, indent=2, sort_keys=True)
     with open(os.path.join(model_dir, TIMES_FILE), "w", encoding="utf-8") as f:
       json.dump({"train_seconds": time.time() - start, "machine": machine.finish(before)}, f)
+    trained_config = _read(os.path.join(model_dir, CONFIG_FILE))
+    if trained_config is not None:
+      with open(os.path.join(model_dir, TRAIN_CONFIG_FILE), "w", encoding="utf-8") as f:
+        json.dump(trained_config, f, indent=2, sort_keys=True)
   test = _read(os.path.join(model_dir, TEST_FILE))
   if test is None or test.get("split") != "test":
     log(f"evaluating {model_dir} on test")
@@ -156,7 +165,56 @@ def build_table(rows: Sequence[Tuple[str, List[str]]], seeds: Sequence[int],
     lines.append(f"Timed on: {'; '.join(machines)}. Busy: other work took a quarter or more "
                  "of the CPU time during a run, whose seconds then compare only with runs "
                  "beside it.")
+  for name, _ in rows:
+    drift = config_drift({s: results.get((name, s), {}).get("config") for s in seeds})
+    if drift:
+      lines.append(f"Config drift: the seeds of row {name!r} trained different configs "
+                   f"({'; '.join(drift)}), so its figures do not pool: run the row again "
+                   "in a new --work.")
   return "\n".join(lines)
+
+
+def _flatten(config: dict, prefix: str = "") -> Dict[str, object]:
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def _same_setting(a, b) -> bool:
+  """Equal, or the same file under two install roots (a clone elsewhere)."""
+  if a == b:
+    return True
+  return (isinstance(a, str) and isinstance(b, str) and a.startswith("/") and
+          b.startswith("/") and a.split("/")[-3:] == b.split("/")[-3:])
+
+
+def config_drift(configs: Dict[int, Optional[dict]]) -> List[str]:
+  """`key: value (seeds), value (seeds)` for each setting on which the seeds of one row
+  trained differently (a recipe default that moved between calls), per-run keys aside."""
+  flat = {seed: _flatten(config) for seed, config in configs.items() if config}
+  keys = sorted(set().union(*flat.values())) if flat else []
+  drift = []
+  for key in keys:
+    if key in PER_RUN_KEYS:
+      continue
+    groups: List[Tuple[object, List[int]]] = []
+    for seed in sorted(flat):
+      value = flat[seed].get(key, "(unset)")
+      for group_value, group_seeds in groups:
+        if _same_setting(group_value, value):
+          group_seeds.append(seed)
+          break
+      else:
+        groups.append((value, [seed]))
+    if len(groups) > 1:
+      drift.append(f"{key}: " + ", ".join(
+          f"{value!r} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+          for value, seeds in groups))
+  return drift
 
 
 def _other_work_note(machines: Sequence[Optional[dict]]) -> str:
@@ -184,7 +242,10 @@ def collect(work: str, rows, seeds, metric: Optional[str]):
         task = (_read(os.path.join(model_dir, "config.json")) or {}).get("task", {}).get("name")
         metric = DEFAULT_METRICS.get(task, "accuracy")
       times = _read(os.path.join(model_dir, TIMES_FILE)) or {}
+      trained_config = (_read(os.path.join(model_dir, TRAIN_CONFIG_FILE)) or
+                        _read(os.path.join(model_dir, CONFIG_FILE)))
       results[(name, seed)] = {
+          "config": trained_config if test is not None else None,
           "validation": validation.get(metric) if validation and metric else None,
           "test": test.get(metric) if test and test.get("split") == "test" and metric
                   else None,

@@ -104,3 +104,48 @@ def test_each_training_time_keeps_the_machine_and_the_other_work_beside_it(
   # A load of 1.5 of 2 cores before the start would have said busy; the CPU time says idle.
   assert seconds["machine"] == {"cpu": "Test CPU", "cores": 2, "load_before": 1.5,
                                 "load_after": 1.5, "other_work": 0.0, "busy": False}
+
+
+# Writes the config a recipe resolves: its learning rate and install root from the environment
+# (a default that moves between two calls, a clone elsewhere), eval_split from --mode.
+DRIFTING_TRAIN = """#!{python}
+import json, os, sys
+args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if "=" in a)
+d = args["model_dir"]
+os.makedirs(d, exist_ok=True)
+split = "test" if args.get("mode") == "eval" else "validation"
+config = {{"task": {{"name": "sequence_classification"}},
+          "data": {{"eval_split": split}},
+          "finetune": {{"init_checkpoint": os.environ["FAKE_ROOT"] + "/site-packages/m/model"}},
+          "train": {{"seed": int(args["config.train.seed"]),
+                    "optimizer": {{"learning_rate": float(os.environ["FAKE_LR"])}}}}}}
+json.dump(config, open(os.path.join(d, "config.json"), "w"))
+json.dump({{"split": split, "accuracy": 0.8}}, open(os.path.join(d, "eval_metrics.json"), "w"))
+"""
+
+
+def test_a_row_whose_seeds_trained_different_configs_says_so(tmp_path, monkeypatch, capsys):
+  train = tmp_path / "fake-train"
+  train.write_text(DRIFTING_TRAIN.format(python=sys.executable))
+  train.chmod(train.stat().st_mode | stat.S_IEXEC)
+  work = str(tmp_path / "work")
+  args = ["--config=recipe", f"--work={work}", f"--train={train}", "--row=recipe="]
+  monkeypatch.setenv("FAKE_LR", "5e-05")
+  monkeypatch.setenv("FAKE_ROOT", "/venv_a/lib")
+  assert seed_table.main(args + ["--seeds=0,1"]) == 0
+  # Seeds, eval splits and install roots differ by design: no drift.
+  assert "Config drift" not in capsys.readouterr().out
+  # The recipe's default moves before seed 2 runs.
+  monkeypatch.setenv("FAKE_LR", "1e-04")
+  monkeypatch.setenv("FAKE_ROOT", "/venv_b/lib")
+  assert seed_table.main(args + ["--seeds=0,1,2"]) == 0
+  drift = [line for line in capsys.readouterr().out.splitlines()
+           if line.startswith("Config drift")]
+  assert drift == ["Config drift: the seeds of row 'recipe' trained different configs "
+                   "(train.optimizer.learning_rate: 5e-05 (seeds 0, 1), 0.0001 (seed 2)), so "
+                   "its figures do not pool: run the row again in a new --work."]
+  # Each run keeps the config it trained with; config.json holds its test evaluation's.
+  trained = seed_table._read(os.path.join(work, "recipe_s0", seed_table.TRAIN_CONFIG_FILE))
+  assert trained["data"]["eval_split"] == "validation"
+  assert seed_table._read(os.path.join(work, "recipe_s0", "config.json"))["data"] == {
+      "eval_split": "test"}

@@ -238,12 +238,12 @@ def collect(work: str, rows, seeds, metric: Optional[str]):
       model_dir = os.path.join(work, f"{slug(name)}_s{seed}")
       validation = _read(os.path.join(model_dir, VALIDATION_FILE))
       test = _read(os.path.join(model_dir, TEST_FILE))
-      if metric is None and validation is not None:
-        task = (_read(os.path.join(model_dir, "config.json")) or {}).get("task", {}).get("name")
-        metric = DEFAULT_METRICS.get(task, "accuracy")
-      times = _read(os.path.join(model_dir, TIMES_FILE)) or {}
       trained_config = (_read(os.path.join(model_dir, TRAIN_CONFIG_FILE)) or
                         _read(os.path.join(model_dir, CONFIG_FILE)))
+      if metric is None and validation is not None:
+        task = (trained_config or {}).get("task", {}).get("name")
+        metric = DEFAULT_METRICS.get(task, "accuracy")
+      times = _read(os.path.join(model_dir, TIMES_FILE)) or {}
       results[(name, seed)] = {
           "config": trained_config if test is not None else None,
           "validation": validation.get(metric) if validation and metric else None,

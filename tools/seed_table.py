@@ -11,7 +11,8 @@ writes `eval_metrics.json`). Runs whose test figures exist are not run again, so
 resumes after an interruption and a later call can add rows or seeds. The table (stdout and
 `WORK/table.md`) gives, per row, the validation and test metric as mean ± spread (max - min)
 over the seeds, the test difference to the first row on the same seed (mean; min..max), the
-mean seconds of a training command with what else ran meanwhile (the share of the machine's
+mean seconds of a training command (a run resumed after an interruption is named, not timed)
+with what else ran meanwhile (the share of the machine's
 CPU time other work took, lowest..highest over the row's runs, and `busy` where a run's reached
 a quarter: `tfllm.bench.machine`), and the row's command; below it, the CPUs the runs were
 timed on. A busy run's seconds compare only with runs beside it. Choose on the validation
@@ -98,6 +99,9 @@ def run_one(train: str, config: str, model_dir: str, seed: int, flags: Sequence[
   command = train_command(train, config, model_dir, seed, flags)
   validation_path = os.path.join(model_dir, VALIDATION_FILE)
   if _read(validation_path) is None:
+    # A model_dir with files in it is a run cut off before: tfllm-train resumes it, and the
+    # seconds measured here cover only the rest.
+    resumed = os.path.isdir(model_dir) and bool(os.listdir(model_dir))
     before = machine.describe()
     start = time.time()
     log(f"training {model_dir}")
@@ -109,7 +113,8 @@ def run_one(train: str, config: str, model_dir: str, seed: int, flags: Sequence[
     with open(validation_path, "w", encoding="utf-8") as f:
       json.dump(metrics, f, indent=2, sort_keys=True)
     with open(os.path.join(model_dir, TIMES_FILE), "w", encoding="utf-8") as f:
-      json.dump({"train_seconds": time.time() - start, "machine": machine.finish(before)}, f)
+      json.dump({"train_seconds": time.time() - start, "machine": machine.finish(before),
+                 "resumed": resumed}, f)
     trained_config = _read(os.path.join(model_dir, CONFIG_FILE))
     if trained_config is not None:
       with open(os.path.join(model_dir, TRAIN_CONFIG_FILE), "w", encoding="utf-8") as f:
@@ -148,9 +153,13 @@ def build_table(rows: Sequence[Tuple[str, List[str]]], seeds: Sequence[int],
     else:
       mean = sum(deltas) / len(deltas)
       delta = f"{mean:+.4f} ({min(deltas):+.4f}..{max(deltas):+.4f})"
-    seconds = [results[(name, s)]["train_seconds"] for s in done
-               if results[(name, s)].get("train_seconds") is not None]
+    timed = [s for s in done if results[(name, s)].get("train_seconds") is not None]
+    resumed = [s for s in timed if results[(name, s)].get("resumed")]
+    seconds = [results[(name, s)]["train_seconds"] for s in timed if s not in resumed]
     time_cell = f"{sum(seconds) / len(seconds):.0f}" if seconds else "–"
+    if resumed:
+      time_cell += (f" (seed{'s' if len(resumed) > 1 else ''} "
+                    f"{','.join(map(str, resumed))} resumed: not timed)")
     time_cell += _other_work_note([results[(name, s)].get("machine") for s in done])
     lines.append(f"| {name} | {','.join(map(str, done)) or '–'} | {_mean_spread(validation)} "
                  f"| **{_mean_spread(test)}** | {delta} | {time_cell} | "
@@ -250,6 +259,7 @@ def collect(work: str, rows, seeds, metric: Optional[str]):
           "test": test.get(metric) if test and test.get("split") == "test" and metric
                   else None,
           "train_seconds": times.get("train_seconds"),
+          "resumed": times.get("resumed", False),
           "machine": times.get("machine")}
   return results, metric or "accuracy"
 

@@ -149,3 +149,50 @@ def test_a_row_whose_seeds_trained_different_configs_says_so(tmp_path, monkeypat
   assert trained["data"]["eval_split"] == "validation"
   assert seed_table._read(os.path.join(work, "recipe_s0", "config.json"))["data"] == {
       "eval_split": "test"}
+
+
+# A tagging run: its eval report holds token accuracy beside entity F1, and the table must
+# take entity F1 by default (the metric issue 21's NER target is stated in).
+TAGGING_TRAIN = """#!{python}
+import json, os, sys
+args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if "=" in a)
+d = args["model_dir"]
+os.makedirs(d, exist_ok=True)
+json.dump({{"task": {{"name": "token_classification"}}}}, open(os.path.join(d, "config.json"), "w"))
+split = "test" if args.get("mode") == "eval" else "validation"
+f1 = 0.90 + int(args["config.train.seed"]) / 100 - (0.04 if split == "test" else 0.0)
+json.dump({{"split": split, "accuracy": 0.99, "entity/micro/f1": f1}},
+          open(os.path.join(d, "eval_metrics.json"), "w"))
+"""
+
+
+def test_a_tagging_row_reports_entity_f1_by_default(tmp_path, capsys):
+  train = tmp_path / "fake-train"
+  train.write_text(TAGGING_TRAIN.format(python=sys.executable))
+  train.chmod(train.stat().st_mode | stat.S_IEXEC)
+  work = str(tmp_path / "work")
+  args = ["--config=ner", f"--work={work}", f"--train={train}", "--seeds=0,2", "--row=recipe="]
+  assert seed_table.main(args) == 0
+  table = capsys.readouterr().out
+  assert "validation entity/micro/f1" in table
+  assert "| recipe | 0,2 | 0.9100 ± 0.0200 | **0.8700 ± 0.0200** | – |" in table
+  # --metric still picks another figure of the same runs.
+  assert seed_table.main(args + ["--metric=accuracy"]) == 0
+  assert "| recipe | 0,2 | 0.9900 ± 0.0000 | **0.9900 ± 0.0000** | – |" in capsys.readouterr().out
+
+
+def test_a_resumed_run_is_named_and_left_out_of_the_mean_time(tmp_path, capsys):
+  train = tmp_path / "fake-train"
+  train.write_text(FAKE_TRAIN.format(python=sys.executable))
+  train.chmod(train.stat().st_mode | stat.S_IEXEC)
+  work = tmp_path / "work"
+  # Seed 1 was cut off after a checkpoint: tfllm-train would resume it.
+  (work / "recipe_s1").mkdir(parents=True)
+  (work / "recipe_s1" / "checkpoint").write_text("")
+  assert seed_table.main(["--config=recipe", f"--work={work}", f"--train={train}",
+                          "--seeds=0,1", "--row=recipe="]) == 0
+  row = next(line for line in capsys.readouterr().out.splitlines()
+             if line.startswith("| recipe"))
+  seconds = seed_table._read(str(work / "recipe_s0" / seed_table.TIMES_FILE))["train_seconds"]
+  assert f"| {seconds:.0f} (seed 1 resumed: not timed)" in row
+  assert seed_table._read(str(work / "recipe_s1" / seed_table.TIMES_FILE))["resumed"] is True

@@ -14,6 +14,9 @@ def get_config():
   # takes a higher rate than BERT-base's 5e-5: 1e-4 raised validation accuracy on each of
   # 3 seeds (0.8648 against 0.8585 at 5e-5; 3e-5 gave 0.8535 on seed 0), "The sweep" in
   # docs/finetuning.md.
+  # FGM (epsilon 0.03 on the word embeddings) on top raised validation accuracy on 2 of 3 seeds
+  # and tied on the third (0.8727 against 0.8664), at about 1.9x the training time.
   config = recipes.movie_sentiment(recipes.minilm_config(steps=800))
   config.train.optimizer.learning_rate = 1e-4
+  config.finetune.adversarial.update(method="fgm", epsilon=0.03)
   return config
